@@ -1,0 +1,131 @@
+"""Command line: parse options → build a typed config → call one function → map errors.
+
+Heavy libraries (pandas, pandera, requests) are imported inside the commands that need them,
+so ``amili-import --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from importer.errors import ExitCode, ImporterError
+
+F = TypeVar("F", bound=Callable[..., Any])
+KIND_CHOICE = click.Choice(["payments", "creditings", "credits", "cancellations"],
+                           case_sensitive=False)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"amili-import: {message}", err=True)
+    sys.exit(int(code))
+
+
+def handle_errors(func: F) -> F:
+    """The one place where errors become a message and an exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(click.get_current_context().find_root().params.get("debug"))
+        try:
+            return func(*args, **kwargs)
+        except ImporterError as exc:
+            if debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; rows in flight are reconciled on the next run", ExitCode.CANNOT_RUN)
+        except Exception as exc:  # a bug: one line for the user, the traceback with --debug
+            if debug:
+                raise
+            _fail(f"unexpected error ({type(exc).__name__}: {exc}); run again with --debug "
+                  "for the traceback", ExitCode.CANNOT_RUN)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="amili-import")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML config file (default: $AMILI_CONFIG or ~/.config/amili-import/config.toml).")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where the journal, runs and reports live (env AMILI_STATE_DIR).")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None,
+              help="Log lines on stderr: JSON lines (default when not on a terminal) or console.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None, state_dir: Path | None,
+         log_format: str | None, debug: bool) -> None:
+    """Import creditor payments, creditings and cancellations from CSV/Excel into Amili."""
+    ctx.obj = {"config_file": config_file, "state_dir": state_dir, "log_format": log_format}
+
+
+def read_options(func: F) -> F:
+    """Options shared by every command that reads input files."""
+    func = click.option("--kind", type=KIND_CHOICE,
+                        help="Kind of every file (default: from the file or sheet name).")(func)
+    func = click.option("--encoding", help="CSV encoding (default: BOM, UTF-8, then cp1252).")(func)
+    func = click.option("--delimiter", help="CSV delimiter (default: sniffed among , ; tab).")(func)
+    func = click.option("--default-creditor",
+                        help="Creditor id for files without a creditor column.")(func)
+    func = click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="Write report.json/.csv/.xlsx here (default: a new folder per run "
+                             "under the state directory).")(func)
+    return func
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(path_type=Path, dir_okay=False))
+@read_options
+@click.pass_context
+@handle_errors
+def validate(ctx: click.Context, files: tuple[Path, ...], **options: Any) -> None:
+    """Validate FILES and write a file-import report; nothing is posted."""
+    from importer.pipeline import Mode, run_files
+
+    config = _config(ctx, options)
+    sys.exit(int(run_files(list(files), config, Mode.VALIDATE, _run_options(options))))
+
+
+@main.command()
+@click.argument("kind", type=KIND_CHOICE)
+@click.option("--format", "fmt", type=click.Choice(["csv", "xlsx"]), default="xlsx",
+              show_default=True)
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write (default: KIND-template.FORMAT here).")
+@handle_errors
+def template(kind: str, fmt: str, output: Path | None) -> None:
+    """Write a blank template for KIND (header, hints, one example row)."""
+    from importer.kinds import kind_by_name
+    from importer.template import write_template
+
+    chosen = kind_by_name(kind)
+    path = write_template(chosen, fmt, output or Path(f"{chosen.name}-template.{fmt}"))
+    click.echo(str(path))
+
+
+def _config(ctx: click.Context, options: dict[str, Any]) -> Any:
+    from importer.config import load_config
+
+    root = ctx.find_root().obj or {}
+    names = {"default_creditor", "encoding", "delimiter", "api_url", "concurrency",
+             "rate_limit", "allow_duplicates", "allow_http"}
+    flags = {k: v for k, v in options.items() if k in names and v not in (None, False)}
+    return load_config(root.get("config_file"), state_dir=root.get("state_dir"),
+                       log_format=root.get("log_format"), **flags)
+
+
+def _run_options(options: dict[str, Any]) -> Any:
+    from importer.pipeline import RunOptions
+
+    return RunOptions(kind=options.get("kind"), report_dir=options.get("report_dir"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

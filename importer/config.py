@@ -1,0 +1,158 @@
+"""Configuration: a TOML file, environment variables and flags, merged here and only here.
+
+Precedence, lowest first: built-in defaults < config file < environment < command-line flags.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from importer.errors import ConfigError
+
+HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
+
+
+def default_state_dir() -> Path:
+    """Where runs, reports and the journal live when nothing else is said."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "amili-import"
+
+
+def default_config_file() -> Path:
+    """The config file read when neither --config nor AMILI_CONFIG names one."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "amili-import" / "config.toml"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs to know, typed; the core never sees click objects."""
+
+    api_url: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+    api_code: str | None = field(default=None, repr=False)
+    private_key_file: Path | None = None
+    jwt_algorithm: str | None = None  # None: chosen from the key
+    login: str = "auto"  # auto | token | jwt | api-code
+    token_field: str | None = None  # field of the login answer holding the token
+    token_lifetime: float = 600.0  # seconds assumed when the login answer says nothing
+    allow_http: bool = False  # plain http:// to a non-loopback host
+    state_dir: Path = field(default_factory=default_state_dir)
+    default_creditor: str | None = None
+    send_account: bool = False
+    concurrency: int = 8
+    rate_limit: float | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    allow_duplicates: bool = False
+    encoding: str | None = None
+    delimiter: str | None = None
+    log_format: str = "auto"  # auto | json | console
+
+    def with_overrides(self, **values: Any) -> Config:
+        """A copy with the given non-None values replaced."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+ENV = {
+    "AMILI_API_URL": "api_url",
+    "AMILI_ACCESS_TOKEN": "access_token",
+    "AMILI_API_CODE": "api_code",
+    "AMILI_PRIVATE_KEY_FILE": "private_key_file",
+    "AMILI_JWT_ALGORITHM": "jwt_algorithm",
+    "AMILI_LOGIN": "login",
+    "AMILI_STATE_DIR": "state_dir",
+    "AMILI_DEFAULT_CREDITOR": "default_creditor",
+    "AMILI_CONCURRENCY": "concurrency",
+    "AMILI_RATE_LIMIT": "rate_limit",
+    "AMILI_ALLOW_HTTP": "allow_http",
+}
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = str(_TYPES[name])
+    try:
+        if "Path" in kind:
+            return Path(str(value)).expanduser()
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            return str(value).strip().lower() in {"1", "true", "yes", "on"}
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid value") from None
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = {k.replace("-", "_"): v for k, v in data.get("amili", data).items()}
+    unknown = sorted(set(data) - set(_TYPES))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return {k: _coerce(k, v, str(path)) for k, v in data.items()}
+
+
+def load_config(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **flags: Any,
+) -> Config:
+    """Merge defaults, the config file, the environment and flags (flags win).
+
+    Args:
+        config_file: explicit file (``--config``); else ``AMILI_CONFIG``; else the
+            default path if it exists.
+        environ: the environment to read (``os.environ`` when None).
+        **flags: command-line values; None means "not given".
+
+    Returns:
+        The merged, checked configuration.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env["AMILI_CONFIG"]) if env.get("AMILI_CONFIG") else None)
+    if path is None and default_config_file().is_file():
+        path = default_config_file()
+    if path is not None:
+        values.update(_from_file(path))
+    for var, name in ENV.items():
+        if env.get(var):
+            values[name] = _coerce(name, env[var], var)
+    values.update({k: _coerce(k, v, "--" + k) for k, v in flags.items() if v is not None})
+    config = Config(**values)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    if config.default_creditor is not None and not HEX24.match(config.default_creditor):
+        raise ConfigError(
+            f"default_creditor {config.default_creditor!r} is not a 24-hex-digit creditor id"
+        )
+    if config.concurrency < 1 or config.concurrency > 256:
+        raise ConfigError("concurrency must be between 1 and 256")
+    if config.rate_limit is not None and config.rate_limit <= 0:
+        raise ConfigError("rate_limit must be greater than zero")
+    if config.login not in {"auto", "token", "jwt", "api-code"}:
+        raise ConfigError("login must be one of auto, token, jwt, api-code")
+    if config.max_attempts < 1:
+        raise ConfigError("max_attempts must be at least 1")
