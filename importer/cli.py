@@ -52,7 +52,7 @@ def handle_errors(func: F) -> F:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="amili-import")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="TOML config file (default: $AMILI_CONFIG or ~/.config/amili-import/config.toml).")
+              help="TOML config file (default: $AMILI_CONFIG, ~/.config/amili-import/config.toml).")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where the journal, runs and reports live (env AMILI_STATE_DIR).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None,
@@ -108,6 +108,37 @@ def template(kind: str, fmt: str, output: Path | None) -> None:
     chosen = kind_by_name(kind)
     path = write_template(chosen, fmt, output or Path(f"{chosen.name}-template.{fmt}"))
     click.echo(str(path))
+
+
+def post_options(func: F) -> F:
+    """Options shared by every command that posts to the API."""
+    func = click.option("--api-url", help="Amili API base URL (env AMILI_API_URL).")(func)
+    func = click.option("--concurrency", type=click.IntRange(1, 256),
+                        help="Cases posted in parallel (default 8).")(func)
+    func = click.option("--rate-limit", type=click.FloatRange(min=0.1),
+                        help="At most this many requests in any one-second window.")(func)
+    func = click.option("--allow-duplicates", is_flag=True,
+                        help="Post a row even if an identical one came from another file.")(func)
+    func = click.option("--allow-http", is_flag=True,
+                        help="Allow plain http:// to a host other than this machine.")(func)
+    return func
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(path_type=Path, dir_okay=False))
+@read_options
+@post_options
+@click.option("--dry-run", is_flag=True, help="Validate and plan; post nothing.")
+@click.pass_context
+@handle_errors
+def run(ctx: click.Context, files: tuple[Path, ...], dry_run: bool, **options: Any) -> None:
+    """Validate FILES, post the valid rows exactly once, and write the report."""
+    from importer.pipeline import Mode, run_files
+
+    config = _config(ctx, options)
+    mode = Mode.DRY_RUN if dry_run else Mode.RUN
+    sys.exit(int(run_files(list(files), config, mode, _run_options(options))))
 
 
 def _config(ctx: click.Context, options: dict[str, Any]) -> Any:

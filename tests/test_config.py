@@ -1,0 +1,66 @@
+"""Configuration is merged in one place: defaults < file < environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from importer.config import Config, load_config
+from importer.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_any_source(tmp_path: Path) -> None:
+    """With no file, environment or flag, the documented defaults apply."""
+    config = load_config(None, environ={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert config.concurrency == Config().concurrency == 8
+    assert config.api_url is None and config.rate_limit is None
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    """A flag wins over the environment, which wins over the config file."""
+    path = write(tmp_path, 'api_url = "https://file.example"\nconcurrency = 2\nrate_limit = 5\n')
+    env = {"AMILI_API_URL": "https://env.example", "AMILI_CONCURRENCY": "3"}
+    config = load_config(path, environ=env, concurrency=4)
+    assert config.api_url == "https://env.example"
+    assert config.concurrency == 4
+    assert config.rate_limit == 5.0
+
+
+def test_config_from_amili_config_variable_and_section(tmp_path: Path) -> None:
+    """AMILI_CONFIG names the file; settings may sit under an [amili] table."""
+    path = write(tmp_path, '[amili]\nstate-dir = "~/x"\ndefault_creditor = "674dbeb208847b9501cc9138"\n')
+    config = load_config(None, environ={"AMILI_CONFIG": str(path)})
+    assert config.state_dir == Path("~/x").expanduser()
+    assert config.default_creditor == "674dbeb208847b9501cc9138"
+
+
+def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
+    """The token and API code never appear in the config's repr (and so never in logs)."""
+    config = load_config(None, environ={"AMILI_ACCESS_TOKEN": "s3cret-token",
+                                        "AMILI_API_CODE": "code-123",
+                                        "XDG_CONFIG_HOME": str(tmp_path)})
+    assert config.access_token == "s3cret-token"
+    assert "s3cret" not in repr(config) and "code-123" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("concurrency = 0\n", "concurrency"),
+        ('default_creditor = "nothex"\n', "default_creditor"),
+        ("colour = 1\n", "unknown setting"),
+        ("api_url = \n", "not valid TOML"),
+        ('login = "password"\n', "login"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
+    """A bad setting is refused with a message naming it."""
+    with pytest.raises(ConfigError, match=needle):
+        load_config(write(tmp_path, text), environ={})
