@@ -35,7 +35,8 @@ def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
 
 def test_config_from_amili_config_variable_and_section(tmp_path: Path) -> None:
     """AMILI_CONFIG names the file; settings may sit under an [amili] table."""
-    path = write(tmp_path, '[amili]\nstate-dir = "~/x"\ndefault_creditor = "674dbeb208847b9501cc9138"\n')
+    text = '[amili]\nstate-dir = "~/x"\ndefault_creditor = "674dbeb208847b9501cc9138"\n'
+    path = write(tmp_path, text)
     config = load_config(None, environ={"AMILI_CONFIG": str(path)})
     assert config.state_dir == Path("~/x").expanduser()
     assert config.default_creditor == "674dbeb208847b9501cc9138"
