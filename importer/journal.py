@@ -1,0 +1,625 @@
+"""SQLite write-ahead journal: runs, files, rows and their outcomes.
+
+The journal is what makes "exactly once" possible against an API without idempotency keys:
+a row's fingerprint is committed as ``in_flight`` *before* its POST is sent, and its outcome
+and Amili ``_id`` are committed after the answer. A process that dies in between leaves the
+row ``in_flight``; the next run reads it back from the API before anything is sent again.
+
+Row states:
+
+``in_flight``  the POST may be under way (or the process died while it was)
+``completed``, ``warning``, ``error``
+               the outcome is known; ``error`` with an ``amili_id`` was stored by Amili with
+               status error, ``error`` without one was rejected (422/404) and nothing stored
+``unknown``    the answer was lost and the read-back could not tell: maybe stored
+``failed``     nothing was stored (retries exhausted, not posted, or read back as absent):
+               safe to post again
+``skipped``    not posted in this run because an earlier row (``ref_row``) already covers it
+
+One connection serves all posting threads, guarded by a re-entrant lock; SQLite itself
+serialises writers of different processes (``BEGIN IMMEDIATE`` + ``busy_timeout``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from importer.errors import ImporterError
+
+SCHEMA_VERSION = 1
+JOURNAL_NAME = "journal.sqlite3"
+
+IN_FLIGHT = "in_flight"
+COMPLETED = "completed"
+WARNING = "warning"
+ERROR = "error"
+UNKNOWN = "unknown"
+FAILED = "failed"
+SKIPPED = "skipped"
+STATES = (IN_FLIGHT, COMPLETED, WARNING, ERROR, UNKNOWN, FAILED, SKIPPED)
+# States whose row may exist in Amili without the journal knowing its id.
+PENDING_STATES = (IN_FLIGHT, UNKNOWN)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    mode        TEXT NOT NULL,
+    started     TEXT NOT NULL,
+    finished    TEXT,
+    argv        TEXT NOT NULL DEFAULT '[]',
+    report_dir  TEXT,
+    exit_code   INTEGER,
+    totals      TEXT,
+    retry_of    TEXT,
+    pid         INTEGER,
+    host        TEXT
+);
+CREATE TABLE IF NOT EXISTS files (
+    id          INTEGER PRIMARY KEY,
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    name        TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    size        INTEGER,
+    kinds       TEXT NOT NULL DEFAULT '[]',
+    rows        INTEGER NOT NULL DEFAULT 0,
+    rejected    TEXT,
+    UNIQUE (run_id, path)
+);
+CREATE INDEX IF NOT EXISTS files_sha256 ON files(sha256);
+CREATE TABLE IF NOT EXISTS rows (
+    id                     INTEGER PRIMARY KEY,
+    run_id                 TEXT NOT NULL REFERENCES runs(run_id),
+    file_sha256            TEXT NOT NULL,
+    file_name              TEXT NOT NULL,
+    sheet                  TEXT,
+    row                    INTEGER NOT NULL,
+    kind                   TEXT NOT NULL,
+    fingerprint            TEXT NOT NULL,
+    case_key               TEXT NOT NULL,
+    payload                TEXT NOT NULL,
+    state                  TEXT NOT NULL,
+    retryable              INTEGER NOT NULL DEFAULT 0,
+    reason                 TEXT,
+    http_status            INTEGER,
+    attempts               INTEGER NOT NULL DEFAULT 0,
+    posts                  INTEGER NOT NULL DEFAULT 0,
+    amili_id               TEXT,
+    settled_amount         TEXT,
+    case_reference_number  TEXT,
+    status_reason_locale   TEXT,
+    message                TEXT,
+    ref_row                INTEGER REFERENCES rows(id),
+    created                TEXT NOT NULL,
+    updated                TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rows_fingerprint ON rows(fingerprint);
+CREATE INDEX IF NOT EXISTS rows_run_state ON rows(run_id, state);
+CREATE INDEX IF NOT EXISTS rows_state ON rows(state);
+CREATE INDEX IF NOT EXISTS rows_amili_id ON rows(amili_id);
+"""
+
+
+class JournalError(ImporterError):
+    """The journal cannot be opened or written (state directory, permissions, corruption)."""
+
+
+class FileLike(Protocol):
+    """What :meth:`Journal.record_file` reads from a ``read.FileInfo``."""
+
+    path: Path
+    name: str
+    sha256: str
+    size: int
+    kinds: list[str]
+    rows: int
+    rejected: str | None
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """Where a row comes from, as the user sees it."""
+
+    file_name: str
+    file_sha256: str
+    sheet: str | None
+    row: int
+
+    @property
+    def source(self) -> tuple[str, str | None, int]:
+        """The identity of the row's source: (file sha256, sheet, row)."""
+        return (self.file_sha256, self.sheet, self.row)
+
+    def describe(self) -> str:
+        """``file X row N`` or ``file X sheet S row N``, for messages."""
+        sheet = f" sheet {self.sheet}" if self.sheet else ""
+        return f"file {self.file_name}{sheet} row {self.row}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the journal holds it."""
+
+    run_id: str
+    mode: str
+    started: str
+    finished: str | None
+    argv: list[str]
+    report_dir: str | None
+    exit_code: int | None
+    totals: dict[str, Any]
+    retry_of: str | None
+    pid: int | None
+    files: int = 0
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One input file of one run."""
+
+    run_id: str
+    name: str
+    path: str
+    sha256: str
+    size: int | None
+    kinds: list[str]
+    rows: int
+    rejected: str | None
+
+
+@dataclass(frozen=True)
+class RowRecord:
+    """One row's journal entry: its source, what was sent, and its fate."""
+
+    id: int
+    run_id: str
+    ref: RowRef
+    kind: str
+    fingerprint: str
+    case_key: str
+    payload: dict[str, Any]
+    state: str
+    retryable: bool
+    reason: str | None
+    http_status: int | None
+    attempts: int
+    posts: int
+    amili_id: str | None
+    settled_amount: str | None
+    case_reference_number: str | None
+    status_reason_locale: str | None
+    message: str | None
+    ref_row: int | None
+    created: str
+    updated: str
+
+    @property
+    def done(self) -> bool:
+        """Stored by Amili with a known outcome: must never be posted again."""
+        return is_done(self.state, self.amili_id)
+
+
+def is_done(state: str, amili_id: str | None) -> bool:
+    """Whether a row in this state is known to exist in Amili (posting it again would double it).
+
+    Args:
+        state: the journal state.
+        amili_id: the record's ``_id`` if known.
+
+    Returns:
+        True for completed/warning, and for error with an Amili id (stored with status error).
+    """
+    return state in (COMPLETED, WARNING) or (state == ERROR and amili_id is not None)
+
+
+@dataclass
+class Settlement:
+    """What :meth:`Journal.finish` records about a row's outcome."""
+
+    state: str
+    retryable: bool = False
+    reason: str | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    amili_id: str | None = None
+    settled_amount: str | None = None
+    case_reference_number: str | None = None
+    status_reason_locale: str | None = None
+    message: str | None = None
+    ref_row: int | None = None
+
+
+def now() -> str:
+    """The current UTC time as stored in the journal (ISO 8601, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists on this machine (our own pid counts as dead
+    for *other* runs: a run of ours that is not the current one is over)."""
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class Journal:
+    """The SQLite journal in ``<state_dir>/journal.sqlite3``; safe to share between threads.
+
+    Args:
+        state_dir: the state directory (created with mode 0700 if missing).
+        path: an explicit database file instead (tests, tools).
+    """
+
+    def __init__(self, state_dir: Path, path: Path | None = None) -> None:
+        self.path = path or Path(state_dir) / JOURNAL_NAME
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a claim (check, then
+            # insert) can be one IMMEDIATE transaction across processes.
+            self._db = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise JournalError(
+                f"cannot use the journal {self.path}: {exc} (is the state directory writable, "
+                "and is this an amili-import journal?)"
+            ) from None
+
+    def _setup(self) -> None:
+        db = self._db
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout = 30000")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.DatabaseError(f"WAL mode refused (got {mode})")
+        # In WAL mode, synchronous=NORMAL makes every COMMIT durable against a crash of the
+        # *process*, SIGKILL included: the commit is in the WAL file (the OS page cache) before
+        # execute() returns, and the OS writes it out even if we die. Only a power loss or an
+        # OS crash can lose the last commits. FULL would add an fsync per commit (two per row),
+        # which costs more than the HTTP round trip on many disks.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = row[0]
+            if version is None:
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"the journal {self.path} was written by a newer amili-import "
+                    f"(schema {version}, this one knows {SCHEMA_VERSION}); upgrade amili-import"
+                )
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite)."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), re-entrant within a thread.
+
+        Hold it around a check and the write that depends on it, so that no other thread
+        or process can slip in between.
+        """
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield self._db
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # --- runs and files -------------------------------------------------------------
+
+    def start_run(
+        self,
+        run_id: str,
+        mode: str,
+        argv: Sequence[str] = (),
+        report_dir: Path | str | None = None,
+        retry_of: str | None = None,
+        started: str | None = None,
+    ) -> None:
+        """Record the start of a run (with this process's id, to tell crashed runs apart).
+
+        Args:
+            run_id: the run's id (unique).
+            mode: ``validate`` | ``dry-run`` | ``run`` | ``retry`` | ``inbox``.
+            argv: the command line, already without secrets (the journal stores it as given).
+            report_dir: where the run's report goes.
+            retry_of: the run this one retries.
+            started: ISO time; now if None.
+        """
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, mode, started, argv, report_dir, retry_of, pid, host)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, mode, started or now(), json.dumps(list(argv)),
+                 str(report_dir) if report_dir is not None else None, retry_of, os.getpid(),
+                 os.uname().nodename),
+            )
+
+    def finish_run(
+        self, run_id: str, exit_code: int, totals: dict[str, Any], finished: str | None = None
+    ) -> None:
+        """Record the end of a run: exit code and totals (JSON-able, e.g. rows per status)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished = ?, exit_code = ?, totals = ? WHERE run_id = ?",
+                (finished or now(), int(exit_code), json.dumps(totals, default=str), run_id),
+            )
+
+    def set_report_dir(self, run_id: str, report_dir: Path | str) -> None:
+        """Record where a run's report was written (when known only later)."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET report_dir = ? WHERE run_id = ?",
+                       (str(report_dir), run_id))
+
+    def record_file(self, run_id: str, info: FileLike) -> None:
+        """Record (or update) one input file of a run: name, path, sha256, kinds, rows."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO files (run_id, name, path, sha256, size, kinds, rows, rejected)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, path) DO UPDATE SET sha256 = excluded.sha256,"
+                " size = excluded.size, kinds = excluded.kinds, rows = excluded.rows,"
+                " rejected = excluded.rejected",
+                (run_id, info.name, str(info.path), info.sha256, info.size,
+                 json.dumps(list(info.kinds)), int(info.rows), info.rejected),
+            )
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        """The most recent runs, newest first."""
+        rows = self._query(
+            "SELECT runs.*, (SELECT count(*) FROM files WHERE files.run_id = runs.run_id)"
+            " AS nfiles FROM runs ORDER BY started DESC, rowid DESC LIMIT ?", (int(limit),))
+        return [_run(r) for r in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run by id, or None."""
+        rows = self._query(
+            "SELECT runs.*, (SELECT count(*) FROM files WHERE files.run_id = runs.run_id)"
+            " AS nfiles FROM runs WHERE run_id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    def files(self, run_id: str) -> list[FileRecord]:
+        """The input files of a run, in the order recorded."""
+        return [_file(r) for r in self._query(
+            "SELECT * FROM files WHERE run_id = ? ORDER BY id", (run_id,))]
+
+    def file_seen(
+        self, sha256: str, modes: Iterable[str] = ("run", "retry", "inbox"),
+        exclude_run: str | None = None,
+    ) -> RunRecord | None:
+        """The latest *finished* run that processed a file with this content, or None.
+
+        A run that crashed does not count: its file was not fully processed (rows already
+        done are skipped by fingerprint when it is processed again).
+
+        Args:
+            sha256: the file's content hash.
+            modes: run modes that count as "processed" (validation runs post nothing).
+            exclude_run: the current run.
+        """
+        modes = list(modes)
+        marks = ",".join("?" * len(modes))
+        rows = self._query(
+            "SELECT runs.*, (SELECT count(*) FROM files f WHERE f.run_id = runs.run_id) AS nfiles"
+            f" FROM runs JOIN files ON files.run_id = runs.run_id WHERE files.sha256 = ?"
+            f" AND runs.finished IS NOT NULL AND runs.mode IN ({marks}) AND runs.run_id IS NOT ?"
+            " ORDER BY runs.started DESC LIMIT 1",
+            (sha256, *modes, exclude_run),
+        )
+        return _run(rows[0]) if rows else None
+
+    # --- rows ----------------------------------------------------------------------
+
+    def begin(
+        self, run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,
+        payload: dict[str, Any],
+    ) -> int:
+        """Commit a row as ``in_flight`` BEFORE its POST is sent; returns the journal row id.
+
+        Args:
+            run_id: the current run.
+            ref: where the row comes from.
+            kind: the kind's name.
+            fingerprint: the row's identity (kind, creditor, case/invoice, amount, dates, ref).
+            case_key: ``case:<id>`` or ``invoice:<creditor>:<number>``.
+            payload: the JSON body that will be sent (never holds the token).
+        """
+        return self._insert(run_id, ref, kind, fingerprint, case_key, payload,
+                            Settlement(state=IN_FLIGHT), posts=1)
+
+    def record(
+        self, run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,
+        payload: dict[str, Any], outcome: Settlement,
+    ) -> int:
+        """Commit a row that is not posted in this run (skipped, refused, not reached)."""
+        if outcome.state == IN_FLIGHT:
+            raise ValueError("use begin() for a row about to be posted")
+        return self._insert(run_id, ref, kind, fingerprint, case_key, payload, outcome, posts=0)
+
+    def _insert(
+        self, run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,
+        payload: dict[str, Any], outcome: Settlement, posts: int,
+    ) -> int:
+        stamp = now()
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO rows (run_id, file_sha256, file_name, sheet, row, kind, fingerprint,"
+                " case_key, payload, state, retryable, reason, http_status, attempts, posts,"
+                " amili_id, settled_amount, case_reference_number, status_reason_locale,"
+                " message, ref_row, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, ref.file_sha256, ref.file_name, ref.sheet, int(ref.row), kind,
+                 fingerprint, case_key, json.dumps(payload, default=str), outcome.state,
+                 int(outcome.retryable), outcome.reason, outcome.http_status, outcome.attempts,
+                 posts, outcome.amili_id, outcome.settled_amount,
+                 outcome.case_reference_number, outcome.status_reason_locale, outcome.message,
+                 outcome.ref_row, stamp, stamp),
+            )
+            return int(cur.lastrowid or 0)
+
+    def repost(self, row_id: int) -> None:
+        """Commit ``in_flight`` again before a row is POSTed once more (after a read-back
+        showed the earlier POST stored nothing)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE rows SET state = ?, posts = posts + 1, updated = ? WHERE id = ?",
+                (IN_FLIGHT, now(), row_id),
+            )
+
+    def finish(self, row_id: int, outcome: Settlement) -> None:
+        """Commit a row's outcome after the answer (or the read-back) is known."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE rows SET state = ?, retryable = ?, reason = ?, http_status = ?,"
+                " attempts = ?, amili_id = ?, settled_amount = ?, case_reference_number = ?,"
+                " status_reason_locale = ?, message = ?, ref_row = coalesce(?, ref_row),"
+                " updated = ? WHERE id = ?",
+                (outcome.state, int(outcome.retryable), outcome.reason, outcome.http_status,
+                 outcome.attempts, outcome.amili_id, outcome.settled_amount,
+                 outcome.case_reference_number, outcome.status_reason_locale, outcome.message,
+                 outcome.ref_row, now(), row_id),
+            )
+
+    def row(self, row_id: int) -> RowRecord | None:
+        """One journal row by id."""
+        rows = self._query("SELECT * FROM rows WHERE id = ?", (row_id,))
+        return _row(rows[0]) if rows else None
+
+    def prior(self, fingerprint: str) -> list[RowRecord]:
+        """Rows with this fingerprint that were stored or may have been (done or pending),
+        oldest first: what decides whether a row may be posted."""
+        rows = self._query(
+            "SELECT * FROM rows WHERE fingerprint = ? AND (state IN (?, ?, ?, ?)"
+            " OR (state = ? AND amili_id IS NOT NULL)) ORDER BY id",
+            (fingerprint, COMPLETED, WARNING, IN_FLIGHT, UNKNOWN, ERROR),
+        )
+        return [_row(r) for r in rows]
+
+    def latest(self, fingerprint: str) -> RowRecord | None:
+        """The latest row with this fingerprint that is done (stored in Amili), or None."""
+        done = [r for r in self.prior(fingerprint) if r.done]
+        return done[-1] if done else None
+
+    def pending(self, exclude_run: str | None = None) -> list[RowRecord]:
+        """Rows left ``in_flight``/``unknown`` by runs that are over (finished, or whose
+        process is gone): these must be read back before anything is posted.
+
+        Rows of a run whose process is still alive are left alone: it may still be posting.
+        """
+        rows = self._query(
+            "SELECT rows.*, runs.finished AS run_finished, runs.pid AS run_pid FROM rows"
+            " JOIN runs ON runs.run_id = rows.run_id WHERE rows.state IN (?, ?)"
+            " AND rows.run_id IS NOT ? ORDER BY rows.id",
+            (IN_FLIGHT, UNKNOWN, exclude_run),
+        )
+        return [_row(r) for r in rows
+                if r["run_finished"] is not None or not pid_alive(r["run_pid"])]
+
+    def rows(self, run_id: str, states: Iterable[str] | None = None) -> list[RowRecord]:
+        """A run's rows (optionally only those in the given states), in the order recorded."""
+        if states is None:
+            return [_row(r) for r in self._query(
+                "SELECT * FROM rows WHERE run_id = ? ORDER BY id", (run_id,))]
+        states = list(states)
+        marks = ",".join("?" * len(states))
+        return [_row(r) for r in self._query(
+            f"SELECT * FROM rows WHERE run_id = ? AND state IN ({marks}) ORDER BY id",
+            (run_id, *states))]
+
+    def known_ids(self, ids: Iterable[str]) -> set[str]:
+        """Which of these Amili ids the journal already holds for some row."""
+        ids = [i for i in ids if i]
+        known: set[str] = set()
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            known.update(r[0] for r in self._query(
+                f"SELECT DISTINCT amili_id FROM rows WHERE amili_id IN ({marks})", part))
+        return known
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        """Rows of a run per state."""
+        return {r[0]: r[1] for r in self._query(
+            "SELECT state, count(*) FROM rows WHERE run_id = ? GROUP BY state", (run_id,))}
+
+
+def _run(r: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        run_id=r["run_id"], mode=r["mode"], started=r["started"], finished=r["finished"],
+        argv=json.loads(r["argv"] or "[]"), report_dir=r["report_dir"],
+        exit_code=r["exit_code"], totals=json.loads(r["totals"] or "{}"),
+        retry_of=r["retry_of"], pid=r["pid"], files=int(r["nfiles"] or 0),
+    )
+
+
+def _file(r: sqlite3.Row) -> FileRecord:
+    return FileRecord(
+        run_id=r["run_id"], name=r["name"], path=r["path"], sha256=r["sha256"], size=r["size"],
+        kinds=json.loads(r["kinds"] or "[]"), rows=int(r["rows"]), rejected=r["rejected"],
+    )
+
+
+def _row(r: sqlite3.Row) -> RowRecord:
+    return RowRecord(
+        id=int(r["id"]), run_id=r["run_id"],
+        ref=RowRef(file_name=r["file_name"], file_sha256=r["file_sha256"], sheet=r["sheet"],
+                   row=int(r["row"])),
+        kind=r["kind"], fingerprint=r["fingerprint"], case_key=r["case_key"],
+        payload=json.loads(r["payload"]), state=r["state"], retryable=bool(r["retryable"]),
+        reason=r["reason"], http_status=r["http_status"], attempts=int(r["attempts"]),
+        posts=int(r["posts"]), amili_id=r["amili_id"], settled_amount=r["settled_amount"],
+        case_reference_number=r["case_reference_number"],
+        status_reason_locale=r["status_reason_locale"], message=r["message"],
+        ref_row=r["ref_row"], created=r["created"], updated=r["updated"],
+    )

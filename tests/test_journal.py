@@ -1,0 +1,222 @@
+"""The SQLite write-ahead journal, on a real file in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from importer.journal import (
+    COMPLETED,
+    ERROR,
+    FAILED,
+    IN_FLIGHT,
+    SKIPPED,
+    UNKNOWN,
+    WARNING,
+    Journal,
+    JournalError,
+    RowRef,
+    Settlement,
+)
+
+PAYLOAD = {"creditor": "a" * 24, "case": "b" * 24, "currency": "SEK", "amount": 100.5,
+           "bank_transaction_date": "Fri, 04 Jul 2025 16:20:41 GMT", "origin": "creditor_system"}
+
+
+def ref(row: int = 2, sha: str = "f" * 64, name: str = "payments.csv") -> RowRef:
+    return RowRef(file_name=name, file_sha256=sha, sheet=None, row=row)
+
+
+@dataclass
+class Info:
+    path: Path
+    name: str
+    sha256: str
+    size: int = 10
+    kinds: list[str] = field(default_factory=lambda: ["payments"])
+    rows: int = 3
+    rejected: str | None = None
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path / "state")
+    j.start_run("r1", "run", argv=["run", "payments.csv"], report_dir=tmp_path / "rep")
+    yield j
+    j.close()
+
+
+def test_file_is_wal_with_schema_version(tmp_path: Path) -> None:
+    """The journal lives at <state_dir>/journal.sqlite3 in WAL mode with a schema version."""
+    Journal(tmp_path / "s").close()
+    db = sqlite3.connect(tmp_path / "s" / "journal.sqlite3")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "files", "rows"} <= tables
+    db.close()
+    Journal(tmp_path / "s").close()  # opening again keeps one version row
+    db = sqlite3.connect(tmp_path / "s" / "journal.sqlite3")
+    assert db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+    db.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A journal written by a newer version is refused with a clear message, not corrupted."""
+    Journal(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.execute("INSERT INTO schema_version VALUES (99)")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="newer amili-import"):
+        Journal(tmp_path)
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not SQLite gives a JournalError naming the path."""
+    (tmp_path / "journal.sqlite3").write_bytes(b"this is not a database, just text" * 100)
+    with pytest.raises(JournalError, match="journal.sqlite3"):
+        Journal(tmp_path)
+
+
+def test_begin_is_committed_before_finish(journal: Journal) -> None:
+    """begin() commits in_flight so a second connection sees it before finish()."""
+    rid = journal.begin("r1", ref(), "payments", "fp1", "case:b", PAYLOAD)
+    other = sqlite3.connect(journal.path)
+    assert other.execute("SELECT state, posts FROM rows WHERE id=?", (rid,)).fetchone() == (
+        IN_FLIGHT, 1)
+    journal.finish(rid, Settlement(state=COMPLETED, http_status=201, attempts=2,
+                                   amili_id="c" * 24, settled_amount="100.5"))
+    assert other.execute("SELECT state, amili_id, attempts FROM rows WHERE id=?",
+                         (rid,)).fetchone() == (COMPLETED, "c" * 24, 2)
+    other.close()
+    rec = journal.row(rid)
+    assert rec is not None and rec.payload == PAYLOAD and rec.done
+    assert rec.ref.describe() == "file payments.csv row 2"
+
+
+def test_in_flight_survives_sigkill(tmp_path: Path) -> None:
+    """A process SIGKILLed right after begin() leaves the row in_flight for the next run."""
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from importer.journal import Journal, RowRef\n"
+        "j = Journal(Path(sys.argv[1]))\n"
+        "j.start_run('dead', 'run')\n"
+        "j.begin('dead', RowRef('p.csv', 'f'*64, None, 5), 'payments', 'fpk', 'case:x', {})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False)
+    assert proc.returncode == -9
+    with Journal(tmp_path) as j:
+        j.start_run("next", "run")
+        pending = j.pending(exclude_run="next")
+        assert [(p.run_id, p.state, p.ref.row) for p in pending] == [("dead", IN_FLIGHT, 5)]
+
+
+def test_prior_and_latest(journal: Journal) -> None:
+    """prior() holds done and pending rows of a fingerprint; rejected and failed rows do not."""
+    a = journal.begin("r1", ref(2), "payments", "fp", "case:b", PAYLOAD)
+    journal.finish(a, Settlement(state=ERROR, http_status=422, message="bad"))  # rejected
+    b = journal.begin("r1", ref(3), "payments", "fp", "case:b", PAYLOAD)
+    journal.finish(b, Settlement(state=FAILED, retryable=True, reason="retry_exhausted"))
+    assert journal.prior("fp") == []
+    c = journal.begin("r1", ref(4), "payments", "fp", "case:b", PAYLOAD)
+    assert [r.id for r in journal.prior("fp")] == [c]
+    assert journal.latest("fp") is None  # in flight is not done
+    journal.finish(c, Settlement(state=ERROR, amili_id="d" * 24, message="api error"))
+    d = journal.begin("r1", ref(5), "payments", "fp", "case:b", PAYLOAD)
+    journal.finish(d, Settlement(state=WARNING, amili_id="e" * 24))
+    latest = journal.latest("fp")
+    assert latest is not None and latest.id == d
+    assert [r.id for r in journal.prior("fp")] == [c, d]
+
+
+def test_pending_skips_live_runs_and_own_run(tmp_path: Path) -> None:
+    """Rows in flight of a run whose process is alive are not offered for reconciliation."""
+    with Journal(tmp_path) as j:
+        j.start_run("old", "run")
+        j.begin("old", ref(2), "payments", "fp", "case:b", PAYLOAD)
+        j.start_run("cur", "run")
+        j.begin("cur", ref(3), "payments", "fp2", "case:b", PAYLOAD)
+        # A run owned by a live process (our parent) must be left alone.
+        j.start_run("live", "run")
+        with j.transaction() as db:
+            db.execute("UPDATE runs SET pid=? WHERE run_id='live'", (os.getppid(),))
+        j.begin("live", ref(4), "payments", "fp3", "case:b", PAYLOAD)
+        u = j.begin("old", ref(6), "payments", "fp4", "case:b", PAYLOAD)
+        j.finish(u, Settlement(state=UNKNOWN, retryable=True, reason="outcome_unknown"))
+        assert [(r.run_id, r.ref.row) for r in j.pending(exclude_run="cur")] == [
+            ("old", 2), ("old", 6)]
+
+
+def test_runs_files_and_file_seen(journal: Journal, tmp_path: Path) -> None:
+    """Runs are listed newest first with file counts; file_seen names only finished runs."""
+    journal.record_file("r1", Info(tmp_path / "p.csv", "p.csv", "1" * 64))
+    journal.record_file("r1", Info(tmp_path / "p.csv", "p.csv", "1" * 64, rows=7))  # update
+    assert journal.file_seen("1" * 64) is None  # r1 not finished yet
+    journal.finish_run("r1", 0, {"completed": 7})
+    journal.start_run("r2", "validate")
+    journal.record_file("r2", Info(tmp_path / "q.csv", "q.csv", "2" * 64))
+    journal.finish_run("r2", 0, {})
+    seen = journal.file_seen("1" * 64, exclude_run="r3")
+    assert seen is not None and seen.run_id == "r1" and seen.totals == {"completed": 7}
+    assert journal.file_seen("2" * 64) is None  # validation runs post nothing
+    assert journal.file_seen("1" * 64, exclude_run="r1") is None
+    assert [r.run_id for r in journal.runs(10)] == ["r2", "r1"]
+    assert [f.rows for f in journal.files("r1")] == [7]
+    r1 = journal.run("r1")
+    assert r1 is not None and r1.files == 1 and r1.argv == ["run", "payments.csv"]
+    assert r1.exit_code == 0 and r1.pid == os.getpid()
+    assert journal.run("nope") is None
+
+
+def test_rows_by_state_record_repost_and_known_ids(journal: Journal) -> None:
+    """rows() filters by state; record() stores unposted rows; repost() goes back in flight."""
+    a = journal.begin("r1", ref(2), "payments", "fa", "case:b", PAYLOAD)
+    journal.finish(a, Settlement(state=COMPLETED, amili_id="1" * 24))
+    s = journal.record("r1", ref(3), "payments", "fa", "case:b", PAYLOAD,
+                       Settlement(state=SKIPPED, ref_row=a, message="already posted"))
+    b = journal.begin("r1", ref(4), "payments", "fb", "case:c", PAYLOAD)
+    journal.repost(b)
+    rec = journal.row(b)
+    assert rec is not None and rec.posts == 2 and rec.state == IN_FLIGHT
+    assert [r.id for r in journal.rows("r1")] == [a, s, b]
+    assert [r.id for r in journal.rows("r1", [SKIPPED, IN_FLIGHT])] == [s, b]
+    assert journal.row(s).ref_row == a  # type: ignore[union-attr]
+    assert journal.known_ids(["1" * 24, "2" * 24]) == {"1" * 24}
+    assert journal.counts("r1") == {COMPLETED: 1, SKIPPED: 1, IN_FLIGHT: 1}
+    with pytest.raises(ValueError):
+        journal.record("r1", ref(9), "payments", "fz", "case:z", {}, Settlement(IN_FLIGHT))
+
+
+def test_threads_share_one_journal(journal: Journal) -> None:
+    """Many posting threads can begin/finish at once without losing a row."""
+
+    def work(base: int) -> None:
+        for i in range(50):
+            rid = journal.begin("r1", ref(base + i), "payments", f"fp{base + i}", "case:x", {})
+            journal.finish(rid, Settlement(state=COMPLETED, amili_id=f"{base + i:024d}"))
+
+    threads = [threading.Thread(target=work, args=(n * 1000,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert journal.counts("r1") == {COMPLETED: 400}
+
+
+def test_transaction_rolls_back_on_error(journal: Journal) -> None:
+    """A failure inside transaction() leaves nothing half-written."""
+    with pytest.raises(RuntimeError), journal.transaction():
+        journal.begin("r1", ref(2), "payments", "fx", "case:b", PAYLOAD)
+        raise RuntimeError("boom")
+    assert journal.rows("r1") == []
