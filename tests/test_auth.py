@@ -1,0 +1,154 @@
+"""Login: key loading, algorithm choice, the login answer, and logins against the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from importer.auth import (
+    key_algorithm,
+    key_file_exposure,
+    load_private_key,
+    login_method,
+    parse_login_answer,
+)
+from importer.config import Config
+from importer.errors import ApiError, ConfigError
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def write_key(path: Path, key: PrivateKey, mode: int = 0o600) -> Path:
+    """Write a key as unencrypted PKCS#8 PEM with the given file mode."""
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.chmod(path, mode)
+    return path
+
+
+def public_pem(key: PrivateKey) -> str:
+    """The PEM public key the sandbox is configured with."""
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def answer(body: Any, status: int = 200, raw: bytes | None = None) -> requests.Response:
+    """A real requests.Response carrying a login answer (no network involved)."""
+    response = requests.Response()
+    response.status_code = status
+    response._content = raw if raw is not None else json.dumps(body).encode()
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+@pytest.mark.parametrize(("curve", "algorithm"), [
+    (ec.SECP256R1(), "ES256"), (ec.SECP384R1(), "ES384"), (ec.SECP521R1(), "ES512")])
+def test_ec_curve_picks_algorithm(tmp_path: Path, curve: ec.EllipticCurve, algorithm: str) -> None:
+    """An EC key's curve decides the JWT algorithm (P-256 → ES256, P-384 → ES384, P-521 → ES512)."""
+    path = write_key(tmp_path / "key.pem", ec.generate_private_key(curve))
+    assert key_algorithm(load_private_key(path)) == algorithm
+
+
+def test_rsa_key_is_rs256_and_override_must_fit(tmp_path: Path) -> None:
+    """An RSA key signs RS256; jwt_algorithm overrides within the key's family only."""
+    key = load_private_key(write_key(tmp_path / "rsa.pem",
+                                     rsa.generate_private_key(65537, 2048)))
+    assert key_algorithm(key) == "RS256"
+    assert key_algorithm(key, "rs512") == "RS512"
+    with pytest.raises(ConfigError, match="does not fit an RSA key"):
+        key_algorithm(key, "ES256")
+
+
+def test_unusable_key_files_give_clear_errors(tmp_path: Path) -> None:
+    """A missing, non-key or passphrase-protected key file is a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="missing.pem"):
+        load_private_key(tmp_path / "missing.pem")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match="does not hold"):
+        load_private_key(junk)
+    locked = tmp_path / "locked.pem"
+    locked.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(ConfigError, match="encrypted"):
+        load_private_key(locked)
+
+
+def test_key_file_readable_by_others_is_reported(tmp_path: Path) -> None:
+    """A key file readable by group or others is flagged with the chmod that fixes it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert key_file_exposure(write_key(tmp_path / "private.pem", key)) is None
+    exposed = key_file_exposure(write_key(tmp_path / "open.pem", key, 0o644))
+    assert exposed is not None and "chmod 600" in exposed and "0644" in exposed
+
+
+def test_auto_login_method_order(tmp_path: Path) -> None:
+    """auto picks a ready token, else JWT (code + key), else the API-code POST; none is an error."""
+    key = tmp_path / "k.pem"
+    assert login_method(Config(access_token="t", api_code="c", private_key_file=key)) == "token"
+    assert login_method(Config(api_code="c", private_key_file=key)) == "jwt"
+    assert login_method(Config(api_code="c")) == "api-code"
+    with pytest.raises(ConfigError, match="AMILI_ACCESS_TOKEN"):
+        login_method(Config())
+    with pytest.raises(ConfigError, match="private_key_file"):
+        login_method(Config(login="jwt", api_code="c"))
+
+
+def test_login_answer_token_field_and_lifetime() -> None:
+    """The token is the first string among the known fields; expires_in gives the lifetime."""
+    got = parse_login_answer(answer({"_id": "x", "access_token": "abc", "expires_in": 120}), None)
+    assert (got.token, got.lifetime) == ("abc", 120.0)
+    got = parse_login_answer(answer({"jwt": "abc", "token": "other"}), "jwt")
+    assert got.token == "abc" and got.lifetime is None
+
+
+def test_login_answer_expiry_forms() -> None:
+    """expires as RFC 1123 date or epoch, exp, and a JWT token's own exp all give a lifetime."""
+    now = 1_750_000_000.0
+    date = formatdate(now + 300, usegmt=True)  # "Sun, 15 Jun 2025 15:11:40 GMT"
+    assert parse_login_answer(answer({"token": "t", "expires": date}), None, now).lifetime == 300
+    assert parse_login_answer(answer({"key": "t", "expires": now + 90}), None, now).lifetime == 90
+    assert parse_login_answer(answer({"token": "t", "exp": now + 45}), None, now).lifetime == 45
+    token = jwt.encode({"exp": int(now) + 200}, "k" * 32, algorithm="HS256")
+    assert parse_login_answer(answer({"token": token}), None, now).lifetime == 200
+
+
+def test_login_answer_bare_string_and_missing_token() -> None:
+    """A bare JSON string is the token; an answer without one names the fields, not values."""
+    assert parse_login_answer(answer("tok-123"), None).token == "tok-123"
+    with pytest.raises(ApiError, match=r"fields seen: secret_value_holder") as info:
+        parse_login_answer(answer({"secret_value_holder": 12}), None)
+    assert "12" not in str(info.value)
+
+
+def test_jwt_claims_and_expiry_are_short(tmp_path: Path) -> None:
+    """The login JWT carries api_code and an exp no more than 10 minutes ahead."""
+    from importer.auth import TokenProvider
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    path = write_key(tmp_path / "k.pem", key)
+    sent: list[dict[str, str]] = []
+
+    def send(method: str, path: str, *, headers: dict[str, str] | None = None,
+             data: str | None = None) -> requests.Response:
+        sent.append(dict(headers or {}))
+        return answer({"token": "issued", "expires_in": 50})
+
+    provider = TokenProvider(Config(api_code="CODE-1", private_key_file=path), send)
+    assert provider.get_valid_token() == "issued"
+    claims = jwt.decode(sent[0]["X-API-Key"], key.public_key(), algorithms=["ES384"])
+    assert claims["api_code"] == "CODE-1"
+    assert time.time() < claims["exp"] <= time.time() + 600
+    assert provider.lifetime == 50
