@@ -1,0 +1,273 @@
+"""Posting benchmark: `amili-import run` against the sandbox with 20 ms added latency, at
+concurrency 16, journal on, against the seeds' naive loop on the same sandbox in the same run.
+
+- Ours: `amili-import run FILE --api-url URL --concurrency 16 --state-dir DIR --report-dir DIR`
+  with `AMILI_ACCESS_TOKEN` set, in a fresh process. Two rates: end to end (process start to
+  exit: imports, validation, journal, report included) and the posting phase (first to last
+  record stored, from the sandbox's own counter sampled every 20 ms). Client CPU per row is the
+  child's user+sys CPU (from `os.wait4`) over the rows.
+- Little's bound: at most `concurrency / latency` = 16 / 0.020 s = 800 rows/s can be in flight.
+- Baseline: the seeds' naive loop, one `requests.post(url, json=..., headers=...)` per row (a new
+  connection each time), sequential, in its own process, timed over the loop alone.
+- Afterwards the sandbox must hold exactly N more payments, each reference once.
+
+    python -m bench.post_bench naive URL FILE    # the baseline alone (token from the env)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import gen
+from bench.run import Proc, Skipped, goal, run_process, tool
+
+ROWS = 4000
+NAIVE_ROWS = 300
+QUICK_ROWS, QUICK_NAIVE_ROWS = 400, 40
+CASES = 1000
+CONCURRENCY = 16
+LATENCY_MS = 20.0
+CREDITOR = "65f0c0ffee00000000000b0c"
+PAYMENTS = "creditor--payments"
+
+
+def start_sandbox(cases: list[dict[str, Any]], latency_ms: float) -> Any:
+    """Start the sandbox in this process on a free port, seeded with `cases`.
+
+    Args:
+        cases: seed cases (see `gen.sandbox_cases`).
+        latency_ms: latency added to every API request.
+
+    Returns:
+        The running sandbox (`.url`, `.token`, `.state`, `.stop()`).
+    """
+    import secrets
+
+    try:
+        from importer.sandbox.faults import Faults
+        from importer.sandbox.server import SandboxOptions, start
+    except ImportError as exc:
+        raise Skipped(f"the sandbox is not there yet ({exc})") from None
+    # A fresh random token for this run only; it is never printed or stored.
+    return start(SandboxOptions(port=0, cases=cases, token=secrets.token_urlsafe(24),
+                                faults=Faults(latency_ms=latency_ms)))
+
+
+class Sampler(threading.Thread):
+    """Samples the sandbox's stored-payments count every 20 ms (read in-process, no HTTP)."""
+
+    def __init__(self, sandbox: Any) -> None:
+        super().__init__(daemon=True)
+        self.sandbox = sandbox
+        self.samples: list[tuple[float, int]] = []
+        self.halt = threading.Event()
+
+    def count(self) -> int:
+        """Payments stored in the sandbox right now."""
+        return int(self.sandbox.state.count(PAYMENTS))
+
+    def run(self) -> None:
+        """Sample until told to stop."""
+        while not self.halt.is_set():
+            self.samples.append((time.perf_counter(), self.count()))
+            self.halt.wait(0.02)
+
+    def window(self, before: int, rows: int) -> float | None:
+        """Seconds from the first record stored to the last (`None` if not all were seen)."""
+        first = next((t for t, n in self.samples if n > before), None)
+        last = next((t for t, n in self.samples if n >= before + rows), None)
+        if first is None or last is None or last <= first:
+            return None
+        # The first sample above `before` already holds some rows: count from the sample
+        # before it, so the window is never shorter than the truth.
+        earlier = [t for t, n in self.samples if t < first]
+        return last - (earlier[-1] if earlier else first)
+
+
+def references(url: str, token: str) -> Counter[str]:
+    """Every stored payment's `creditor_payment_reference`, counted, read through the API."""
+    import requests
+
+    seen: Counter[str] = Counter()
+    with requests.Session() as session:
+        page = 1
+        while True:
+            answer = session.get(f"{url}/{PAYMENTS}", params={"max_results": 100, "page": page},
+                                 headers={"X-API-Key": token}, timeout=30)
+            answer.raise_for_status()
+            items = answer.json()["_items"]
+            seen.update(str(i.get("creditor_payment_reference")) for i in items)
+            if len(items) < 100:
+                return seen
+            page += 1
+
+
+def _report_totals(report_dir: Path) -> dict[str, int] | None:
+    path = report_dir / "report.json"
+    if not path.exists():
+        return None
+    totals = json.loads(path.read_text()).get("totals")
+    return {str(k): int(v) for k, v in totals.items()} if isinstance(totals, dict) else None
+
+
+def run_ours(url: str, token: str, file: Path, work: Path) -> Proc:
+    """`amili-import run` on `file` at concurrency 16 with a fresh state dir (journal on)."""
+    state, report = work / "state", work / "report"
+    # --state-dir and --log-format are options of the command group, so they go before `run`.
+    proc = run_process([tool("amili-import"), "--log-format", "json", "--state-dir", str(state),
+                        "run", str(file), "--api-url", url, "--concurrency", str(CONCURRENCY),
+                        "--report-dir", str(report)],
+                       work / "run.log", env={"AMILI_ACCESS_TOKEN": token})
+    if proc.exit_code not in (0, 1):
+        if any(s in proc.tail() for s in ("No such command", "No module named")):
+            raise Skipped(f"amili-import run is not ready yet:\n{proc.tail(3)}")
+        raise RuntimeError(f"amili-import run exited {proc.exit_code}:\n{proc.tail()}")
+    return proc
+
+
+def run_naive(url: str, token: str, file: Path, work: Path) -> tuple[Proc, dict[str, Any]]:
+    """The seeds' loop in its own process; returns the process and what the loop reported."""
+    root = Path(__file__).resolve().parent.parent
+    proc = run_process([sys.executable, "-m", "bench.post_bench", "naive", url, str(file)],
+                       work / "naive.log", env={"AMILI_ACCESS_TOKEN": token}, cwd=root)
+    if proc.exit_code != 0:
+        raise RuntimeError(f"naive loop failed (exit {proc.exit_code}):\n{proc.tail()}")
+    return proc, json.loads(Path(proc.log).read_text().strip().splitlines()[-1])
+
+
+def run(out: Path, quick: bool = False) -> dict[str, Any]:
+    """The posting benchmark.
+
+    Args:
+        out: the bench output folder (`out/post` holds files, state, reports, logs).
+        quick: fewer rows, to check the harness.
+
+    Returns:
+        Result dict with `tables`, `goals`, `notes` (and `partial` when `run` is missing).
+    """
+    import shutil
+
+    rows, naive_rows = (QUICK_ROWS, QUICK_NAIVE_ROWS) if quick else (ROWS, NAIVE_ROWS)
+    work = out / "post"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh journal: nothing may count as done already
+    work.mkdir(parents=True)
+    cases = gen.sandbox_cases(CREDITOR, CASES)
+    ids = [str(c["_id"]) for c in cases]
+    ours_file = gen.posting_csv(work, "payments-post.csv", CREDITOR, ids, rows, seed=3)
+    naive_file = gen.posting_csv(work, "payments-naive.csv", CREDITOR, ids, naive_rows, seed=4)
+    sandbox = start_sandbox(cases, LATENCY_MS)
+    missing: str | None = None
+    proc: Proc | None = None
+    try:
+        url, token = sandbox.url.rstrip("/"), sandbox.token
+        sampler = Sampler(sandbox)
+        before = sampler.count()
+        sampler.start()
+        try:
+            proc = run_ours(url, token, ours_file.path, work)
+        except Skipped as exc:  # still measure the naive loop, so the run is not wasted
+            missing = str(exc)
+        finally:
+            sampler.halt.set()
+            sampler.join()
+        stored = sampler.count() - before
+        window = sampler.window(before, rows)
+        naive_before = sampler.count()
+        naive_proc, naive = run_naive(url, token, naive_file.path, work)
+        naive_stored = sampler.count() - naive_before
+        seen = references(url, token)
+    finally:
+        sandbox.stop()
+    bound = CONCURRENCY / (LATENCY_MS / 1000)
+    naive_rate = naive["rows"] / naive["seconds"]
+    table = [{
+        "client": "naive loop (requests.post per row)", "rows": naive["rows"],
+        "stored": naive_stored, "posting_rows_per_s": naive_rate,
+        "end_to_end_rows_per_s": naive["rows"] / naive_proc.seconds, "wall_s": naive_proc.seconds,
+        "cpu_ms_per_row": 1000 * (naive_proc.cpu_user + naive_proc.cpu_sys) / naive["rows"],
+        "peak_rss_mb": naive_proc.peak_rss_mb, "exit": naive_proc.exit_code}]
+    checks = [{"check": "naive loop: HTTP statuses", "value": json.dumps(naive["statuses"]),
+               "ok": naive["statuses"].get("201") == naive["rows"] == naive_stored}]
+    notes = [f"Little's bound = {CONCURRENCY} / {LATENCY_MS / 1000} s = {bound:.0f} rows/s; "
+             "posting rate = rows / (first to last record stored, sampled every 20 ms); "
+             "end to end = process start to exit (start-up, validation, journal, report); "
+             "naive: the loop alone"]
+    goals = []
+    if proc is not None:
+        posting_rate = rows / window if window else None
+        cpu = proc.cpu_user + proc.cpu_sys
+        table.insert(0, {
+            "client": f"amili-import run (c={CONCURRENCY}, journal)", "rows": rows,
+            "stored": stored, "posting_rows_per_s": posting_rate,
+            "end_to_end_rows_per_s": rows / proc.seconds, "wall_s": proc.seconds,
+            "cpu_ms_per_row": 1000 * cpu / rows, "peak_rss_mb": proc.peak_rss_mb,
+            "exit": proc.exit_code})
+        ours_refs = [f"BENCH-3-{i:07d}" for i in range(rows)]
+        twice = sum(1 for r in ours_refs if seen[r] > 1)
+        lost = sum(1 for r in ours_refs if seen[r] == 0)
+        totals = _report_totals(work / "report")
+        checks[:0] = [
+            {"check": f"sandbox stored exactly {rows} records from our run", "value": stored,
+             "ok": stored == rows},
+            {"check": "our references stored more than once", "value": twice, "ok": twice == 0},
+            {"check": "our references not stored", "value": lost, "ok": lost == 0},
+            {"check": f"report totals (expect completed = {rows})", "value": json.dumps(totals),
+             "ok": (totals or {}).get("completed") == rows}]
+        if posting_rate:
+            notes.append(f"posting rows/s, ours / naive = {posting_rate / naive_rate:.1f}x")
+        goals = [
+            goal("posting rows/s / Little's bound (800)",
+                 posting_rate / bound if posting_rate else None, 0.85),
+            goal("end-to-end rows/s / Little's bound (800)", rows / proc.seconds / bound, 0.85),
+            goal("posting: every row stored exactly once, reported completed",
+                 float(all(c["ok"] for c in checks[:4])), 1.0),
+        ]
+    if not all(c["ok"] for c in checks):
+        notes.append(f"CHECK FAILED; see {work}/run.log, naive.log and report/")
+    return {"tables": {"posting (20 ms added latency)": table, "checks": checks},
+            "goals": goals, "notes": notes, "partial": missing}
+
+
+def naive_loop(url: str, file: Path, token: str) -> dict[str, Any]:
+    """The seeds' way: for each row, `requests.post(..., json=row, headers={"X-API-Key": t})`.
+
+    No session (a new connection per row), no retries, sequential: what the Amili guides show.
+
+    Returns:
+        Rows posted, the loop's seconds, and the count of each HTTP status.
+    """
+    import requests
+
+    with file.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    statuses: Counter[str] = Counter()
+    start = time.perf_counter()
+    for row in rows:
+        body: dict[str, Any] = {k: v for k, v in row.items() if v}
+        body["amount"] = float(body["amount"])
+        response = requests.post(f"{url}/{PAYMENTS}", json=body,
+                                 headers={"X-API-Key": token}, timeout=30)
+        statuses[str(response.status_code)] += 1
+    return {"rows": len(rows), "seconds": time.perf_counter() - start, "statuses": statuses}
+
+
+def _main(argv: list[str]) -> int:
+    token = os.environ.get("AMILI_ACCESS_TOKEN")
+    if len(argv) != 3 or argv[0] != "naive" or not token:
+        print("usage: AMILI_ACCESS_TOKEN=... python -m bench.post_bench naive URL FILE",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(naive_loop(argv[1].rstrip("/"), Path(argv[2]), token)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
