@@ -1,0 +1,611 @@
+"""Drop-folder mode: pick the ready files of a folder, run each one, archive it. Nothing is deleted.
+
+One loop (:func:`drain`) serves two backends behind the small :class:`Folder` interface:
+a local directory (:class:`LocalFolder`, here) and a remote SFTP folder
+(:class:`importer.sftp.RemoteInbox`). Posting is not done here: each file is handed to an
+injected ``process_one(path, report_dir) -> InboxFileResult`` (in production
+``importer.pipeline.process_inbox_file``), so the folder mechanics are testable on their own.
+
+Rules for a ready file (the same for both backends):
+- a regular file at the top level; never a dotfile, ``~$*`` (Excel lock file), ``*.part``,
+  ``*.tmp``, ``*.filepart``, nor a sidecar (``*.done``, ``*.ok``) itself;
+- at least ``min_age`` seconds old (mtime), and the same size and mtime in two listings taken
+  ``settle`` seconds apart (an upload still in progress is left for the next run);
+- with ``require_sidecar``, only when ``<name>.done``/``<name>.ok`` (or ``<stem>.done``/
+  ``<stem>.ok``) exists; sidecars always move along with their file.
+Files run oldest first (mtime, then name). After its run a file moves to ``done/`` (exit code 0,
+or content already processed) or ``failed/`` under a timestamped name such as
+``20261122T010203Z--payments.csv``; an existing name is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from importer.errors import ExitCode, FileRejected, ImporterError
+from importer.lock import RunLock
+
+if TYPE_CHECKING:
+    from importer.config import Config
+
+LOCK_NAME = ".amili-import.lock"
+SUBFOLDERS = ("done", "failed", "reports")
+SIDECAR_SUFFIXES = (".done", ".ok")
+# Names a producer uses while a file is still being written, and files that are not input.
+IGNORED_PREFIXES = (".", "~$")
+IGNORED_SUFFIXES = (".part", ".tmp", ".filepart", *SIDECAR_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One regular file as listed by a folder backend."""
+
+    name: str
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A file made available locally for processing (the file itself, or a downloaded copy)."""
+
+    path: Path
+    sha256: str | None = None  # computed while downloading; None for local files
+
+
+@dataclass
+class InboxFileResult:
+    """What processing one file produced (returned by ``process_one``).
+
+    Attributes:
+        exit_code: the file's run exit code; 0 sends the file to ``done/``.
+        run_id: the run id the pipeline used (the inbox names the report folder after it).
+        totals: rows per status (``completed``, ``warning``, ``error``, ...).
+        message: one human line about the outcome (e.g. why the file was rejected).
+        duplicate: the same content (sha256) was already processed; nothing was posted and the
+            file goes to ``done/`` whatever ``exit_code`` says.
+    """
+
+    exit_code: ExitCode
+    run_id: str
+    totals: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+    duplicate: bool = False
+
+
+ProcessOne = Callable[[Path, Path], InboxFileResult]
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one ready file in a drain."""
+
+    name: str
+    run_id: str
+    exit_code: ExitCode
+    report_dir: Path | None = None
+    moved_to: str | None = None  # e.g. "done/20261122T010203Z--payments.csv"
+    duplicate: bool = False
+    totals: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+    error: str | None = None  # an IO or processing error, in one line
+    sha256: str | None = None
+
+
+@dataclass
+class InboxSummary:
+    """The outcome of one drain of a folder."""
+
+    folder: str
+    files: list[FileOutcome] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # candidates not ready yet
+    stopped: str | None = None  # why the drain stopped early (the run could not go on)
+    duration: float = 0.0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The worst exit code of the files (0 with no files; 3 when stopped early)."""
+        codes = [f.exit_code for f in self.files]
+        if self.stopped:
+            codes.append(ExitCode.CANNOT_RUN)
+        return max(codes, default=ExitCode.OK)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Rows per status over all files."""
+        total: Counter[str] = Counter()
+        for outcome in self.files:
+            total.update(outcome.totals)
+        return dict(total)
+
+
+@dataclass(frozen=True)
+class InboxOptions:
+    """How to drain a folder (typed at the CLI edge; the core never sees click).
+
+    Attributes:
+        min_age: a file younger than this many seconds (mtime) waits for the next run.
+        require_sidecar: only files with a ``.done``/``.ok`` sidecar are ready.
+        settle: seconds between the two listings that tell a growing file.
+        identity: SSH private key file (sftp:// only; None: ssh-agent and ~/.ssh keys).
+        known_hosts: known_hosts file (sftp:// only; None: ~/.ssh/known_hosts).
+        accept_new_host_key: trust and record an unknown host key (never a changed one).
+        pickup: remote folder receiving each run's report files (sftp:// only).
+        work_dir: local staging and report folder for sftp:// (None: under the state dir).
+        timeout: seconds to wait for the SFTP server.
+        run: the ``importer.pipeline.RunOptions`` each file's run starts from.
+    """
+
+    min_age: float = 60.0
+    require_sidecar: bool = False
+    settle: float = 1.0
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+    pickup: str | None = None
+    work_dir: Path | None = None
+    timeout: float = 15.0
+    run: Any = None
+
+
+class ChangedWhileFetching(Exception):
+    """The file changed between listing and download: leave it for the next run."""
+
+
+class _StopDrain(Exception):
+    """The run itself cannot go on (e.g. the API refused the login): leave the rest in place."""
+
+
+class Folder(Protocol):
+    """A drop folder: one mechanism, two backends (local directory, SFTP)."""
+
+    label: str  # for messages and logs; never holds credentials
+    reports: Path  # local folder receiving ``<run-id>/`` report folders
+
+    def scan(self) -> list[Entry]:
+        """Every regular file at the top level (ready or not, sidecars included)."""
+        ...
+
+    def prepare(self) -> None:
+        """Create ``done/`` and ``failed/`` (and the local report folder) if missing."""
+        ...
+
+    def fetch(self, entry: Entry) -> Fetched:
+        """Make ``entry`` available as a local file (raise ChangedWhileFetching if it moved)."""
+        ...
+
+    def discard(self, fetched: Fetched) -> None:
+        """Drop a local copy made by :meth:`fetch` (no-op when nothing was copied)."""
+        ...
+
+    def exists(self, sub: str, name: str) -> bool:
+        """Whether ``sub/name`` exists in the folder."""
+        ...
+
+    def move(self, name: str, sub: str, new_name: str) -> None:
+        """Rename top-level ``name`` to ``sub/new_name`` atomically, never overwriting."""
+        ...
+
+    def upload(self, report_dir: Path, run_id: str) -> None:
+        """Publish a run's report files (to the pickup folder, where there is one)."""
+        ...
+
+
+class LocalFolder:
+    """A drop folder on a local (or mounted) filesystem."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.label = str(self.directory)
+        self.reports = self.directory / "reports"
+
+    def scan(self) -> list[Entry]:
+        """Every regular file at the top level; symlinks and folders are not input."""
+        entries = []
+        with os.scandir(self.directory) as listing:
+            for item in listing:
+                try:
+                    info = item.stat(follow_symlinks=False)
+                except FileNotFoundError:  # gone between listing and stat
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    entries.append(Entry(item.name, info.st_size, info.st_mtime))
+        return entries
+
+    def prepare(self) -> None:
+        """Create ``done/``, ``failed/`` and ``reports/``."""
+        for sub in SUBFOLDERS:
+            try:
+                (self.directory / sub).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise ImporterError(
+                    f"cannot create {self.directory / sub}: {exc.strerror}"
+                ) from None
+
+    def fetch(self, entry: Entry) -> Fetched:
+        """The file itself: it is processed in place."""
+        return Fetched(self.directory / entry.name)
+
+    def discard(self, fetched: Fetched) -> None:
+        """Nothing to drop: no copy was made."""
+
+    def exists(self, sub: str, name: str) -> bool:
+        """Whether ``sub/name`` exists (a dangling symlink counts)."""
+        return os.path.lexists(self.directory / sub / name)
+
+    def move(self, name: str, sub: str, new_name: str) -> None:
+        """``os.rename`` within the folder's filesystem, refusing to overwrite."""
+        target = self.directory / sub / new_name
+        # Only this process writes into done/ and failed/ (it holds the lock), so checking
+        # first is enough to never overwrite; rename itself is atomic.
+        if os.path.lexists(target):
+            raise FileExistsError(f"{target} already exists")
+        os.rename(self.directory / name, target)
+
+    def upload(self, report_dir: Path, run_id: str) -> None:
+        """Nothing to publish: the reports already live in ``DIR/reports/``."""
+
+
+def is_candidate(name: str) -> bool:
+    """Whether a top-level file name can be input at all (before age/size/sidecar checks)."""
+    lower = name.lower()
+    return not (lower.startswith(IGNORED_PREFIXES) or lower.endswith(IGNORED_SUFFIXES))
+
+
+def sidecars_of(name: str, names: set[str]) -> list[str]:
+    """The sidecar files of ``name`` among ``names`` (case-insensitive), in a stable order."""
+    by_lower = {n.lower(): n for n in names}
+    stem = PurePosixPath(name).stem
+    wanted = [name + s for s in SIDECAR_SUFFIXES] + [stem + s for s in SIDECAR_SUFFIXES]
+    found = [by_lower[w.lower()] for w in wanted if w.lower() in by_lower]
+    return list(dict.fromkeys(found))
+
+
+def select_ready(
+    first: list[Entry],
+    second: list[Entry],
+    now: float,
+    min_age: float,
+    require_sidecar: bool,
+) -> tuple[list[Entry], dict[str, str]]:
+    """Apply the ready-file rules to two listings taken a moment apart.
+
+    Args:
+        first: the first listing.
+        second: the second listing (its sizes are the ones used).
+        now: the current time (epoch seconds) to age files against.
+        min_age: minimum age in seconds.
+        require_sidecar: only files with a sidecar are ready.
+
+    Returns:
+        The ready entries oldest first (mtime, then name), and the candidates that must
+        wait, each with the reason.
+    """
+    before = {e.name: e for e in first}
+    names = {e.name for e in second}
+    ready: list[Entry] = []
+    waiting: dict[str, str] = {}
+    for entry in second:
+        if not is_candidate(entry.name):
+            continue
+        earlier = before.get(entry.name)
+        if earlier is None or (earlier.size, earlier.mtime) != (entry.size, entry.mtime):
+            waiting[entry.name] = "still being written (changed between two looks)"
+        elif now - entry.mtime < min_age:
+            waiting[entry.name] = f"younger than {min_age:g} s"
+        elif require_sidecar and not sidecars_of(entry.name, names):
+            waiting[entry.name] = "no .done/.ok sidecar yet"
+        else:
+            ready.append(entry)
+    ready.sort(key=lambda e: (e.mtime, e.name))
+    return ready, waiting
+
+
+def scan_ready(
+    folder: Folder,
+    min_age: float,
+    require_sidecar: bool,
+    settle: float,
+    now: float | None = None,
+) -> tuple[list[Entry], dict[str, str], set[str]]:
+    """List ``folder`` twice, ``settle`` seconds apart, and select the ready files.
+
+    Returns:
+        The ready entries (oldest first), the waiting candidates with reasons, and every
+        name of the second listing (for the sidecar lookup).
+    """
+    first = folder.scan()
+    if any(is_candidate(e.name) for e in first):
+        time.sleep(settle)
+        second = folder.scan()
+    else:
+        second = first  # nothing to wait for
+    ready, waiting = select_ready(
+        first, second, time.time() if now is None else now, min_age, require_sidecar
+    )
+    return ready, waiting, {e.name for e in second}
+
+
+def ready_files(
+    directory: Path,
+    min_age: float = 60,
+    require_sidecar: bool = False,
+    now: float | None = None,
+    settle: float = 1.0,
+) -> list[Path]:
+    """The files of ``directory`` that are ready to be processed, oldest first.
+
+    Args:
+        directory: the drop folder (only its top level is looked at).
+        min_age: a file younger than this many seconds (mtime) is not ready.
+        require_sidecar: only files with a ``.done``/``.ok`` sidecar are ready.
+        now: the time to age files against (default: now).
+        settle: seconds between the two looks that tell a growing file.
+
+    Returns:
+        Paths of the ready files.
+    """
+    ready, _, _ = scan_ready(LocalFolder(directory), min_age, require_sidecar, settle, now)
+    return [Path(directory) / e.name for e in ready]
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id such as ``20261122T010203Z-3f9a1c`` (the pipeline's format)."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def archive_name(folder: Folder, sub: str, name: str, sidecars: list[str],
+                 now: datetime | None = None) -> str:
+    """A timestamped name free in ``sub/`` for ``name`` and its sidecars.
+
+    Returns:
+        The prefix such as ``20261122T010203Z--`` (``20261122T010203Z-2--`` on a clash).
+    """
+    stamp = f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}"
+    for n in range(1, 10_000):
+        prefix = f"{stamp}--" if n == 1 else f"{stamp}-{n}--"
+        if not any(folder.exists(sub, prefix + x) for x in [name, *sidecars]):
+            return prefix
+    raise FileExistsError(f"no free name for {name} in {sub}/")
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ImporterError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> InboxSummary:
+    """Run every ready file of ``folder`` once and archive it (the caller holds the lock).
+
+    Errors stay per file: a file that cannot be read or processed goes to ``failed/`` (when it
+    can be moved) and the others go on. Only an error that says the run itself cannot go on
+    (an :class:`ImporterError` other than :class:`FileRejected`, e.g. the API refused the
+    login) stops the drain, leaving that file and the rest in place for the next run.
+
+    Args:
+        folder: the backend.
+        options: ready-file rules.
+        process_one: runs one local file, writing its report into the given folder.
+
+    Returns:
+        The summary; its ``exit_code`` is the worst of the files.
+    """
+    log = structlog.get_logger()
+    started = time.monotonic()
+    summary = InboxSummary(folder.label)
+    folder.prepare()
+    ready, waiting, names = scan_ready(
+        folder, options.min_age, options.require_sidecar, options.settle
+    )
+    summary.waiting = sorted(waiting)
+    if waiting:
+        log.info("inbox.waiting", folder=folder.label, files=waiting)
+    for entry in ready:
+        try:
+            outcome = _drain_one(folder, entry, sidecars_of(entry.name, names), process_one, log)
+        except _StopDrain as exc:
+            summary.stopped = str(exc)
+            break
+        if outcome is None:
+            summary.waiting.append(entry.name)
+        else:
+            summary.files.append(outcome)
+    summary.duration = round(time.monotonic() - started, 3)
+    log.info(
+        "inbox.summary",
+        folder=folder.label,
+        files=len(summary.files),
+        done=sum(1 for f in summary.files if f.moved_to and f.moved_to.startswith("done/")),
+        failed=sum(1 for f in summary.files if f.moved_to and f.moved_to.startswith("failed/")),
+        duplicates=sum(1 for f in summary.files if f.duplicate),
+        waiting=len(summary.waiting),
+        rows=summary.totals,
+        errors={f.name: f.error for f in summary.files if f.error},
+        stopped=summary.stopped,
+        exit_code=int(summary.exit_code),
+        duration=summary.duration,
+    )
+    return summary
+
+
+def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: ProcessOne,
+               log: Any) -> FileOutcome | None:
+    """One file: fetch, process, archive, publish. None: left for the next run."""
+    run_id = new_run_id()
+    outcome = FileOutcome(entry.name, run_id, ExitCode.CANNOT_RUN)
+    fetched: Fetched | None = None
+    try:
+        fetched = folder.fetch(entry)
+        outcome.sha256 = fetched.sha256
+        report_dir = folder.reports / run_id
+        report_dir.mkdir(parents=True, exist_ok=True)
+        outcome.report_dir = report_dir
+        result = process_one(fetched.path, report_dir)
+    except ChangedWhileFetching as exc:
+        log.warning("inbox.changed", folder=folder.label, file=entry.name, reason=str(exc))
+        return None
+    except ImporterError as exc:
+        if not isinstance(exc, FileRejected):
+            log.error("inbox.stopped", folder=folder.label, file=entry.name, error=str(exc))
+            _discard(folder, fetched)
+            if outcome.report_dir is not None:
+                with contextlib.suppress(OSError):  # only if the run wrote nothing into it
+                    outcome.report_dir.rmdir()
+            raise _StopDrain(f"{entry.name}: {exc}") from None
+        outcome.error = str(exc)
+    except Exception as exc:  # one file's IO error or bug must not stop the others
+        outcome.error = _one_line(exc)
+        log.exception("inbox.file_error", folder=folder.label, file=entry.name,
+                      error=outcome.error)
+    else:
+        outcome.exit_code = ExitCode(result.exit_code)
+        outcome.run_id = result.run_id or run_id
+        outcome.totals = dict(result.totals)
+        outcome.message = result.message
+        outcome.duplicate = result.duplicate
+    sub = "done" if outcome.error is None and (
+        outcome.duplicate or outcome.exit_code == ExitCode.OK) else "failed"
+    try:
+        prefix = archive_name(folder, sub, entry.name, sidecars)
+        folder.move(entry.name, sub, prefix + entry.name)
+        outcome.moved_to = f"{sub}/{prefix}{entry.name}"
+        for sidecar in sidecars:
+            # A shared <stem>.done may already have moved with a sibling file.
+            with contextlib.suppress(FileNotFoundError):
+                folder.move(sidecar, sub, prefix + sidecar)
+    except Exception as exc:
+        error = f"cannot move to {sub}/: {_one_line(exc)}"
+        outcome.error = f"{outcome.error}; {error}" if outcome.error else error
+        outcome.exit_code = ExitCode.CANNOT_RUN  # it would run again next time: say so
+    if outcome.report_dir is not None:
+        try:
+            folder.upload(outcome.report_dir, outcome.run_id)
+        except Exception as exc:
+            error = f"cannot upload the report: {_one_line(exc)}"
+            outcome.error = f"{outcome.error}; {error}" if outcome.error else error
+            outcome.exit_code = ExitCode.CANNOT_RUN
+    _discard(folder, fetched)
+    log.info("inbox.file", folder=folder.label, file=entry.name, run_id=outcome.run_id,
+             exit_code=int(outcome.exit_code), moved_to=outcome.moved_to,
+             duplicate=outcome.duplicate, totals=outcome.totals, sha256=outcome.sha256,
+             error=outcome.error)
+    return outcome
+
+
+def _discard(folder: Folder, fetched: Fetched | None) -> None:
+    if fetched is None:
+        return
+    try:
+        folder.discard(fetched)
+    except OSError:
+        structlog.get_logger().warning("inbox.discard_failed", file=str(fetched.path))
+
+
+def process_inbox(directory: Path, options: InboxOptions, process_one: ProcessOne) -> InboxSummary:
+    """Drain a local drop folder under its lock (``DIR/.amili-import.lock``).
+
+    Args:
+        directory: the drop folder; ``done/``, ``failed/`` and ``reports/`` are made in it.
+        options: ready-file rules.
+        process_one: runs one file, writing its report into the given folder.
+
+    Returns:
+        The summary (``exit_code``: the worst of the files, 0 with none).
+
+    Raises:
+        RunLocked: another run holds the folder.
+        ImporterError: the folder does not exist or cannot be written.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ImporterError(f"inbox folder {directory} does not exist or is not a folder")
+    with RunLock(directory / LOCK_NAME):
+        return drain(LocalFolder(directory), options, process_one)
+
+
+def inbox_main(
+    target: str,
+    config: Config,
+    options: InboxOptions,
+    process_file: Callable[[Path, Path, Config, Any], InboxFileResult] | None = None,
+) -> ExitCode:
+    """Drain a local folder or an ``sftp://`` folder, print a summary, return the exit code.
+
+    Args:
+        target: a local folder, or ``sftp://user@host[:port]/path``.
+        config: the merged configuration (state dir, log format, API settings).
+        options: inbox options; ``options.run`` is the pipeline's RunOptions.
+        process_file: ``(path, report_dir, config, run_options) -> InboxFileResult``;
+            default ``importer.pipeline.process_inbox_file`` (imported only when needed).
+
+    Returns:
+        The worst exit code of the files (0 with no files).
+    """
+    import importlib
+
+    from importer import logs
+
+    # Looked up at call time: the pipeline (and pandas behind it) loads only when needed.
+    process = process_file or importlib.import_module("importer.pipeline").process_inbox_file
+    logs.configure(config.log_format)
+    run_options = options.run
+
+    def process_one(path: Path, report_dir: Path) -> InboxFileResult:
+        opts = run_options
+        if opts is not None:
+            opts = replace(opts, run_id=report_dir.name, report_dir=report_dir, quiet=True)
+        try:
+            result: InboxFileResult = process(path, report_dir, config, opts)
+            return result
+        finally:
+            # A run points the logs at its own run.log and closes it at the end: come back
+            # to plain stderr logging for the inbox's own events.
+            logs.configure(config.log_format)
+
+    if target.startswith("sftp://"):
+        from importer.sftp import process_remote
+
+        summary = process_remote(target, options, process_one, config.state_dir)
+    else:
+        summary = process_inbox(Path(target), options, process_one)
+    for line in summary_lines(summary):
+        print(line, file=sys.stderr)
+    for outcome in summary.files:
+        if outcome.report_dir is not None:
+            print(outcome.report_dir)
+    return summary.exit_code
+
+
+def summary_lines(summary: InboxSummary) -> list[str]:
+    """Human lines for stderr: one per file, then the totals."""
+    lines = []
+    for f in summary.files:
+        rows = ", ".join(f"{k} {v}" for k, v in sorted(f.totals.items())) or "no rows"
+        what = "already processed (duplicate content)" if f.duplicate else rows
+        where = f" -> {f.moved_to}" if f.moved_to else " (left in place)"
+        lines.append(f"{f.name}: {what}{where}" + (f"; {f.message}" if f.message else "")
+                     + (f"; error: {f.error}" if f.error else ""))
+    if summary.stopped:
+        lines.append(f"stopped: {summary.stopped}; the remaining files were left in place")
+    rows = ", ".join(f"{k} {v}" for k, v in sorted(summary.totals.items())) or "no rows"
+    lines.append(f"{summary.folder}: {len(summary.files)} file(s), {rows}, "
+                 f"{len(summary.waiting)} waiting; exit {int(summary.exit_code)}")
+    return lines

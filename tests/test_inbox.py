@@ -1,0 +1,353 @@
+"""Drop-folder mode on real folders: ready-file rules, archiving, duplicates, lock, exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+from test_lock import holder
+
+from importer.config import Config
+from importer.errors import ApiError, ExitCode, RunLocked
+from importer.inbox import (
+    InboxFileResult,
+    InboxOptions,
+    LocalFolder,
+    archive_name,
+    inbox_main,
+    process_inbox,
+    ready_files,
+)
+
+OLD = time.time() - 3600
+FAST = InboxOptions(min_age=60, settle=0.05)
+STAMPED = re.compile(r"^\d{8}T\d{6}Z(-\d+)?--")
+
+
+def drop(folder: Path, name: str, content: str = "amount\n1\n", mtime: float = OLD) -> Path:
+    """Write a file into the folder and age it."""
+    path = folder / name
+    path.write_text(content)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+class FakeRun:
+    """A process_one that records its calls, writes a report and decides by the file's content.
+
+    Content "bad" gives rows in error, "reject" a file rejected whole, "boom" an IO error;
+    content seen before (by sha256, like the journal) is a duplicate.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Path]] = []
+        self.seen: set[str] = set()
+
+    def __call__(self, path: Path, report_dir: Path) -> InboxFileResult:
+        data = path.read_bytes()
+        self.calls.append((path.name, report_dir))
+        if data.startswith(b"boom"):
+            raise PermissionError(13, "Permission denied", str(path))
+        digest = hashlib.sha256(data).hexdigest()
+        duplicate = digest in self.seen
+        self.seen.add(digest)
+        (report_dir / "report.json").write_text(json.dumps({"duplicate": duplicate}))
+        if duplicate:
+            return InboxFileResult(ExitCode.OK, report_dir.name, {}, "already processed", True)
+        if data.startswith(b"bad"):
+            return InboxFileResult(ExitCode.ROWS_IN_ERROR, report_dir.name,
+                                   {"completed": 1, "error": 2})
+        if data.startswith(b"reject"):
+            return InboxFileResult(ExitCode.CANNOT_RUN, report_dir.name, {}, "no header found")
+        return InboxFileResult(ExitCode.OK, report_dir.name, {"completed": 3})
+
+
+def listing(folder: Path) -> list[str]:
+    """Names in a folder, sorted (without the lock file)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".amili-import.lock")
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    """Leave structlog as we found it (inbox_main configures it for the process)."""
+    yield
+    structlog.reset_defaults()
+
+
+def test_patterns_and_non_files_are_never_ready(tmp_path: Path) -> None:
+    """Dotfiles, Excel lock files, partial/temporary uploads, sidecars, folders and symlinks
+    are never taken; only top-level regular files are."""
+    for name in [".hidden.csv", "~$payments.xlsx", "a.csv.part", "b.TMP", "c.csv.filepart",
+                 "d.csv.done", "e.ok", "payments.csv", "Credits.XLSX"]:
+        drop(tmp_path, name)
+    for sub in ["done", "failed", "reports", "other"]:
+        (tmp_path / sub).mkdir()
+        drop(tmp_path / sub, "x.csv")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "payments.csv")
+    ready = ready_files(tmp_path, settle=0.05)
+    assert sorted(p.name for p in ready) == ["Credits.XLSX", "payments.csv"]
+    assert all(p.parent == tmp_path for p in ready)
+
+
+def test_young_files_wait(tmp_path: Path) -> None:
+    """A file younger than min_age (by mtime) is not ready; an older one is."""
+    now = time.time()
+    drop(tmp_path, "young.csv", mtime=now - 10)
+    drop(tmp_path, "old.csv", mtime=now - 61)
+    assert [p.name for p in ready_files(tmp_path, min_age=60, now=now, settle=0.05)] == [
+        "old.csv"]
+    assert [p.name for p in ready_files(tmp_path, min_age=5, now=now, settle=0.05)] == [
+        "old.csv", "young.csv"]
+
+
+def test_growing_file_waits(tmp_path: Path) -> None:
+    """A file whose size changes between the two looks is not ready, even when old enough."""
+    drop(tmp_path, "stable.csv")
+    growing = drop(tmp_path, "growing.csv")
+    stop = threading.Event()
+    wrote = threading.Event()
+
+    def writer() -> None:
+        with growing.open("a") as handle:
+            while not stop.is_set():
+                handle.write("1,2,3\n")
+                handle.flush()
+                wrote.set()
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert wrote.wait(5)
+        # "now" far ahead so that age cannot be the reason: only the size changing is.
+        ready = ready_files(tmp_path, min_age=60, now=time.time() + 3600, settle=0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert [p.name for p in ready] == ["stable.csv"]
+
+
+def test_sidecar_mode(tmp_path: Path) -> None:
+    """With require_sidecar only files with <name>.done, <name>.ok or <stem>.done are ready."""
+    for name in ["a.csv", "a.csv.done", "b.xlsx", "b.xlsx.OK", "c.csv", "c.done", "d.csv"]:
+        drop(tmp_path, name)
+    names = [p.name for p in ready_files(tmp_path, require_sidecar=True, settle=0.05)]
+    assert sorted(names) == ["a.csv", "b.xlsx", "c.csv"]
+    assert "d.csv" in [p.name for p in ready_files(tmp_path, settle=0.05)]
+
+
+def test_order_is_oldest_first_then_name(tmp_path: Path) -> None:
+    """Ready files come oldest first (mtime), ties broken by name."""
+    drop(tmp_path, "z.csv", mtime=OLD - 300)
+    drop(tmp_path, "b.csv", mtime=OLD)
+    drop(tmp_path, "a.csv", mtime=OLD)
+    drop(tmp_path, "m.csv", mtime=OLD - 100)
+    assert [p.name for p in ready_files(tmp_path, settle=0.05)] == [
+        "z.csv", "m.csv", "a.csv", "b.csv"]
+
+
+def test_drain_moves_files_to_done_and_failed(tmp_path: Path) -> None:
+    """Each ready file gets a run and a report folder, then moves (with its sidecar) to done/
+    on exit 0 or failed/ otherwise, under a timestamped name; young files stay."""
+    drop(tmp_path, "good.csv", "good", mtime=OLD - 20)
+    drop(tmp_path, "good.csv.ok", "")
+    drop(tmp_path, "bad.csv", "bad", mtime=OLD - 10)
+    drop(tmp_path, "rejected.csv", "reject", mtime=OLD)
+    drop(tmp_path, "young.csv", "good2", mtime=time.time())
+    run = FakeRun()
+    summary = process_inbox(tmp_path, FAST, run)
+
+    assert [name for name, _ in run.calls] == ["good.csv", "bad.csv", "rejected.csv"]
+    for _, report_dir in run.calls:
+        assert report_dir.parent == tmp_path / "reports"
+        assert (report_dir / "report.json").is_file()
+    assert listing(tmp_path) == ["done", "failed", "reports", "young.csv"]
+    done, failed = listing(tmp_path / "done"), listing(tmp_path / "failed")
+    assert [STAMPED.sub("", n) for n in done] == ["good.csv", "good.csv.ok"]
+    assert sorted(STAMPED.sub("", n) for n in failed) == ["bad.csv", "rejected.csv"]
+    assert all(STAMPED.match(n) for n in done + failed)
+    assert (tmp_path / "done" / done[0]).read_text() == "good"  # moved, not rewritten
+    assert summary.exit_code == ExitCode.CANNOT_RUN  # the worst of 0, 1, 3
+    assert summary.totals == {"completed": 4, "error": 2}
+    assert summary.waiting == ["young.csv"]
+    assert [f.moved_to.split("/")[0] for f in summary.files if f.moved_to] == [
+        "done", "failed", "failed"]
+
+
+def test_exit_code_is_the_worst_and_zero_without_files(tmp_path: Path) -> None:
+    """No files → exit 0 (and the folders exist); rows in error → 1; all good → 0."""
+    assert process_inbox(tmp_path, FAST, FakeRun()).exit_code == ExitCode.OK
+    assert listing(tmp_path) == ["done", "failed", "reports"]
+    drop(tmp_path, "a.csv", "good")
+    drop(tmp_path, "b.csv", "bad")
+    assert process_inbox(tmp_path, FAST, FakeRun()).exit_code == ExitCode.ROWS_IN_ERROR
+    drop(tmp_path, "c.csv", "good")
+    assert process_inbox(tmp_path, FAST, FakeRun()).exit_code == ExitCode.OK
+
+
+def test_redropped_identical_file_goes_to_done_without_overwriting(tmp_path: Path) -> None:
+    """The same content dropped again is flagged duplicate, goes to done/, and both archived
+    copies are kept under distinct names."""
+    run = FakeRun()
+    drop(tmp_path, "payments.csv", "good")
+    first = process_inbox(tmp_path, FAST, run)
+    drop(tmp_path, "payments.csv", "good")
+    second = process_inbox(tmp_path, FAST, run)
+    assert not first.files[0].duplicate
+    assert second.files[0].duplicate
+    assert second.exit_code == ExitCode.OK
+    done = listing(tmp_path / "done")
+    assert len(done) == 2
+    assert all(n.endswith("--payments.csv") for n in done)
+    assert all((tmp_path / "done" / n).read_text() == "good" for n in done)
+    report = second.files[0].report_dir
+    assert report is not None
+    assert json.loads((report / "report.json").read_text()) == {"duplicate": True}
+
+
+def test_archive_name_never_reuses_a_name(tmp_path: Path) -> None:
+    """A taken timestamped name (for the file or its sidecar) gets a counter instead."""
+    folder = LocalFolder(tmp_path)
+    folder.prepare()
+    when = datetime(2026, 11, 22, 1, 2, 3, tzinfo=UTC)
+    assert archive_name(folder, "done", "p.csv", [], when) == "20261122T010203Z--"
+    drop(tmp_path / "done", "20261122T010203Z--p.csv")
+    assert archive_name(folder, "done", "p.csv", [], when) == "20261122T010203Z-2--"
+    drop(tmp_path / "done", "20261122T010203Z-2--p.csv.done")
+    assert archive_name(folder, "done", "p.csv", ["p.csv.done"], when) == "20261122T010203Z-3--"
+    with pytest.raises(FileExistsError):
+        folder.move("missing-does-not-matter", "done", "20261122T010203Z--p.csv")
+
+
+def test_one_file_error_does_not_stop_the_others(tmp_path: Path) -> None:
+    """A file that cannot be read goes to failed/ with its error in the summary; the next
+    file still runs."""
+    drop(tmp_path, "a.csv", "boom", mtime=OLD - 10)
+    drop(tmp_path, "b.csv", "good", mtime=OLD)
+    with capture_logs() as logs:
+        summary = process_inbox(tmp_path, FAST, FakeRun())
+    a, b = summary.files
+    assert a.error is not None and "Permission denied" in a.error
+    assert a.moved_to is not None and a.moved_to.startswith("failed/")
+    assert b.error is None and b.moved_to is not None and b.moved_to.startswith("done/")
+    assert summary.exit_code == ExitCode.CANNOT_RUN
+    [line] = [e for e in logs if e["event"] == "inbox.summary"]
+    assert line["errors"] == {"a.csv": a.error}
+
+
+def test_run_level_error_stops_and_leaves_files_in_place(tmp_path: Path) -> None:
+    """When the run itself cannot go on (API login refused), the file and the rest stay in the
+    inbox for the next run and the exit code is 3."""
+    drop(tmp_path, "a.csv", mtime=OLD - 10)
+    drop(tmp_path, "b.csv", mtime=OLD)
+    calls: list[str] = []
+
+    def refuse(path: Path, report_dir: Path) -> InboxFileResult:
+        calls.append(path.name)
+        raise ApiError("login refused: 401")
+
+    summary = process_inbox(tmp_path, FAST, refuse)
+    assert calls == ["a.csv"]
+    assert listing(tmp_path) == ["a.csv", "b.csv", "done", "failed", "reports"]
+    assert summary.stopped is not None and "login refused" in summary.stopped
+    assert listing(tmp_path / "reports") == []  # no empty report folder left behind
+    assert summary.exit_code == ExitCode.CANNOT_RUN
+
+
+def test_summary_log_line(tmp_path: Path) -> None:
+    """One inbox.summary event per drain carries files, rows per status and duration."""
+    drop(tmp_path, "a.csv", "good")
+    drop(tmp_path, "b.csv", "bad")
+    with capture_logs() as logs:
+        process_inbox(tmp_path, FAST, FakeRun())
+    [line] = [e for e in logs if e["event"] == "inbox.summary"]
+    assert line["files"] == 2
+    assert line["done"] == 1 and line["failed"] == 1
+    assert line["rows"] == {"completed": 4, "error": 2}
+    assert line["exit_code"] == 1
+    assert line["duration"] >= 0
+
+
+def test_second_process_is_refused_at_once(tmp_path: Path) -> None:
+    """While another process holds the folder's lock, a drain raises RunLocked naming its pid
+    and touches no file."""
+    drop(tmp_path, "a.csv")
+    run = FakeRun()
+    with holder(tmp_path / ".amili-import.lock") as proc, \
+            pytest.raises(RunLocked, match=f"pid {proc.pid}"):
+        process_inbox(tmp_path, FAST, run)
+    assert run.calls == []
+    assert (tmp_path / "a.csv").exists()
+
+
+def test_stale_lock_does_not_block_a_drain(tmp_path: Path) -> None:
+    """After the holder is killed with SIGKILL the next drain runs normally."""
+    drop(tmp_path, "a.csv", "good")
+    with holder(tmp_path / ".amili-import.lock") as proc:
+        proc.kill()
+        proc.wait()
+    summary = process_inbox(tmp_path, FAST, FakeRun())
+    assert summary.exit_code == ExitCode.OK
+    assert len(summary.files) == 1
+    assert (tmp_path / ".amili-import.lock").exists()  # the lock file is never deleted
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    """A folder that does not exist (an unmounted share) fails with one line, exit 3."""
+    from importer.errors import ImporterError
+
+    with pytest.raises(ImporterError, match="does not exist") as info:
+        process_inbox(tmp_path / "nope", FAST, FakeRun())
+    assert info.value.exit_code == ExitCode.CANNOT_RUN
+
+
+@dataclass(frozen=True)
+class RunOpts:
+    """Stands in for pipeline.RunOptions (the fields inbox_main sets)."""
+
+    kind: str | None = None
+    report_dir: Path | None = None
+    run_id: str | None = None
+    quiet: bool = False
+
+
+def test_inbox_main_wires_a_local_folder(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """inbox_main runs each file with run options naming its report folder and run id, prints
+    a summary on stderr and the report folders on stdout, and returns the worst exit code."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    drop(inbox, "a.csv", "good", mtime=OLD - 1)
+    drop(inbox, "b.csv", "bad")
+    seen: list[RunOpts] = []
+    run = FakeRun()
+
+    def process_file(path: Path, report_dir: Path, config: Config,
+                     options: RunOpts) -> InboxFileResult:
+        seen.append(options)
+        return run(path, report_dir)
+
+    config = Config(state_dir=tmp_path / "state", log_format="json")
+    code = inbox_main(str(inbox), config, InboxOptions(settle=0.05, run=RunOpts(kind="payments")),
+                      process_file)
+    assert code == ExitCode.ROWS_IN_ERROR
+    assert [o.kind for o in seen] == ["payments", "payments"]
+    assert all(o.quiet and o.report_dir is not None and o.run_id == o.report_dir.name
+               for o in seen)
+    out, err = capsys.readouterr()
+    assert out.split() == [str(o.report_dir) for o in seen]
+    assert "a.csv: completed 3 -> done/" in err
+    assert "b.csv: completed 1, error 2 -> failed/" in err
+    assert "2 file(s), completed 4, error 2, 0 waiting; exit 1" in err
+    assert '"event": "inbox.summary"' in err
