@@ -137,7 +137,9 @@ class InboxOptions:
     """How to drain a folder (typed at the CLI edge; the core never sees click).
 
     Attributes:
-        min_age: a file younger than this many seconds (mtime) waits for the next run.
+        min_age: a file younger than this many seconds (mtime) waits for the next run
+            (for sftp:// the server's mtime is compared with this host's clock, so keep it
+            above any clock skew; the two-listing size check does not depend on clocks).
         require_sidecar: only files with a ``.done``/``.ok`` sidecar are ready.
         settle: seconds between the two listings that tell a growing file.
         identity: SSH private key file (sftp:// only; None: ssh-agent and ~/.ssh keys).

@@ -131,7 +131,8 @@ class RemoteInbox:
         identity: private key file (None: ssh-agent and the default ~/.ssh keys).
         known_hosts: known_hosts file (None: ~/.ssh/known_hosts).
         accept_new_host_key: trust an unknown host key and append it to known_hosts.
-        work_dir: local folder for ``staging/`` and ``reports/`` (see default_work_dir).
+        work_dir: local folder for ``staging/`` and ``reports/`` (None: default_work_dir
+            under the default state folder).
         pickup: remote folder receiving ``<run-id>/`` with each run's report files.
         timeout: seconds for connecting and for each SFTP request.
     """
@@ -143,7 +144,7 @@ class RemoteInbox:
         known_hosts: Path | None = None,
         accept_new_host_key: bool = False,
         *,
-        work_dir: Path,
+        work_dir: Path | None = None,
         pickup: str | None = None,
         timeout: float = 15.0,
     ) -> None:
@@ -153,6 +154,10 @@ class RemoteInbox:
         self.known_hosts = (Path(known_hosts) if known_hosts
                             else Path("~/.ssh/known_hosts")).expanduser()
         self.accept_new_host_key = accept_new_host_key
+        if work_dir is None:
+            from importer.config import default_state_dir
+
+            work_dir = default_work_dir(url, default_state_dir())
         self.work_dir = Path(work_dir)
         self.reports = self.work_dir / "reports"
         self.staging = self.work_dir / "staging"

@@ -351,3 +351,41 @@ def test_inbox_main_wires_a_local_folder(tmp_path: Path,
     assert "b.csv: completed 1, error 2 -> failed/" in err
     assert "2 file(s), completed 4, error 2, 0 waiting; exit 1" in err
     assert '"event": "inbox.summary"' in err
+
+
+def test_rejected_file_raised_goes_to_failed(tmp_path: Path) -> None:
+    """A FileRejected raised by the run is a per-file outcome: failed/, exit 3, drain goes on."""
+    from importer.errors import FileRejected
+
+    drop(tmp_path, "a.csv", mtime=OLD - 10)
+    drop(tmp_path, "b.csv", "good", mtime=OLD)
+    run = FakeRun()
+
+    def reject_first(path: Path, report_dir: Path) -> InboxFileResult:
+        if path.name == "a.csv":
+            raise FileRejected("a.csv", "not CSV or XLSX")
+        return run(path, report_dir)
+
+    summary = process_inbox(tmp_path, FAST, reject_first)
+    a, b = summary.files
+    assert a.error == "a.csv: not CSV or XLSX" and a.moved_to is not None
+    assert a.moved_to.startswith("failed/") and b.moved_to is not None
+    assert b.moved_to.startswith("done/")
+    assert summary.exit_code == ExitCode.CANNOT_RUN
+
+
+def test_file_that_cannot_be_moved_is_an_error(tmp_path: Path) -> None:
+    """A file that vanished before it could be archived is reported with exit 3, not as done."""
+    drop(tmp_path, "a.csv", "good")
+    run = FakeRun()
+
+    def vanish(path: Path, report_dir: Path) -> InboxFileResult:
+        result = run(path, report_dir)
+        path.unlink()
+        return result
+
+    summary = process_inbox(tmp_path, FAST, vanish)
+    [a] = summary.files
+    assert a.moved_to is None
+    assert a.error is not None and a.error.startswith("cannot move to done/: No such file")
+    assert summary.exit_code == ExitCode.CANNOT_RUN
