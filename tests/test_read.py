@@ -1,0 +1,268 @@
+"""read.py on real CSV files: encodings, delimiters, headers, row numbers, kinds, rejections."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from importer.errors import FileRejected, UsageError
+from importer.kinds import CANCELLATIONS, CREDITINGS, PAYMENTS
+from importer.read import ReadOptions, Table, canonical_header, open_file
+
+CRED = "5f1d7e8a9b0c1d2e3f4a5b6c"
+HEADER = "creditor,invoice_number,currency,amount,bank_transaction_date"
+
+
+def write(tmp_path: Path, name: str, content: str | bytes, encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode(encoding))
+    return path
+
+
+def rows(table: Table) -> list[dict[str, Any]]:
+    frames = list(table.chunks())
+    return pd.concat(frames, ignore_index=True).to_dict("records") if frames else []
+
+
+def read(path: Path, **options: Any) -> tuple[Any, list[Table]]:
+    return open_file(path, ReadOptions(**options))
+
+
+def test_canonical_header_ignores_case_spaces_hyphens_dots() -> None:
+    """Headers compare case-, space-, hyphen- and dot-insensitively."""
+    assert canonical_header(" Invoice Number ") == "invoice_number"
+    assert canonical_header("Bank transaction date") == "bank_transaction_date"
+    assert canonical_header("bank-transaction.date") == "bank_transaction_date"
+    assert canonical_header("INVOICE__NUMBER") == "invoice_number"
+
+
+def test_utf8_csv_rows_fields_and_notes(tmp_path: Path) -> None:
+    """A plain UTF-8 CSV gives one payments table, raw str cells and row numbers from 2."""
+    path = write(tmp_path, "payments-2025-07.csv",
+                 f"{HEADER}\n{CRED},Fakt åäö,SEK,1234.50,2025-07-04\n{CRED},F2,SEK,1,x\n")
+    info, tables = read(path)
+    assert info.kinds == ["payments"] and info.size == path.stat().st_size
+    assert len(info.sha256) == 64
+    assert "encoding UTF-8" in info.notes
+    assert any("delimiter ','" in n for n in info.notes)
+    (table,) = tables
+    assert table.kind is PAYMENTS and table.sheet is None and table.header_row == 1
+    assert table.fields["invoice_number"] == "invoice_number"
+    got = rows(table)
+    assert [r["_row"] for r in got] == [2, 3]
+    assert got[0]["invoice_number"] == "Fakt åäö" and got[0]["amount"] == "1234.50"
+    assert info.rows == 2
+
+
+def test_utf8_bom_is_detected_and_stripped(tmp_path: Path) -> None:
+    """A UTF-8 BOM is noted and does not stick to the first header."""
+    path = write(tmp_path, "payments.csv", b"\xef\xbb\xbf" + f"{HEADER}\n{CRED},A,SEK,1,d\n"
+                 .encode())
+    info, (table,) = read(path)
+    assert "encoding UTF-8 with BOM" in info.notes
+    assert table.columns[0] == "creditor" and rows(table)[0]["creditor"] == CRED
+
+
+def test_cp1252_semicolon_decimal_comma(tmp_path: Path) -> None:
+    """Swedish Excel's CSV (cp1252, ';', decimal comma) reads right: å ä ö and 1234,50 kept."""
+    text = ("Creditor;Invoice Number;Currency;Amount;Bank transaction date;Meddelande\n"
+            f"{CRED};Faktura 1;SEK;1234,50;2025-07-04;Betalning för Åsa Öberg\n")
+    path = write(tmp_path, "payments.csv", text, encoding="cp1252")
+    info, (table,) = read(path)
+    assert any(n.startswith("encoding cp1252") for n in info.notes)
+    assert any("delimiter ';'" in n for n in info.notes)
+    (row,) = rows(table)
+    assert row["Amount"] == "1234,50"
+    assert row["Meddelande"] == "Betalning för Åsa Öberg"
+    assert any("'Meddelande'" in n for n in info.notes)
+
+
+@pytest.mark.parametrize("codec,bom", [("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff")])
+def test_utf16_with_bom_tab_delimited(tmp_path: Path, codec: str, bom: bytes) -> None:
+    """UTF-16 with a BOM (Excel's 'Unicode text', tab-delimited) is decoded and sniffed."""
+    text = f"creditor\tcase\n{CRED}\t{CRED}\n"
+    path = write(tmp_path, "cancellations.txt", bom + text.encode(codec))
+    info, (table,) = read(path)
+    assert any("UTF-16" in n for n in info.notes) and "delimiter tab (detected from the header)" \
+        in info.notes
+    assert table.kind is CANCELLATIONS
+    assert rows(table) == [{"creditor": CRED, "case": CRED, "_row": 2}]
+
+
+def test_undecodable_bytes_rejected_with_byte_position(tmp_path: Path) -> None:
+    """Bytes valid in neither UTF-8 nor cp1252 reject the file, naming the byte and line."""
+    content = f"{HEADER}\n{CRED},A,SEK,1,d\n".encode() + b"x,\x81y,SEK,1,d\n"
+    path = write(tmp_path, "payments.csv", content)
+    with pytest.raises(FileRejected) as err:
+        read(path)
+    position = content.index(b"\x81")
+    assert f"byte {position}" in str(err.value) and "(line 3)" in str(err.value)
+    assert "payments.csv" in str(err.value)
+
+
+def test_utf8_mixed_with_other_bytes_is_rejected_not_guessed(tmp_path: Path) -> None:
+    """A UTF-8 file with a stray non-UTF-8 byte later on is rejected, not read as cp1252."""
+    content = f"{HEADER}\n{CRED},Å,SEK,1,d\n".encode() + b"x,\xe5,SEK,1,d\n"
+    with pytest.raises(FileRejected, match=r"not valid UTF-8 at byte \d+ \(line 3\)"):
+        read(write(tmp_path, "payments.csv", content))
+
+
+def test_decode_error_deep_in_a_large_file_found_up_front(tmp_path: Path) -> None:
+    """A bad byte past the first MiB is found by open_file, before any chunk is read."""
+    body = f"{CRED},Å,SEK,1,d\n".encode() * 80_000
+    content = f"{HEADER}\n".encode() + body + b"x,\xff,SEK,1,d\n"
+    with pytest.raises(FileRejected, match=f"byte {len(content) - 10}.*line 80002"):
+        read(write(tmp_path, "payments.csv", content))
+
+
+def test_encoding_and_delimiter_overrides(tmp_path: Path) -> None:
+    """--encoding and --delimiter override detection ('tab' accepted)."""
+    text = f"creditor\tcase\n{CRED}\tÅ;1,2\n"
+    path = write(tmp_path, "cancel.csv", text, encoding="latin-1")
+    info, (table,) = read(path, encoding="latin-1", delimiter="tab")
+    assert "encoding iso8859-1 (from --encoding)" in info.notes
+    assert "delimiter tab (from --delimiter)" in info.notes
+    assert rows(table)[0]["case"] == "Å;1,2"
+    with pytest.raises(UsageError):
+        read(path, encoding="no-such-codec")
+
+
+def test_kind_override_and_unknown_name(tmp_path: Path) -> None:
+    """--kind decides the kind; a name that tells no kind is rejected with the naming hint."""
+    path = write(tmp_path, "export.csv", f"{HEADER}\n{CRED},A,SEK,1,d\n")
+    with pytest.raises(FileRejected, match="name the file.*--kind"):
+        read(path)
+    _, (table,) = read(path, kind=PAYMENTS)
+    assert table.kind is PAYMENTS
+
+
+def test_ambiguous_name_rejected(tmp_path: Path) -> None:
+    """A name matching two kinds is not guessed."""
+    path = write(tmp_path, "payments-and-credits.csv", f"{HEADER}\n")
+    with pytest.raises(FileRejected, match="cannot tell the kind"):
+        read(path)
+
+
+def test_kind_from_name_creditings(tmp_path: Path) -> None:
+    """'credit…' names are creditings."""
+    path = write(tmp_path, "credits_july.csv", "creditor,case,currency,amount\n")
+    _, (table,) = read(path)
+    assert table.kind is CREDITINGS
+
+
+def test_header_below_titles_and_blank_rows_keep_row_numbers(tmp_path: Path) -> None:
+    """Title rows above the header are skipped; blank rows count, so later rows keep numbers."""
+    text = (f"Payments export\nCreditor AB,,\n\n{HEADER}\n{CRED},A,SEK,1,d\n\n,,,,\n"
+            f"{CRED},B,SEK,2,d\n   \n")
+    info, (table,) = read(write(tmp_path, "payments.csv", text))
+    assert table.header_row == 4
+    assert any("header on row 4" in n for n in info.notes)
+    assert [(r["invoice_number"], r["_row"]) for r in rows(table)] == [("A", 5), ("B", 8)]
+
+
+def test_quoted_multiline_field_is_one_row(tmp_path: Path) -> None:
+    """A quoted value with a line break is one record = one spreadsheet row."""
+    text = f'{HEADER},note\n{CRED},A,SEK,1,d,"two\nlines"\n{CRED},B,SEK,1,d,x\n'
+    _, (table,) = read(write(tmp_path, "payments.csv", text))
+    got = rows(table)
+    assert got[0]["note"] == "two\nlines"
+    assert [r["_row"] for r in got] == [2, 3]
+
+
+def test_chunk_boundaries_keep_row_numbers(tmp_path: Path) -> None:
+    """Small chunks with blank rows between still number every row as the file does."""
+    lines = [HEADER]
+    for i in range(1, 12):
+        lines.append(f"{CRED},I{i},SEK,{i},d" if i % 3 else "")
+    _, (table,) = read(write(tmp_path, "payments.csv", "\n".join(lines) + "\n"), chunk_rows=2)
+    frames = list(table.chunks())
+    assert len(frames) >= 4
+    got = pd.concat(frames, ignore_index=True)
+    assert got["_row"].tolist() == [i + 1 for i in range(1, 12) if i % 3]
+    assert got["invoice_number"].tolist() == [f"I{i}" for i in range(1, 12) if i % 3]
+    assert table.file.rows == len(got)
+    assert len(pd.concat(list(table.chunks()))) == len(got) and table.file.rows == len(got)
+
+
+def test_trimming_including_no_break_space(tmp_path: Path) -> None:
+    """Surrounding whitespace, no-break space included, is trimmed; inner spaces kept."""
+    text = f"{HEADER}\n  {CRED}\u00a0, A B ,\tSEK, 1\u00a0234.50 ,d\n"
+    (row,) = rows(read(write(tmp_path, "payments.csv", text))[1][0])
+    assert row["creditor"] == CRED and row["invoice_number"] == "A B"
+    assert row["amount"] == "1\u00a0234.50" and row["currency"] == "SEK"
+
+
+def test_missing_required_columns_named(tmp_path: Path) -> None:
+    """A missing required column rejects the file and names every missing one."""
+    path = write(tmp_path, "payments.csv", "creditor,amount,note\nx,1,y\n")
+    with pytest.raises(FileRejected) as err:
+        read(path)
+    message = str(err.value)
+    for column in ("currency", "bank_transaction_date", "case or invoice_number"):
+        assert column in message
+    assert "creditor," not in message.split("payments:")[1].split("(")[0]
+
+
+def test_default_creditor_makes_creditor_optional(tmp_path: Path) -> None:
+    """With a default creditor, a file without a creditor column is accepted."""
+    path = write(tmp_path, "cancellations.csv", "case\nabc\n")
+    with pytest.raises(FileRejected, match="creditor"):
+        read(path)
+    _, (table,) = read(path, default_creditor=True)
+    assert rows(table) == [{"case": "abc", "_row": 2}]
+
+
+def test_duplicate_recognised_header_rejected(tmp_path: Path) -> None:
+    """Two columns meaning the same field reject the file, naming both."""
+    path = write(tmp_path, "cancellations.csv", "creditor,Case,case\n")
+    with pytest.raises(FileRejected, match="'Case' and 'case'"):
+        read(path)
+
+
+def test_empty_file_and_header_only(tmp_path: Path) -> None:
+    """An empty file is rejected; a header without rows gives a table with no rows."""
+    with pytest.raises(FileRejected, match="empty"):
+        read(write(tmp_path, "payments.csv", "\n \n"))
+    _, (table,) = read(write(tmp_path, "payments2.csv", HEADER + "\n"))
+    assert rows(table) == []
+
+
+def test_unsupported_extensions_rejected(tmp_path: Path) -> None:
+    """Legacy .xls and other extensions are rejected with a clear message."""
+    with pytest.raises(FileRejected, match="save it as .xlsx"):
+        read(write(tmp_path, "payments.xls", b"\xd0\xcf\x11\xe0"))
+    with pytest.raises(FileRejected, match="unsupported file type"):
+        read(write(tmp_path, "payments.json", b"{}"))
+
+
+def test_headerless_and_trailing_columns(tmp_path: Path) -> None:
+    """Trailing empty columns are ignored; a headerless column with values is kept as column_N."""
+    text = f"{HEADER},,\n{CRED},A,SEK,1,d,,\n{CRED},B,SEK,1,d,,x\n"
+    info, (table,) = read(write(tmp_path, "payments.csv", text))
+    assert table.columns[-1] == "column_7" and "column_6" not in table.columns
+    assert rows(table)[1]["column_7"] == "x"
+    assert any("column_7" in n for n in info.notes)
+
+
+def test_too_many_cells_rejected_with_row(tmp_path: Path) -> None:
+    """A row with more cells than the header (beyond the sniffed sample) names its row."""
+    body = "".join(f"{CRED},I{i},SEK,1,d\n" for i in range(3000))
+    text = f"{HEADER}\n{body}{CRED},X,SEK,1,d,extra\n"
+    _, (table,) = read(write(tmp_path, "payments.csv", text))
+    with pytest.raises(FileRejected, match="row 3002 has 6 cells"):
+        rows(table)
+
+
+def test_huge_cell_is_kept(tmp_path: Path) -> None:
+    """A 1 MB cell does not crash the reader; validation decides about it."""
+    path = tmp_path / "payments.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER.split(","))
+        writer.writerow([CRED, "A" * 1_000_000, "SEK", "1", "d"])
+    (row,) = rows(read(path)[1][0])
+    assert len(row["invoice_number"]) == 1_000_000

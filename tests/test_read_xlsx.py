@@ -1,0 +1,198 @@
+"""read.py on real workbooks written with openpyxl: sheets, kinds, title rows, types, formulas."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pandas as pd
+import pytest
+
+from importer.errors import FileRejected
+from importer.kinds import CANCELLATIONS, CREDITINGS, PAYMENTS
+from importer.read import FORMULA_WITHOUT_VALUE, ReadOptions, Table, open_file
+
+CRED = "5f1d7e8a9b0c1d2e3f4a5b6c"
+PAY_HEADER = ["Creditor", "Invoice Number", "Currency", "Amount", "Bank transaction date"]
+
+
+def rows(table: Table) -> list[dict[str, Any]]:
+    frames = list(table.chunks())
+    return pd.concat(frames, ignore_index=True).to_dict("records") if frames else []
+
+
+def save(wb: openpyxl.Workbook, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    wb.save(path)
+    return path
+
+
+def month_end(tmp_path: Path, name: str = "month-end.xlsx") -> Path:
+    wb = openpyxl.Workbook()
+    pay = wb.active
+    pay.title = "Payments"
+    pay["A1"] = "Payments July 2025"
+    pay["A2"] = "Creditor AB"
+    pay.append([])
+    pay.append(PAY_HEADER)  # row 4
+    pay.append([CRED, "INV1", "SEK", 1234.5, dt.date(2025, 7, 4)])  # row 5
+    pay.append([])  # row 6
+    pay.append([CRED, 12345, " SEK ", 100, dt.datetime(2025, 7, 4, 10, 30)])  # row 7
+    cred = wb.create_sheet("Creditings")
+    cred.append(["creditor", "case", "currency", "amount"])
+    cred.append([CRED, CRED, "SEK", 10])
+    canc = wb.create_sheet("cancellations")
+    canc.append(["creditor", "case"])
+    canc.append([CRED, CRED])
+    hidden = wb.create_sheet("Old payments")
+    hidden.sheet_state = "hidden"
+    hidden.append(["whatever"])
+    wb.create_sheet("Notes")  # empty: ignored although its name tells no kind
+    return save(wb, tmp_path, name)
+
+
+def test_several_sheets_kinds_from_sheet_names(tmp_path: Path) -> None:
+    """Each visible sheet is a table of the kind its name says; hidden and empty are skipped."""
+    info, tables = open_file(month_end(tmp_path), ReadOptions())
+    assert [(t.sheet, t.kind) for t in tables] == [
+        ("Payments", PAYMENTS), ("Creditings", CREDITINGS), ("cancellations", CANCELLATIONS)]
+    assert info.kinds == ["payments", "creditings", "cancellations"]
+    assert "sheet 'Old payments' is hidden and was skipped" in info.notes
+    assert any("'Notes' is empty" in n for n in info.notes)
+    assert len(info.sha256) == 64 and info.size > 0
+
+
+def test_title_rows_real_row_numbers_and_types(tmp_path: Path) -> None:
+    """Header below titles; rows carry Excel row numbers; dates and numbers stay typed."""
+    _, tables = open_file(month_end(tmp_path), ReadOptions())
+    pay = tables[0]
+    assert pay.header_row == 4
+    assert pay.fields["Bank transaction date"] == "bank_transaction_date"
+    first, second = rows(pay)
+    assert first["_row"] == 5 and second["_row"] == 7
+    assert first["Amount"] == 1234.5 and first["Bank transaction date"] == dt.date(2025, 7, 4)
+    assert second["Amount"] == 100 and isinstance(second["Amount"], int)
+    assert second["Invoice Number"] == 12345
+    assert second["Bank transaction date"] == dt.datetime(2025, 7, 4, 10, 30)
+    assert second["Currency"] == "SEK"
+
+
+def test_kind_override_applies_to_every_sheet(tmp_path: Path) -> None:
+    """With --kind every visible sheet holding data is that kind."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "Sheet1"
+    wb.active.append(["creditor", "case"])
+    wb.active.append(["a", "b"])
+    _, (table,) = open_file(save(wb, tmp_path, "x.xlsx"), ReadOptions(kind=CANCELLATIONS))
+    assert table.kind is CANCELLATIONS
+
+
+def test_sheet_without_kind_holding_data_rejects_file(tmp_path: Path) -> None:
+    """A visible sheet with data whose kind cannot be told rejects the file, naming it."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "Summary"
+    wb.active["B2"] = "total"
+    with pytest.raises(FileRejected, match="worksheet 'Summary'.*name the file"):
+        open_file(save(wb, tmp_path, "month.xlsx"), ReadOptions())
+
+
+def test_generic_sheet_name_takes_kind_from_file_name(tmp_path: Path) -> None:
+    """A sheet named 'Sheet1' in 'payments-….xlsx' is payments (the file name tells)."""
+    wb = openpyxl.Workbook()
+    wb.active.append(PAY_HEADER)
+    wb.active.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
+    _, (table,) = open_file(save(wb, tmp_path, "payments-2025-07.xlsx"), ReadOptions())
+    assert table.kind is PAYMENTS and table.sheet == "Sheet"
+
+
+def test_formulas_cached_value_and_missing_value(tmp_path: Path) -> None:
+    """A formula's cached value is read; a formula without one becomes FORMULA_WITHOUT_VALUE."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER)
+    ws.append([CRED, "A", "SEK", "=2*50", dt.date(2025, 7, 1)])  # openpyxl saves no value
+    ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
+    path = save(wb, tmp_path, "payments.xlsx")
+    # Give B3's neighbour a cached value the way Excel saves it: <f> plus <v>.
+    with zipfile.ZipFile(path) as src:
+        parts = {n: src.read(n) for n in src.namelist()}
+    sheet = parts["xl/worksheets/sheet1.xml"].decode()
+    sheet = sheet.replace('<c r="D3" t="n"><v>7</v></c>', '<c r="D3"><f>3+4</f><v>7</v></c>')
+    assert "<f>3+4</f>" in sheet
+    parts["xl/worksheets/sheet1.xml"] = sheet.encode()
+    with zipfile.ZipFile(path, "w") as dst:
+        for name, data in parts.items():
+            dst.writestr(name, data)
+    _, (table,) = open_file(path, ReadOptions())
+    first, second = rows(table)
+    assert first["Amount"] is FORMULA_WITHOUT_VALUE
+    assert second["Amount"] == 7
+
+
+def test_error_cells_come_through_as_text(tmp_path: Path) -> None:
+    """Excel error cells (#N/A, #DIV/0!) arrive as their text, not as empty cells."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER)
+    ws.append([CRED, "#N/A", "SEK", "#DIV/0!", dt.date(2025, 7, 1)])
+    _, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+    (row,) = rows(table)
+    assert row["Invoice Number"] == "#N/A" and row["Amount"] == "#DIV/0!"
+
+
+def test_trailing_empty_rows_and_columns_ignored(tmp_path: Path) -> None:
+    """Formatted-but-empty trailing rows/columns add nothing; a headerless value column is kept."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER)
+    ws.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
+    ws["J40"] = "   "
+    ws["G2"] = "stray note"
+    info, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+    assert table.columns == [*PAY_HEADER, "column_G"]
+    got = rows(table)
+    assert len(got) == 1 and got[0]["column_G"] == "stray note" and got[0]["_row"] == 2
+    assert any("column_G" in n for n in info.notes)
+
+
+def test_missing_column_names_sheet(tmp_path: Path) -> None:
+    """A missing required column names the column and the sheet."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "creditings"
+    ws.append(["creditor", "case", "amount"])
+    with pytest.raises(FileRejected, match="sheet 'creditings': missing .*currency"):
+        open_file(save(wb, tmp_path, "c.xlsx"), ReadOptions())
+
+
+def test_workbook_chunks_keep_row_numbers(tmp_path: Path) -> None:
+    """Chunking a sheet with gaps keeps each row's Excel row number."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "cancellations"
+    ws["B3"] = "creditor"
+    ws["C3"] = "case"
+    for r in range(4, 15):
+        if r % 4:
+            ws.cell(r, 2, CRED)
+            ws.cell(r, 3, f"C{r}")
+    _, (table,) = open_file(save(wb, tmp_path, "c.xlsx"), ReadOptions(chunk_rows=3))
+    frames = list(table.chunks())
+    assert len(frames) >= 3
+    got = pd.concat(frames, ignore_index=True)
+    assert got["_row"].tolist() == [r for r in range(4, 15) if r % 4]
+    assert got["case"].tolist() == [f"C{r}" for r in range(4, 15) if r % 4]
+
+
+def test_not_a_workbook_rejected(tmp_path: Path) -> None:
+    """A file named .xlsx that is not a workbook is rejected, not a traceback."""
+    path = tmp_path / "payments.xlsx"
+    path.write_text("creditor,case\n")
+    with pytest.raises(FileRejected, match="cannot be read as an Excel workbook"):
+        open_file(path, ReadOptions())
