@@ -116,9 +116,6 @@ def _console_tee(keep_json: bool) -> Any:
     return processor
 
 
-def close() -> None:
-    """Flush and close the per-run log file."""
-    global _run_log
-    if _run_log is not None:
-        _run_log.close()
-        _run_log = None
+def close(log_format: str = "auto") -> None:
+    """Close the per-run log file; later events go to stderr only (by ``log_format``)."""
+    configure(log_format, None)

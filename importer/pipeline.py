@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -19,12 +20,16 @@ import structlog
 
 from importer import logs
 from importer.config import Config
-from importer.errors import ExitCode, FileRejected, ImporterError
+from importer.errors import ApiError, ExitCode, FileRejected, ImporterError, UsageError
 from importer.kinds import kind_by_name
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from importer.client import ApiClient
+    from importer.journal import Journal, RowRecord
+    from importer.plan import Checked, Plan
+    from importer.post import Outcome, PlannedRow
     from importer.read import FileInfo, Table
     from importer.report import Summary
 
@@ -73,11 +78,16 @@ def run_files(paths: list[Path], config: Config, mode: Mode, options: RunOptions
     Returns:
         The run's exit code.
     """
-    result = execute(paths, config, mode, options)
+    return _announce(execute(paths, config, mode, options), options)
+
+
+def _announce(result: RunResult, options: RunOptions) -> ExitCode:
     if not options.quiet:
+        result.summary.report_dir = result.report_dir
         for line in result.summary.summary_lines():
             print(line, file=sys.stderr)
-        print(f"report: {result.report_dir}", file=sys.stderr)
+        if result.extra.get("could_not_run"):
+            print(f"could not post: {result.extra['could_not_run']}", file=sys.stderr)
     print(result.report_dir)
     return result.exit_code
 
@@ -86,58 +96,287 @@ def execute(paths: list[Path], config: Config, mode: Mode, options: RunOptions) 
     """Validate (and in ``run`` mode post) the rows of ``paths`` and write the report.
 
     Raises:
-        ImporterError: the run could not start (report folder not writable, login refused).
+        ImporterError: the run could not start (report folder not writable, another run holds
+            the state directory, api_url missing).
     """
-    started = datetime.now(UTC)
-    run_id = options.run_id or new_run_id(started)
-    report_dir = options.report_dir or config.state_dir / "runs" / run_id
-    try:
-        report_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ImporterError(f"cannot create the report folder {report_dir}: {exc.strerror}") from None
-    logs.configure(config.log_format, report_dir / "run.log")
-    structlog.contextvars.bind_contextvars(run_id=run_id)
-    log = structlog.get_logger()
-    log.info("run.start", mode=mode.value, files=[str(p) for p in paths],
-             report_dir=str(report_dir))
-    try:
-        return _execute(paths, config, mode, options, run_id, started, report_dir)
-    finally:
-        structlog.contextvars.unbind_contextvars("run_id")
-        logs.close()
+    with _Run(config, mode, options) as run:
+        files, tables = open_files(paths, config, options)
+        return run.finish(files, tables, lambda chunks: run.post(chunks, files))
 
 
-def _execute(paths: list[Path], config: Config, mode: Mode, options: RunOptions, run_id: str,
-             started: datetime, report_dir: Path) -> RunResult:
-    from importer.report import ReportWriter
+def retry_run(reference: str, config: Config, options: RunOptions) -> ExitCode:
+    """Re-post the rows of an earlier run that ended in error for transient reasons.
 
-    log = structlog.get_logger()
-    files, tables = open_files(paths, config, options)
-    input_columns = list(dict.fromkeys(c for t in tables for c in t.columns))
-    writer = ReportWriter(report_dir, run_id, mode.value, started, input_columns)
-    now = datetime.now(UTC)
-    extra: dict[str, Any] = {}
-    if mode is Mode.VALIDATE:
-        for frame in _checked_frames(tables, config, now):
-            writer.add(frame)
-    else:
-        from importer.posting import post_frames
+    Args:
+        reference: the run id, or the run's report folder.
+        config: the merged configuration.
+        options: report folder and output choices.
 
-        frames = list(_checked_frames(tables, config, now))
-        extra = post_frames(frames, files, config, mode, run_id, options)
-        for frame in frames:
-            writer.add(frame)
-    summary = writer.close(files, datetime.now(UTC), extra)
-    code = exit_code(files, summary.totals)
-    log.info("run.finish", mode=mode.value, exit_code=int(code), totals=summary.totals,
-             rejected=[f.name for f in files if f.rejected])
-    return RunResult(run_id, mode, report_dir, code, files, summary, extra)
+    Returns:
+        The new run's exit code.
+    """
+    from importer.journal import FAILED, IN_FLIGHT, UNKNOWN, Journal
+
+    run_id = _resolve_run_id(reference)
+    with Journal(config.state_dir) as journal:
+        earlier = journal.run(run_id)
+        if earlier is None:
+            raise UsageError(f"no run {run_id!r} in the journal at {config.state_dir} "
+                             "(see `amili-import runs`)")
+        rows = [r for r in journal.rows(run_id)
+                if r.state in (FAILED, UNKNOWN, IN_FLIGHT) or (r.retryable and not r.done)]
+    with _Run(config, Mode.RUN, replace(options, retry_of=run_id)) as run:
+        return _announce(run.finish_retry(rows), options)
+
+
+def process_inbox_file(path: Path, report_dir: Path, config: Config,
+                       options: RunOptions | None) -> Any:
+    """Run one drop-folder file (``inbox`` calls this once per ready file).
+
+    A file whose content was already processed by a finished run is not posted again: it gets
+    a report that says so and is marked as a duplicate.
+
+    Returns:
+        An ``inbox.InboxFileResult``.
+    """
+    from importer.inbox import InboxFileResult
+    from importer.journal import Journal
+    options = options or RunOptions(report_dir=report_dir, run_id=report_dir.name, quiet=True)
+    digest = sha256_file(path)
+    with Journal(config.state_dir) as journal:
+        earlier = journal.file_seen(digest)
+    if earlier is not None:
+        message = (f"{path.name}: the same content (sha256 {digest[:12]}…) was already "
+                   f"processed in run {earlier.run_id}; nothing posted")
+        with _Run(config, Mode.RUN, options) as run:
+            info = _rejected_info(path, "")
+            info.rejected, info.notes = None, [message]
+            result = run.finish([info], [], lambda chunks: {"duplicate_of": earlier.run_id})
+        return InboxFileResult(ExitCode.OK, result.run_id, result.summary.totals, message,
+                               duplicate=True)
+    result = execute([path], config, Mode.RUN, options)
+    rejected = "; ".join(f.rejected for f in result.files if f.rejected)
+    return InboxFileResult(result.exit_code, result.run_id, result.summary.totals,
+                           rejected or result.extra.get("could_not_run", ""))
+
+
+class _Run:
+    """One run's lifetime: report folder, run log, state lock, journal, API client."""
+
+    def __init__(self, config: Config, mode: Mode, options: RunOptions) -> None:
+        self.config, self.mode, self.options = config, mode, options
+        self.started = datetime.now(UTC)
+        self.run_id = options.run_id or new_run_id(self.started)
+        self.report_dir = options.report_dir or config.state_dir / "runs" / self.run_id
+        self.posts = mode is Mode.RUN
+        self.log: Any = structlog.get_logger()
+        self._stack = ExitStack()
+        self.journal: Journal | None = None
+        self.client: ApiClient | None = None
+
+    def __enter__(self) -> _Run:
+        try:
+            self.report_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ImporterError(f"cannot create the report folder {self.report_dir}: "
+                                f"{exc.strerror}") from None
+        logs.configure(self.config.log_format, self.report_dir / "run.log")
+        structlog.contextvars.bind_contextvars(run_id=self.run_id)
+        self._stack.callback(logs.close, self.config.log_format)
+        self._stack.callback(structlog.contextvars.unbind_contextvars, "run_id")
+        try:
+            self._open()
+        except BaseException:
+            self._stack.close()
+            raise
+        self.log.info("run.start", mode=self.mode.value, report_dir=str(self.report_dir),
+                      retry_of=self.options.retry_of, argv=_argv())
+        return self
+
+    def _open(self) -> None:
+        if self.mode is Mode.VALIDATE:
+            return  # validation touches no state: no journal, no lock, no API
+        from importer.journal import Journal
+        from importer.lock import RunLock
+
+        if self.posts:
+            from importer.client import ApiClient, check_api_url
+
+            check_api_url(self.config)  # a config error stops the run before any reading
+            self.config.state_dir.mkdir(parents=True, exist_ok=True)
+            self._stack.enter_context(RunLock(self.config.state_dir / "run.lock",
+                                              label=f"the state directory {self.config.state_dir}"))
+            self.client = ApiClient(self.config, self.log)
+            self._stack.callback(self.client.close)
+        self.journal = self._stack.enter_context(Journal(self.config.state_dir))
+        self.journal.start_run(self.run_id, self.mode.value, _argv(), self.report_dir,
+                               self.options.retry_of, self.started.isoformat())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def finish(self, files: list[FileInfo], tables: list[Table],
+               post: Callable[[list[Checked]], dict[str, Any]]) -> RunResult:
+        """Validate every table, post (by mode), write the report, record the run."""
+        from importer.report import ReportWriter
+
+        input_columns = list(dict.fromkeys(c for t in tables for c in t.columns))
+        writer = ReportWriter(self.report_dir, self.run_id, self.mode.value, self.started,
+                              input_columns)
+        checked = _checked(tables, self.config, datetime.now(UTC))
+        extra: dict[str, Any] = {}
+        if self.mode is Mode.VALIDATE:  # streaming: any size in flat memory
+            for chunk in checked:
+                writer.add(chunk.frame)
+        else:
+            chunks = list(checked)
+            extra = post(chunks)
+            for chunk in chunks:
+                writer.add(chunk.frame)
+            self._write_failed_rows(chunks)
+        return self._close(writer, files, extra)
+
+    def finish_retry(self, rows: list[RowRecord]) -> RunResult:
+        """Post the retryable rows of an earlier run and report them."""
+        from importer.report import ReportWriter
+
+        planned = [_planned_from_record(i, r) for i, r in enumerate(rows)]
+        writer = ReportWriter(self.report_dir, self.run_id, "retry", self.started, [])
+        outcomes, extra = self._post_planned(planned)
+        writer.add(_retry_frame(rows, outcomes))
+        extra["retry_of"] = self.options.retry_of
+        return self._close(writer, [], extra)
+
+    def _close(self, writer: Any, files: list[FileInfo], extra: dict[str, Any]) -> RunResult:
+        summary = writer.close(files, datetime.now(UTC), extra)
+        code = exit_code(files, summary.totals, bool(extra.get("could_not_run")))
+        if self.journal is not None:
+            for info in files:
+                self.journal.record_file(self.run_id, info)
+            self.journal.finish_run(self.run_id, int(code), summary.totals)
+        self.log.info("run.finish", mode=self.mode.value, exit_code=int(code),
+                      totals=summary.totals, rows=summary.rows,
+                      rejected=[f.name for f in files if f.rejected])
+        return RunResult(self.run_id, self.mode, self.report_dir, code, files, summary, extra)
+
+    def post(self, chunks: list[Checked], files: list[FileInfo]) -> dict[str, Any]:
+        """Plan the chunks' valid rows; post them (run) or check them against the journal."""
+        from importer.plan import apply_outcomes, make_plan, mark_validated
+
+        plan = make_plan(chunks, self.config.send_account)
+        if self.mode is Mode.DRY_RUN:
+            return self._dry_run(chunks, plan)
+        outcomes, extra = self._post_planned(plan.rows)
+        apply_outcomes(chunks, plan, outcomes)
+        mark_validated(chunks, plan)
+        return extra
+
+    def _post_planned(self, rows: list[PlannedRow]) -> tuple[list[Outcome], dict[str, Any]]:
+        from importer.post import Outcome, post_rows
+
+        assert self.client is not None and self.journal is not None
+        if not rows:
+            return [], {}
+        try:
+            self.client.login()
+        except ApiError as exc:
+            self.log.error("api.login_failed", error=str(exc))
+            message = f"not posted: {exc}"
+            return [Outcome(r.index, "error", "api_unusable", message, retryable=True)
+                    for r in rows], {"could_not_run": str(exc)}
+        with _progress(len(rows), self.config) as advance:
+            outcomes = post_rows(rows, self.client, self.journal, self.run_id, self.config,
+                                 self.log, advance)
+        return outcomes, {"posted": sum(o.posted for o in outcomes)}
+
+    def _dry_run(self, chunks: list[Checked], plan: Plan) -> dict[str, Any]:
+        from importer.plan import annotate
+
+        assert self.journal is not None
+        would_skip = 0
+        for row in plan.rows:
+            earlier = self.journal.latest(row.fingerprint)
+            if earlier is None or not earlier.done:
+                continue
+            would_skip += 1
+            annotate(chunks, plan, row.index, "already_posted",
+                     f"would not be posted: already posted in run {earlier.run_id} "
+                     f"({earlier.ref.describe()}) as {earlier.amili_id}")
+        return {"planned": len(plan.rows) - would_skip, "already_posted": would_skip}
+
+    def _write_failed_rows(self, chunks: list[Checked]) -> None:
+        from importer.plan import failed_rows
+        from importer.report import failed_rows_name, write_failed_rows
+
+        for (name, sheet), (columns, rows) in failed_rows(chunks).items():
+            path = write_failed_rows(self.report_dir / failed_rows_name(name, sheet), rows,
+                                     columns)
+            self.log.info("report.failed_rows", file=name, sheet=sheet, rows=len(rows),
+                          path=str(path))
+
+
+@contextmanager
+def _progress(total: int, config: Config) -> Iterator[Callable[[Any], None]]:
+    """A progress bar on stderr when it is a terminal (and logs are not JSON there)."""
+    if not sys.stderr.isatty() or logs.wants_json(config.log_format):
+        yield lambda _outcome: None
+        return
+    import click
+
+    with click.progressbar(length=total, label="posting", file=sys.stderr) as bar:
+        yield lambda _outcome: bar.update(1)
+
+
+def _argv() -> list[str]:
+    """The command line for the journal: flags only carry names and paths, never secrets
+    (tokens and keys come from the environment or the config file)."""
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+
+
+def _resolve_run_id(reference: str) -> str:
+    """A run id, or a report folder holding report.json."""
+    import json
+
+    report = Path(reference) / "report.json"
+    if report.is_file():
+        with report.open(encoding="utf-8") as handle:
+            return str(json.load(handle)["run_id"])
+    return reference
+
+
+def _planned_from_record(index: int, record: RowRecord) -> PlannedRow:
+    from importer.kinds import KINDS
+    from importer.post import PlannedRow
+
+    ref = record.ref
+    return PlannedRow(index, ref.file_name, ref.file_sha256, ref.sheet, ref.row,
+                      KINDS[record.kind], record.payload, record.fingerprint, record.case_key)
+
+
+def _retry_frame(rows: list[RowRecord], outcomes: list[Outcome]) -> pd.DataFrame:
+    """Report rows for a retry: the journal holds the values that were sent."""
+    import pandas as pd
+
+    from importer.validate import FRAME_COLUMNS
+
+    records = []
+    for row, outcome in zip(rows, outcomes, strict=True):
+        values = {k: (f"{v:.2f}" if k == "amount" else v) for k, v in row.payload.items()}
+        records.append({
+            **values, "file": row.ref.file_name, "sheet": row.ref.sheet, "row": row.ref.row,
+            "kind": row.kind, "status": outcome.status, "reason": outcome.reason,
+            "message": outcome.message, "amili_id": outcome.amili_id,
+            "settled_amount": outcome.settled_amount,
+            "case_reference_number": outcome.case_reference_number,
+            "http_status": outcome.http_status, "attempts": outcome.attempts,
+        })
+    return pd.DataFrame.from_records(records, columns=list(FRAME_COLUMNS)).astype(object)
 
 
 def open_files(paths: list[Path], config: Config,
                options: RunOptions) -> tuple[list[FileInfo], list[Table]]:
     """Open every file; a rejected file is recorded, never fatal to the others."""
-    from importer.read import FileInfo, ReadOptions, open_file
+    from importer.read import ReadOptions, open_file
 
     log = structlog.get_logger()
     read_options = ReadOptions(
@@ -152,7 +391,7 @@ def open_files(paths: list[Path], config: Config,
         try:
             info, found = open_file(path, read_options)
         except FileRejected as exc:
-            info = _rejected_info(FileInfo, path, exc.reason)
+            info = _rejected_info(path, exc.reason)
             found = []
         for note in info.notes:
             log.info("file.note", file=info.name, note=note)
@@ -163,23 +402,28 @@ def open_files(paths: list[Path], config: Config,
     return files, tables
 
 
-def _rejected_info(file_info: type[FileInfo], path: Path, reason: str) -> FileInfo:
+def _rejected_info(path: Path, reason: str) -> FileInfo:
     """A FileInfo for a file rejected whole (its hash too, when it can be read)."""
+    from importer.read import FileInfo
+
+    try:
+        digest, size = sha256_file(path), path.stat().st_size
+    except OSError:
+        digest, size = "", 0
+    return FileInfo(path=path, name=path.name, sha256=digest, size=size, rejected=reason)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file's content."""
     import hashlib
 
-    digest, size = "", 0
-    try:
-        with path.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        size = path.stat().st_size
-    except OSError:
-        pass
-    return file_info(path=path, name=path.name, sha256=digest, size=size, kinds=[], rows=0,
-                     rejected=reason, notes=[])
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _checked_frames(tables: list[Table], config: Config, now: datetime) -> Iterator[pd.DataFrame]:
+def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Checked]:
     """Validate every chunk of every table; a file rejected mid-read stops its own tables only."""
+    from importer.plan import Checked
     from importer.validate import Checker
 
     log = structlog.get_logger()
@@ -191,15 +435,16 @@ def _checked_frames(tables: list[Table], config: Config, now: datetime) -> Itera
             for chunk in table.chunks():
                 frame = checker.check(chunk)
                 table.file.rows += len(frame)
-                yield frame
+                yield Checked(table, frame)
         except FileRejected as exc:
             table.file.rejected = exc.reason
             log.error("file.rejected", file=table.file.name, reason=exc.reason)
 
 
-def exit_code(files: list[FileInfo], totals: dict[str, int]) -> ExitCode:
-    """The worst thing that happened: a file rejected whole, then rows in error."""
-    if any(f.rejected for f in files):
+def exit_code(files: list[FileInfo], totals: dict[str, int], could_not_run: bool = False
+              ) -> ExitCode:
+    """The worst thing that happened: a file rejected whole or no API, then rows in error."""
+    if could_not_run or any(f.rejected for f in files):
         return ExitCode.CANNOT_RUN
     if totals.get("error", 0):
         return ExitCode.ROWS_IN_ERROR

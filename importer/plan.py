@@ -1,0 +1,179 @@
+"""The posting plan: which report-frame rows are posted, and their outcomes written back.
+
+Pure data transforms between the report frames (validate.py) and the posting engine (post.py);
+no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from importer.kinds import KINDS
+from importer.post import Outcome, PlannedRow, case_key
+from importer.validate import fingerprint, payload
+
+if TYPE_CHECKING:
+    from importer.read import Table
+
+POSTABLE = ("valid", "warning")
+RESULT_COLUMNS = ("amili_id", "settled_amount", "case_reference_number", "http_status", "attempts")
+SEVERITY = {"valid": 0, "completed": 0, "warning": 1, "error": 2}
+
+
+@dataclass
+class Checked:
+    """One validated chunk: the table it came from and its report frame."""
+
+    table: Table
+    frame: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Rows to post, each with where its outcome goes (chunk number, frame position)."""
+
+    rows: list[PlannedRow]
+    places: list[tuple[int, int]]
+
+
+def make_plan(chunks: Sequence[Checked], send_account: bool = False) -> Plan:
+    """Plan every valid/warning row of files that were not rejected, in file order.
+
+    Args:
+        chunks: validated chunks, in file order.
+        send_account: send the file's ``account`` column (``config.send_account``).
+
+    Returns:
+        The planned rows and where each outcome goes.
+    """
+    rows: list[PlannedRow] = []
+    places: list[tuple[int, int]] = []
+    for number, chunk in enumerate(chunks):
+        info = chunk.table.file
+        if info.rejected:
+            continue
+        frame = chunk.frame
+        kind = KINDS[chunk.table.kind.name]
+        postable = frame["status"].isin(POSTABLE).to_numpy()
+        for position in postable.nonzero()[0]:
+            record = {str(k): _plain(v) for k, v in frame.iloc[position].items()}
+            body = payload(kind, record, send_account=send_account)
+            rows.append(PlannedRow(
+                index=len(rows), file_name=info.name, file_sha256=info.sha256,
+                sheet=chunk.table.sheet, row=int(record["row"]), kind=kind, payload=body,
+                fingerprint=fingerprint(kind, record), case_key=case_key(body)))
+            places.append((number, int(position)))
+    return Plan(rows, places)
+
+
+def apply_outcomes(chunks: Sequence[Checked], plan: Plan, outcomes: Iterable[Outcome]) -> None:
+    """Write each outcome into its report-frame row.
+
+    The row's final status is the worse of its validation status and the API's (a validation
+    warning stays a warning when Amili completes the row); messages are joined.
+    """
+    for outcome in outcomes:
+        number, position = plan.places[outcome.index]
+        frame = chunks[number].frame
+        _object_columns(frame)
+        before = frame.iat[position, _col(frame, "status")]
+        status = outcome.status
+        if before == "warning" and SEVERITY.get(status, 2) < SEVERITY["warning"]:
+            status = "warning"
+        values: dict[str, Any] = {
+            "status": status,
+            "reason": _join(",", frame.iat[position, _col(frame, "reason")],
+                            outcome.reason),
+            "message": _join("; ", frame.iat[position, _col(frame, "message")],
+                             outcome.message),
+            "amili_id": outcome.amili_id,
+            "settled_amount": outcome.settled_amount,
+            "case_reference_number": outcome.case_reference_number,
+            "http_status": outcome.http_status,
+            "attempts": outcome.attempts,
+        }
+        for column, value in values.items():
+            frame.iat[position, _col(frame, column)] = value
+
+
+def annotate(chunks: Sequence[Checked], plan: Plan, index: int, reason: str,
+             message: str) -> None:
+    """Set the reason and message of one planned row (its status stays)."""
+    number, position = plan.places[index]
+    frame = chunks[number].frame
+    _object_columns(frame)
+    frame.iat[position, _col(frame, "reason")] = reason
+    frame.iat[position, _col(frame, "message")] = message
+
+
+def mark_validated(chunks: Sequence[Checked], plan: Plan) -> None:
+    """In ``run`` mode every planned row gets an outcome; unplanned valid rows (in rejected
+    files) are marked as not posted so that no row claims more than is known."""
+    planned = set(plan.places)
+    for number, chunk in enumerate(chunks):
+        frame = chunk.frame
+        _object_columns(frame)
+        for position in map(int, frame["status"].isin(POSTABLE).to_numpy().nonzero()[0]):
+            if (number, position) in planned:
+                continue
+            frame.iat[position, _col(frame, "status")] = "error"
+            frame.iat[position, _col(frame, "reason")] = "file_rejected"
+            frame.iat[position, _col(frame, "message")] = (
+                f"not posted: the file {chunk.table.file.name} was rejected whole "
+                f"({chunk.table.file.rejected})")
+
+
+def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None],
+                                                   tuple[list[str], list[dict[str, str]]]]:
+    """The rows in error per (file, sheet), with the input's own columns, for re-import.
+
+    Returns:
+        ``{(file name, sheet): (original headers, [row dicts with error_reason/message])}``.
+    """
+    out: dict[tuple[str, str | None], tuple[list[str], list[dict[str, str]]]] = {}
+    for chunk in chunks:
+        frame = chunk.frame
+        errors = frame[frame["status"] == "error"]
+        if errors.empty:
+            continue
+        headers = list(chunk.table.columns)
+        key = (chunk.table.file.name, chunk.table.sheet)
+        bucket = out.setdefault(key, (headers, []))[1]
+        for _, record in errors.iterrows():
+            row = {h: _text(record.get(f"input:{h}")) for h in headers}
+            row["error_reason"] = _text(record.get("reason"))
+            row["error_message"] = _text(record.get("message"))
+            bucket.append(row)
+    return out
+
+
+def _col(frame: pd.DataFrame, name: str) -> int:
+    """The position of a column (frame columns are unique)."""
+    return int(frame.columns.get_loc(name))  # type: ignore[arg-type]
+
+
+def _object_columns(frame: pd.DataFrame) -> None:
+    for column in ("status", "reason", "message", *RESULT_COLUMNS):
+        if frame[column].dtype != object:
+            frame[column] = frame[column].astype(object)
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value
+
+
+def _text(value: Any) -> str:
+    value = _plain(value)
+    return "" if value is None or value is pd.NA else str(value)
+
+
+def _join(sep: str, first: Any, second: Any) -> str | None:
+    parts = [str(p) for p in (_plain(first), _plain(second))
+             if p not in (None, "") and p is not pd.NA]
+    return sep.join(dict.fromkeys(parts)) or None
