@@ -141,6 +141,83 @@ def run(ctx: click.Context, files: tuple[Path, ...], dry_run: bool, **options: A
     sys.exit(int(run_files(list(files), config, mode, _run_options(options))))
 
 
+@main.command()
+@click.argument("target")
+@read_options
+@post_options
+@click.option("--min-age", type=click.FloatRange(min=0), default=60, show_default=True,
+              help="Leave files younger than this many seconds for the next run.")
+@click.option("--require-sidecar", is_flag=True,
+              help="Take only files that have a NAME.done or NAME.ok beside them.")
+@click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
+              help="SSH private key for sftp:// folders.")
+@click.option("--known-hosts", type=click.Path(path_type=Path, dir_okay=False),
+              help="known_hosts file for sftp:// (default ~/.ssh/known_hosts).")
+@click.option("--accept-new-host-key", is_flag=True,
+              help="Trust and record an unknown SSH host key (never a changed one).")
+@click.option("--pickup", help="Remote folder that receives each run's report (sftp://).")
+@click.pass_context
+@handle_errors
+def inbox(ctx: click.Context, target: str, min_age: float, require_sidecar: bool,
+          identity: Path | None, known_hosts: Path | None, accept_new_host_key: bool,
+          pickup: str | None, **options: Any) -> None:
+    """Drain a drop folder (DIR or sftp://user@host[:port]/path): one run per ready file.
+
+    Ready files are moved to done/ (no row in error) or failed/ with a timestamped name; each
+    run's report goes to DIR/reports/<run-id>/. The exit code is the worst of the files.
+    """
+    from importer.inbox import InboxOptions, inbox_main
+
+    config = _config(ctx, options)
+    opts = InboxOptions(min_age=min_age, require_sidecar=require_sidecar, identity=identity,
+                        known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
+                        pickup=pickup, run=_run_options(options))
+    sys.exit(int(inbox_main(target, config, opts)))
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN_ID")
+@post_options
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write the new run's report here.")
+@click.pass_context
+@handle_errors
+def retry(ctx: click.Context, run_ref: str, **options: Any) -> None:
+    """Re-post the rows of run RUN_ID (or its report folder) that failed for transient reasons.
+
+    Rows whose outcome was lost are read back from Amili first; rows rejected by validation or by
+    Amili are not retried: fix them in the failed-rows file and use `amili-import run`.
+    """
+    from importer.pipeline import retry_run
+
+    config = _config(ctx, options)
+    sys.exit(int(retry_run(run_ref, config, _run_options(options))))
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.pass_context
+@handle_errors
+def runs(ctx: click.Context, limit: int) -> None:
+    """List recent runs: id, start time, mode, files, rows per status, exit code."""
+    from importer.history import run_lines
+
+    for line in run_lines(_config(ctx, {}), limit):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN_ID")
+@click.pass_context
+@handle_errors
+def show(ctx: click.Context, run_ref: str) -> None:
+    """Print one run's summary, its files, and where its report is."""
+    from importer.history import show_lines
+
+    for line in show_lines(_config(ctx, {}), run_ref):
+        click.echo(line)
+
+
 def _config(ctx: click.Context, options: dict[str, Any]) -> Any:
     from importer.config import load_config
 
@@ -155,7 +232,60 @@ def _config(ctx: click.Context, options: dict[str, Any]) -> Any:
 def _run_options(options: dict[str, Any]) -> Any:
     from importer.pipeline import RunOptions
 
-    return RunOptions(kind=options.get("kind"), report_dir=options.get("report_dir"))
+    kind = options.get("kind")
+    return RunOptions(kind=kind.lower() if kind else None, report_dir=options.get("report_dir"))
+
+
+@main.command()
+@click.option("--api-url", help="Amili API base URL (env AMILI_API_URL).")
+@click.option("--allow-http", is_flag=True,
+              help="Allow plain http:// to a host other than this machine.")
+@click.pass_context
+@handle_errors
+def doctor(ctx: click.Context, **options: Any) -> None:
+    """Check configuration, key file, login, API access and the state directory.
+
+    Prints one line per check (ok / warn / FAIL); exits 0 when nothing failed, else 3.
+    """
+    from importer.doctor import config_sources, run_doctor
+
+    root = ctx.find_root().obj or {}
+    given = [k for k, v in options.items() if v not in (None, False)]
+    given += [k for k in ("state_dir", "log_format") if root.get(k) is not None]
+    sources = config_sources(root.get("config_file"), given)
+    sys.exit(int(run_doctor(lambda: _config(ctx, options), sources, click.echo)))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address to bind.")
+@click.option("--port", default=8080, show_default=True, help="TCP port (0: any free port).")
+@click.option("--cases", type=click.Path(path_type=Path, dir_okay=False),
+              help="Seed cases JSON ({\"cases\": [...], \"api_codes\": {...}}).")
+@click.option("--token", help="Fixed access token (default: a random one, printed).")
+@click.option("--public-key", "public_keys", multiple=True, type=click.Path(path_type=Path),
+              help="PEM public key accepted for JWT login (repeatable; EC or RSA).")
+@click.option("--api-code", "api_codes", multiple=True, help="Accept this API code (repeatable).")
+@click.option("--token-lifetime", default=3600.0, show_default=True, help="Token seconds.")
+@click.option("--latency-ms", default=0.0, help="Added latency per API request.")
+@click.option("--fail-503", default=0.0, help="Share of POSTs answered 503 before storing.")
+@click.option("--fail-429", default=0.0, help="Share of POSTs answered 429 before storing.")
+@click.option("--retry-after", type=float, help="Retry-After seconds on 503/429 (default: none).")
+@click.option("--fail-500-after-store", default=0.0, help="Share stored, then answered 500.")
+@click.option("--drop-after-store", default=0.0, help="Share stored, then connection dropped.")
+@click.option("--rate-limit", type=int, help="429 above this many POSTs per second.")
+@click.option("--faults-on-gets", is_flag=True, help="Apply the faults to GETs too.")
+@click.option("--seed", type=int, help="Seed of the fault draws (replayable runs).")
+@click.option("--return-status-fields", is_flag=True,
+              help="Also return status, status_reason_locale, settled_amount, ... in the 201.")
+@handle_errors
+def sandbox(**flags: Any) -> None:
+    """Run a local Amili API on loopback until Ctrl+C (see importer/sandbox/README.md).
+
+    Prints AMILI_API_URL, AMILI_ACCESS_TOKEN and AMILI_ALLOW_HTTP lines on stdout.
+    """
+    from importer.sandbox.cli import SandboxFlags, run
+
+    run(SandboxFlags(**flags))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -117,7 +117,7 @@ def retry_run(reference: str, config: Config, options: RunOptions) -> ExitCode:
     """
     from importer.journal import FAILED, IN_FLIGHT, UNKNOWN, Journal
 
-    run_id = _resolve_run_id(reference)
+    run_id = resolve_run_id(reference)
     with Journal(config.state_dir) as journal:
         earlier = journal.run(run_id)
         if earlier is None:
@@ -333,7 +333,7 @@ def _argv() -> list[str]:
     return [Path(sys.argv[0]).name, *sys.argv[1:]]
 
 
-def _resolve_run_id(reference: str) -> str:
+def resolve_run_id(reference: str) -> str:
     """A run id, or a report folder holding report.json."""
     import json
 

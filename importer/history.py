@@ -1,0 +1,72 @@
+"""Past runs from the journal, for `amili-import runs` and `amili-import show`."""
+
+from __future__ import annotations
+
+from importer.config import Config
+from importer.errors import UsageError
+
+
+def _totals(totals: dict[str, object]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in totals.items()) or "no rows"
+
+
+def run_lines(config: Config, limit: int = 20) -> list[str]:
+    """One line per recent run, newest first.
+
+    Args:
+        config: where the journal is (``state_dir``).
+        limit: how many runs.
+
+    Returns:
+        Lines ready to print (a header first).
+    """
+    from importer.journal import Journal
+
+    if not (config.state_dir / "journal.sqlite3").exists():
+        return [f"no runs yet (no journal in {config.state_dir})"]
+    with Journal(config.state_dir) as journal:
+        records = journal.runs(limit)
+    lines = [f"{'run id':<24} {'started':<20} {'mode':<8} {'files':>5} {'exit':>4}  rows"]
+    for r in records:
+        code = "-" if r.exit_code is None else str(r.exit_code)
+        if r.finished is None:
+            code = "?"  # never finished: crashed or still running
+        lines.append(f"{r.run_id:<24} {r.started[:19]:<20} {r.mode:<8} {r.files:>5} {code:>4}  "
+                     f"{_totals(r.totals)}")
+    return lines
+
+
+def show_lines(config: Config, reference: str) -> list[str]:
+    """One run's summary: mode, times, exit code, files, totals, report folder.
+
+    Raises:
+        UsageError: no such run in the journal.
+    """
+    from importer.journal import Journal
+    from importer.pipeline import resolve_run_id
+
+    run_id = resolve_run_id(reference)
+    with Journal(config.state_dir) as journal:
+        record = journal.run(run_id)
+        if record is None:
+            raise UsageError(f"no run {run_id!r} in the journal at {config.state_dir} "
+                             "(see `amili-import runs`)")
+        files = journal.files(run_id)
+        counts = journal.counts(run_id)
+    finished = record.finished or "never (crashed or still running: the next run reconciles it)"
+    lines = [
+        f"run {record.run_id} ({record.mode})" + (f", retry of {record.retry_of}"
+                                                  if record.retry_of else ""),
+        f"  started  {record.started}",
+        f"  finished {finished}",
+        f"  exit     {'-' if record.exit_code is None else record.exit_code}",
+        f"  rows     {_totals(record.totals)}",
+    ]
+    if counts:
+        lines.append(f"  journal  {_totals(dict(counts))}")
+    for f in files:
+        state = f"REJECTED: {f.rejected}" if f.rejected else f"{f.rows} rows"
+        lines.append(f"  file     {f.name} ({', '.join(f.kinds) or '-'}; {state}; "
+                     f"sha256 {f.sha256[:12]})")
+    lines.append(f"  report   {record.report_dir or '-'}")
+    return lines
