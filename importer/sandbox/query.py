@@ -1,0 +1,236 @@
+"""Eve list queries over in-memory documents: ``where``, ``sort``, ``page``, ``max_results``,
+``projection``.
+
+``where`` is MongoDB JSON: equality on any field, dot notation into nested objects and lists
+(``{"debt.invoice_number": "103118"}``, ``{"transactions.type": "capital"}``), and the operators
+``$eq $ne $in $nin $gt $gte $lt $lte $exists $and $or``. Values that are RFC 1123 dates compare
+as dates, as MongoDB would compare the stored datetimes. Anything else is a 400, so that a
+client never mistakes an unsupported query for an empty answer.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from importer.sandbox.validation import parse_date
+
+DEFAULT_MAX_RESULTS = 25
+PAGINATION_LIMIT = 100
+META_FIELDS = ("_id", "_created", "_updated", "_etag")
+
+
+class QueryError(ValueError):
+    """A query argument the sandbox cannot honour (answered 400)."""
+
+
+def _values(doc: Any, path: list[str]) -> list[Any]:
+    """Every value at a dotted path; lists fan out as in MongoDB."""
+    if not path:
+        return [doc]
+    if isinstance(doc, list):
+        found: list[Any] = []
+        for item in doc:
+            found.extend(_values(item, path))
+        return found
+    if isinstance(doc, dict) and path[0] in doc:
+        return _values(doc[path[0]], path[1:])
+    return []
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, str):
+        parsed = parse_date(value)
+        if parsed is not None:
+            return parsed
+    return value
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return bool(_comparable(a) == _comparable(b))
+
+
+def _order(op: str, a: Any, b: Any) -> bool:
+    a, b = _comparable(a), _comparable(b)
+    numbers = (int, float)
+    same = (isinstance(a, numbers) and isinstance(b, numbers)) or (
+        type(a) is type(b) and isinstance(a, str | datetime))
+    if not same or isinstance(a, bool) or isinstance(b, bool):
+        return False
+    return {"$gt": a > b, "$gte": a >= b, "$lt": a < b, "$lte": a <= b}[op]
+
+
+def _match_condition(values: list[Any], condition: Any) -> bool:
+    if not (isinstance(condition, dict) and condition and all(
+            isinstance(k, str) and k.startswith("$") for k in condition)):
+        # Plain equality; a list field matches when any element (or the list itself) is equal.
+        return any(_equal(v, condition) for v in values) or any(
+            isinstance(v, list) and any(_equal(x, condition) for x in v) for v in values)
+    for op, arg in condition.items():
+        if op == "$eq":
+            ok = _match_condition(values, arg)
+        elif op == "$ne":
+            ok = not _match_condition(values, arg)
+        elif op in ("$in", "$nin"):
+            if not isinstance(arg, list):
+                raise QueryError(f"{op} needs a list")
+            ok = any(_match_condition(values, a) for a in arg)
+            ok = ok if op == "$in" else not ok
+        elif op in ("$gt", "$gte", "$lt", "$lte"):
+            ok = any(_order(op, v, arg) for v in values)
+        elif op == "$exists":
+            ok = bool(values) == bool(arg)
+        else:
+            raise QueryError(f"operator {op} is not supported by the sandbox")
+        if not ok:
+            return False
+    return True
+
+
+def matches(doc: dict[str, Any], where: dict[str, Any]) -> bool:
+    """Whether a document satisfies a MongoDB-style filter.
+
+    Args:
+        doc: the stored document.
+        where: the parsed ``where`` argument.
+
+    Returns:
+        True when every condition holds.
+    """
+    for key, condition in where.items():
+        if key in ("$and", "$or"):
+            if not isinstance(condition, list) or not all(isinstance(c, dict) for c in condition):
+                raise QueryError(f"{key} needs a list of objects")
+            results = (matches(doc, c) for c in condition)
+            if not (all(results) if key == "$and" else any(results)):
+                return False
+        elif key.startswith("$"):
+            raise QueryError(f"operator {key} is not supported by the sandbox")
+        elif not _match_condition(_values(doc, key.split(".")), condition):
+            return False
+    return True
+
+
+def parse_where(raw: str | None) -> dict[str, Any]:
+    """Parse the ``where`` argument (JSON object)."""
+    if not raw:
+        return {}
+    try:
+        where = json.loads(raw)
+    except ValueError as exc:
+        raise QueryError(f"where is not valid JSON: {exc}") from None
+    if not isinstance(where, dict):
+        raise QueryError("where must be a JSON object")
+    return where
+
+
+def parse_sort(raw: str | None) -> list[tuple[str, int]]:
+    """Parse ``sort``: ``-_created,amount`` or Eve's ``[("_created", -1)]``."""
+    if not raw:
+        return []
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise QueryError(f"sort {raw!r} is not understood") from None
+        if not isinstance(parsed, list) or not all(
+                isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str)
+                and p[1] in (1, -1) for p in parsed):
+            raise QueryError(f"sort {raw!r} is not understood")
+        return [(str(p[0]), int(p[1])) for p in parsed]
+    keys = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part or part == "-":
+            raise QueryError(f"sort {raw!r} is not understood")
+        keys.append((part[1:], -1) if part.startswith("-") else (part, 1))
+    return keys
+
+
+def _sort_key(doc: dict[str, Any], field: str) -> tuple[int, Any]:
+    values = _values(doc, field.split("."))
+    if not values or values[0] is None:
+        return (0, 0)  # missing and null sort first, as in MongoDB
+    value = _comparable(values[0])
+    if isinstance(value, bool):
+        return (4, value)
+    if isinstance(value, int | float):
+        return (1, value)
+    if isinstance(value, str):
+        return (2, value)
+    if isinstance(value, datetime):
+        return (3, value)
+    return (5, json.dumps(value, sort_keys=True, default=str))
+
+
+def sort_docs(docs: list[dict[str, Any]], keys: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Sort stably by several keys (insertion order breaks ties)."""
+    for field, direction in reversed(keys):
+        docs = sorted(docs, key=functools.partial(_sort_key, field=field),
+                      reverse=direction < 0)
+    return docs
+
+
+def parse_int(raw: str | None, name: str, default: int, minimum: int) -> int:
+    """Parse a positive integer query argument."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise QueryError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise QueryError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def projector(raw: str | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function applying Eve's ``projection`` (top-level fields, 1 include / 0 exclude)."""
+    if not raw:
+        return lambda doc: doc
+    try:
+        spec = json.loads(raw)
+    except ValueError:
+        raise QueryError("projection is not valid JSON") from None
+    if not isinstance(spec, dict) or any(v not in (0, 1) for v in spec.values()):
+        raise QueryError("projection must be a JSON object of field: 0|1")
+    include = {k for k, v in spec.items() if v == 1}
+    exclude = {k for k, v in spec.items() if v == 0}
+    if include and exclude:
+        raise QueryError("projection cannot mix inclusion and exclusion")
+    if include:
+        keep = include | set(META_FIELDS)
+        return lambda doc: {k: v for k, v in doc.items() if k in keep}
+    return lambda doc: {k: v for k, v in doc.items() if k not in exclude}
+
+
+def list_page(docs: Iterable[dict[str, Any]], args: dict[str, str]) -> dict[str, Any]:
+    """Answer one GET of a collection with Eve's ``_items``/``_meta`` envelope.
+
+    Args:
+        docs: the collection in insertion order (not copied: the caller passes copies).
+        args: the query-string arguments.
+
+    Returns:
+        The envelope (HATEOAS off, so no ``_links``).
+    """
+    where = parse_where(args.get("where"))
+    keys = parse_sort(args.get("sort"))
+    page = parse_int(args.get("page"), "page", 1, 1)
+    max_results = min(parse_int(args.get("max_results"), "max_results",
+                                DEFAULT_MAX_RESULTS, 1), PAGINATION_LIMIT)
+    project = projector(args.get("projection"))
+    found = [d for d in docs if matches(d, where)]
+    found = sort_docs(found, keys)
+    start = (page - 1) * max_results
+    items = [project(d) for d in found[start:start + max_results]]
+    return {"_items": items, "_meta": {"page": page, "max_results": max_results,
+                                       "total": len(found)}}
+
