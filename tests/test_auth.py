@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fixtures_sandbox import API_CODE, payment_body
 
 from importer.auth import (
     key_algorithm,
@@ -22,8 +24,11 @@ from importer.auth import (
     login_method,
     parse_login_answer,
 )
+from importer.client import ApiClient
 from importer.config import Config
 from importer.errors import ApiError, ConfigError
+from importer.kinds import PAYMENTS
+from importer.sandbox.server import RunningSandbox
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -152,3 +157,44 @@ def test_jwt_claims_and_expiry_are_short(tmp_path: Path) -> None:
     assert claims["api_code"] == "CODE-1"
     assert time.time() < claims["exp"] <= time.time() + 600
     assert provider.lifetime == 50
+
+
+@pytest.mark.parametrize("make_key", [
+    lambda: ec.generate_private_key(ec.SECP256R1()),
+    lambda: ec.generate_private_key(ec.SECP521R1()),
+    lambda: rsa.generate_private_key(65537, 2048),
+], ids=["EC-P256", "EC-P521", "RSA-2048"])
+def test_jwt_login_against_the_sandbox(make_sandbox: Callable[..., RunningSandbox],
+                                       tmp_path: Path, make_key: Callable[[], PrivateKey]) -> None:
+    """A JWT signed with a registered EC or RSA key logs in, and the token then posts."""
+    key = make_key()
+    sb = make_sandbox(token=None, public_keys=[public_pem(key)])
+    config = Config(api_url=sb.url, api_code=API_CODE,
+                    private_key_file=write_key(tmp_path / "key.pem", key))
+    with ApiClient(config) as client:
+        client.login()
+        assert client.auth.method == "jwt" and client.auth.lifetime == 3600
+        assert client.post(PAYMENTS, payment_body()).outcome == "created"
+
+
+def test_jwt_with_unregistered_key_is_refused(make_sandbox: Callable[..., RunningSandbox],
+                                              tmp_path: Path) -> None:
+    """A key the API does not know: one clear ApiError line, with no JWT or key material."""
+    registered = ec.generate_private_key(ec.SECP256R1())
+    sb = make_sandbox(token=None, public_keys=[public_pem(registered)])
+    path = write_key(tmp_path / "other.pem", ec.generate_private_key(ec.SECP256R1()))
+    with ApiClient(Config(api_url=sb.url, api_code=API_CODE, private_key_file=path)) as client, \
+            pytest.raises(ApiError) as info:
+        client.post(PAYMENTS, payment_body())
+    message = str(info.value)
+    assert message.startswith("login refused (jwt login, GET /authenticates/api-code): HTTP 401")
+    assert "eyJ" not in message and "PRIVATE" not in message and API_CODE not in message
+    assert sb.state.count(PAYMENTS.resource) == 0
+
+
+def test_api_code_post_login(sandbox: RunningSandbox) -> None:
+    """api_code alone logs in with POST /authenticates/api-code and reads expires_in."""
+    with ApiClient(Config(api_url=sandbox.url, api_code=API_CODE)) as client:
+        client.login()
+        assert client.auth.method == "api-code" and client.auth.lifetime == 3600
+        assert client.get_case("0" * 24) is None

@@ -5,11 +5,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import formatdate
+from typing import Any
 
 import pytest
 import requests
+from fixtures_sandbox import API_CODE, OPEN_CASE, TOKEN, payment_body
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from importer.client import (
@@ -21,9 +26,41 @@ from importer.client import (
     retry_after_seconds,
 )
 from importer.config import Config
-from importer.errors import ConfigError
+from importer.errors import ApiError, ConfigError
 from importer.kinds import PAYMENTS
 from importer.ratelimit import RateLimiter
+from importer.sandbox.server import RunningSandbox
+
+MakeSandbox = Callable[..., RunningSandbox]
+RESOURCE = PAYMENTS.resource
+
+
+class Recorder:
+    """A structlog-shaped logger that keeps every event, to assert on what was logged."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def _record(self, event: str, **fields: Any) -> None:
+        self.events.append({"event": event, **fields})
+
+    info = warning = error = debug = _record
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+
+def client_for(sb: RunningSandbox, log: Recorder | None = None, **settings: Any) -> ApiClient:
+    """A client on the sandbox with the fixed token and fast backoff, unless overridden."""
+    values: dict[str, Any] = {"api_url": sb.url, "access_token": TOKEN, "backoff_base": 0.01,
+                              "backoff_max": 0.05, "read_timeout": 5.0}
+    values.update(settings)
+    return ApiClient(Config(**values), log=log)
+
+
+def posts_seen(sb: RunningSandbox) -> int:
+    """POSTs to the payments collection the sandbox received (stored or not)."""
+    return int(sb.state.snapshot()["requests"].get(f"POST /{RESOURCE}", 0))
 
 
 def response(status: int, body: bytes, content_type: str = "application/json") -> requests.Response:
@@ -120,13 +157,13 @@ def test_only_connection_phase_errors_count_as_never_sent() -> None:
 
 
 def test_rate_limiter_never_exceeds_r_in_any_second_across_threads() -> None:
-    """8 threads through a 20/s limiter: no 1-s window holds more than 20 starts or arrivals."""
+    """8 threads through a 20/s limiter: no 1-s window holds more than 20 starts."""
     limiter = RateLimiter(20)
     starts: list[float] = []
     lock = threading.Lock()
 
     def worker() -> None:
-        for _ in range(6):
+        for _ in range(4):
             with limiter.slot():
                 with lock:
                     starts.append(time.monotonic())
@@ -137,7 +174,7 @@ def test_rate_limiter_never_exceeds_r_in_any_second_across_threads() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert len(starts) == 48
+    assert len(starts) == 32
     assert max_in_window(starts) <= 20
 
 
@@ -180,3 +217,188 @@ def test_connection_refused_is_retried_then_failed() -> None:
         result = client.post(PAYMENTS, {"amount": 1.0})
     assert result.outcome == "failed" and result.attempts == 3 and result.http_status is None
     assert "connection refused" in result.message and "safe to retry" in result.message
+
+
+# -- against the sandbox ----------------------------------------------------------------------
+
+
+def test_post_created_and_read_back(sandbox: RunningSandbox) -> None:
+    """A valid POST is "created" with Amili's body; get() reads it back, a missing id is None."""
+    with client_for(sandbox) as client:
+        result = client.post(PAYMENTS, payment_body(OPEN_CASE, Decimal("12.50")))
+        assert (result.outcome, result.http_status, result.attempts) == ("created", 201, 1)
+        assert result.body is not None
+        record = client.get(PAYMENTS, result.body["_id"])
+        assert record is not None and record["amount"] == 12.5  # sent as a JSON number
+        assert client.get(PAYMENTS, "0" * 24) is None
+        assert client.get_case(OPEN_CASE.id)["_id"] == OPEN_CASE.id  # type: ignore[index]
+    assert sandbox.state.count(RESOURCE) == 1
+
+
+def test_422_is_rejected_with_the_field_issues(sandbox: RunningSandbox) -> None:
+    """A 422 is "rejected" (never retried) and the message names the field and Eve's error."""
+    with client_for(sandbox) as client:
+        result = client.post(PAYMENTS, payment_body(OPEN_CASE, "a lot"))
+    assert (result.outcome, result.http_status, result.attempts) == ("rejected", 422, 1)
+    assert result.message.startswith("HTTP 422: ") and "amount: " in result.message
+    assert "Insertion failure" in result.message
+    assert sandbox.state.count(RESOURCE) == 0 and posts_seen(sandbox) == 1
+
+
+def test_503_and_429_are_retried_until_created_exactly_once(make_sandbox: MakeSandbox) -> None:
+    """With 503s and 429s injected, every POST ends "created" once; sends = rows + faults."""
+    sb = make_sandbox(fail_503=0.3, fail_429=0.3, seed=11)
+    log = Recorder()
+    with client_for(sb, log, max_attempts=20) as client:
+        results = [client.post(PAYMENTS, payment_body(OPEN_CASE, 10.0)) for _ in range(12)]
+    faults = sb.state.snapshot()["faults"]
+    assert all(r.outcome == "created" for r in results)
+    assert faults.get("503", 0) > 0 and faults.get("429", 0) > 0
+    assert sb.state.count(RESOURCE) == 12
+    assert sum(r.attempts for r in results) == posts_seen(sb) == 12 + faults["503"] + faults["429"]
+    assert {e["status"] for e in log.named("http.retry")} == {429, 503}
+
+
+def test_retry_after_is_honoured_and_exhaustion_fails(make_sandbox: MakeSandbox) -> None:
+    """A 429 with Retry-After waits exactly that long; when attempts run out the row "failed"."""
+    sb = make_sandbox(fail_429=1.0, retry_after=0.2)
+    log = Recorder()
+    with client_for(sb, log, max_attempts=3) as client:
+        result = client.post(PAYMENTS, payment_body())
+    assert (result.outcome, result.http_status, result.attempts) == ("failed", 429, 3)
+    assert "Rate limit exceeded" in result.message and "safe to retry later" in result.message
+    assert [e["delay_s"] for e in log.named("http.retry")] == [0.2, 0.2]
+    assert sb.state.count(RESOURCE) == 0
+
+
+def test_503_exhausted_is_failed_with_backoff_bounded(make_sandbox: MakeSandbox) -> None:
+    """503 on every try: max_attempts sends, jittered delays within backoff_max, then "failed"."""
+    sb = make_sandbox(fail_503=1.0)
+    log = Recorder()
+    with client_for(sb, log, max_attempts=4, backoff_base=0.01, backoff_max=0.03) as client:
+        result = client.post(PAYMENTS, payment_body())
+    assert (result.outcome, result.attempts) == ("failed", 4)
+    assert "503 Service Temporarily Unavailable" in result.message
+    delays = [e["delay_s"] for e in log.named("http.retry")]
+    assert len(delays) == 3 and all(0 <= d <= 0.03 for d in delays)
+    assert posts_seen(sb) == 4 and sb.state.count(RESOURCE) == 0
+
+
+@pytest.mark.parametrize("fault", ["fail_500_after_store", "drop_after_store"])
+def test_answer_lost_after_store_is_unknown_and_not_resent(make_sandbox: MakeSandbox,
+                                                           fault: str) -> None:
+    """A 500 or a dropped connection after storing: "unknown" at once, sent once, stored once."""
+    sb = make_sandbox(**{fault: 1.0})
+    body = payment_body(OPEN_CASE, 25.0, creditor_payment_reference="PAY-LOST-1")
+    with client_for(sb, max_attempts=5) as client:
+        result = client.post(PAYMENTS, body)
+        assert (result.outcome, result.attempts) == ("unknown", 1)
+        assert "read it back" in result.message
+        assert posts_seen(sb) == 1 and sb.state.count(RESOURCE) == 1
+        found = client.find(PAYMENTS, {"creditor_payment_reference": "PAY-LOST-1"})
+    assert [f["amount"] for f in found] == [25.0]
+    if fault == "fail_500_after_store":
+        assert result.http_status == 500 and "500 Internal Server Error" in result.message
+    else:
+        assert result.http_status is None
+
+
+def test_read_timeout_is_unknown(make_sandbox: MakeSandbox) -> None:
+    """No answer within the read timeout: "unknown" after one send, never re-sent."""
+    sb = make_sandbox(latency_ms=500)
+    with client_for(sb, read_timeout=0.1, max_attempts=5) as client:
+        result = client.post(PAYMENTS, payment_body())
+    assert (result.outcome, result.attempts, result.http_status) == ("unknown", 1, None)
+    assert "read timeout" in result.message
+    assert posts_seen(sb) == 1
+
+
+def test_gets_are_retried_on_transient_failures(make_sandbox: MakeSandbox) -> None:
+    """Reads have no side effects: 503s on GETs are retried until the answer comes."""
+    sb = make_sandbox(fail_503=0.5, faults_on_gets=True, seed=1)
+    with client_for(sb, max_attempts=20) as client:
+        cases = [client.get_case(OPEN_CASE.id) for _ in range(6)]
+    assert all(c is not None and c["_id"] == OPEN_CASE.id for c in cases)
+    assert sb.state.snapshot()["faults"].get("503", 0) > 0
+
+
+def test_find_follows_pages(sandbox: RunningSandbox) -> None:
+    """find() pages through _meta.total 100 at a time; max_pages bounds it."""
+    with client_for(sandbox, concurrency=8) as client, ThreadPoolExecutor(8) as pool:
+        posted = list(pool.map(lambda _: client.post(PAYMENTS, payment_body(OPEN_CASE, 1.0)),
+                               range(205)))
+        assert all(r.outcome == "created" for r in posted)
+        before = sandbox.state.snapshot()["requests"].get(f"GET /{RESOURCE}", 0)
+        found = client.find(PAYMENTS, {"case": OPEN_CASE.id})
+        after = sandbox.state.snapshot()["requests"].get(f"GET /{RESOURCE}", 0)
+        assert len(found) == 205 and len({f["_id"] for f in found}) == 205
+        assert after - before == 3
+        assert len(client.find(PAYMENTS, {"case": OPEN_CASE.id}, max_pages=2)) == 200
+        assert client.find_cases({"debt.invoice_number": OPEN_CASE.invoice_number})[0]["_id"] \
+            == OPEN_CASE.id
+
+
+def test_rate_limit_holds_for_the_server_under_threads(make_sandbox: MakeSandbox) -> None:
+    """8 threads at rate_limit 10: the sandbox, limiting at 10/s, never has to refuse one."""
+    sb = make_sandbox(rate_limit=10, faults_on_gets=True)
+    with client_for(sb, rate_limit=10, concurrency=8, max_attempts=1) as client:
+        results: list[Any] = []
+
+        def worker() -> None:
+            for _ in range(3):
+                results.append(client.get_case(OPEN_CASE.id))
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == 24 and all(r is not None for r in results)
+    assert sb.state.snapshot()["faults"].get("rate_limited", 0) == 0
+
+
+def test_jwt_login_renewal_before_expiry(make_sandbox: MakeSandbox, tmp_path: Any) -> None:
+    """With a 1-s token, the client logs in again before expiry instead of collecting a 401."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from test_auth import public_pem, write_key
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    sb = make_sandbox(token=None, public_keys=[public_pem(key)], token_lifetime=1)
+    path = write_key(tmp_path / "key.pem", key)
+    with client_for(sb, access_token=None, api_code=API_CODE, private_key_file=path) as client:
+        assert client.post(PAYMENTS, payment_body()).outcome == "created"
+        time.sleep(0.95)
+        assert client.post(PAYMENTS, payment_body()).outcome == "created"
+        assert client.auth.logins == 2 and client.auth.lifetime == 1
+    assert posts_seen(sb) == 2  # no 401 was needed
+
+
+def test_401_renews_once_and_retries(make_sandbox: MakeSandbox) -> None:
+    """A token the API stops accepting is renewed once on the 401 and the POST goes through."""
+    sb = make_sandbox(token=None)
+    with client_for(sb, access_token=None, api_code=API_CODE) as client:
+        assert client.post(PAYMENTS, payment_body()).outcome == "created"
+        assert sb.expire_tokens() == 1
+        result = client.post(PAYMENTS, payment_body())
+        assert (result.outcome, result.attempts) == ("created", 2)
+        assert client.auth.method == "api-code" and client.auth.logins == 2
+    assert posts_seen(sb) == 3 and sb.state.count(RESOURCE) == 2
+
+
+def test_refused_ready_token_is_an_api_error(sandbox: RunningSandbox) -> None:
+    """A ready access token cannot be renewed: a 401 stops with "refused (expired?)"."""
+    with client_for(sandbox, access_token="not-the-token") as client, \
+            pytest.raises(ApiError, match=r"access token was refused \(expired\?\)") as info:
+        client.post(PAYMENTS, payment_body())
+    assert "not-the-token" not in str(info.value)
+    assert sandbox.state.count(RESOURCE) == 0
+
+
+def test_wrong_api_code_login_is_refused_clearly(sandbox: RunningSandbox) -> None:
+    """A refused login is one ApiError line with the status and Eve's message, not the code."""
+    with client_for(sandbox, access_token=None, api_code="WRONG-CODE-42") as client, \
+            pytest.raises(ApiError) as info:
+        client.login()
+    message = str(info.value)
+    assert "login refused" in message and "HTTP 401" in message
+    assert "Please provide proper credentials" in message and "WRONG-CODE-42" not in message
