@@ -355,10 +355,15 @@ class ApiClient:
         Args:
             kind: which collection.
             where: e.g. ``{"creditor_payment_reference": "PAY-1", "creditor": "..."}``.
-            max_pages: stop after this many pages (a warning is logged if more exist).
+            max_pages: read at most this many pages.
 
         Returns:
-            The matching records, oldest page first.
+            Every matching record, in the API's order.
+
+        Raises:
+            ApiError: more records match than ``max_pages`` pages hold (a partial answer is
+                never returned as if it were whole), or the API refused the query.
+            TransientApiError: retries ran out.
         """
         return self._find(kind.endpoint, where, max_pages)
 
@@ -494,8 +499,10 @@ class ApiClient:
                     return items
             elif len(batch) < size:
                 return items
-        self._log.warning("http.find_truncated", path=path, pages=max_pages, items=len(items))
-        return items
+        # A partial list would let a read-back conclude "not stored" when it was: say so instead.
+        raise ApiError(f"GET {path}: more than {len(items)} records match "
+                       f"{', '.join(sorted(where)) or 'the query'} ({max_pages} pages); the "
+                       "list would be incomplete")
 
     def _pause(self, failures: int, retry_after: float | None, method: str, path: str,
                attempt: int, status: int | None, error: str) -> None:

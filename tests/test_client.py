@@ -323,7 +323,7 @@ def test_gets_are_retried_on_transient_failures(make_sandbox: MakeSandbox) -> No
 
 
 def test_find_follows_pages(sandbox: RunningSandbox) -> None:
-    """find() pages through _meta.total 100 at a time; max_pages bounds it."""
+    """find() pages through _meta.total 100 at a time; more than max_pages hold is an error."""
     with client_for(sandbox, concurrency=8) as client, ThreadPoolExecutor(8) as pool:
         posted = list(pool.map(lambda _: client.post(PAYMENTS, payment_body(OPEN_CASE, 1.0)),
                                range(205)))
@@ -333,7 +333,8 @@ def test_find_follows_pages(sandbox: RunningSandbox) -> None:
         after = sandbox.state.snapshot()["requests"].get(f"GET /{RESOURCE}", 0)
         assert len(found) == 205 and len({f["_id"] for f in found}) == 205
         assert after - before == 3
-        assert len(client.find(PAYMENTS, {"case": OPEN_CASE.id}, max_pages=2)) == 200
+        with pytest.raises(ApiError, match="more than 200 records match case"):
+            client.find(PAYMENTS, {"case": OPEN_CASE.id}, max_pages=2)
         assert client.find_cases({"debt.invoice_number": OPEN_CASE.invoice_number})[0]["_id"] \
             == OPEN_CASE.id
 
