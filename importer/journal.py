@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -500,7 +501,7 @@ class Journal:
                 " message, ref_row, created, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, ref.file_sha256, ref.file_name, ref.sheet, int(ref.row), kind,
-                 fingerprint, case_key, json.dumps(payload, default=str), outcome.state,
+                 fingerprint, case_key, json.dumps(payload, default=_json_default), outcome.state,
                  int(outcome.retryable), outcome.reason, outcome.http_status, outcome.attempts,
                  posts, outcome.amili_id, outcome.settled_amount,
                  outcome.case_reference_number, outcome.status_reason_locale, outcome.message,
@@ -592,6 +593,13 @@ class Journal:
         """Rows of a run per state."""
         return {r[0]: r[1] for r in self._query(
             "SELECT state, count(*) FROM rows WHERE run_id = ? GROUP BY state", (run_id,))}
+
+
+def _json_default(value: Any) -> Any:
+    # Amounts are JSON numbers in the body sent (the client does the same with Decimal).
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
 
 
 def _run(r: sqlite3.Row) -> RunRecord:

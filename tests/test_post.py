@@ -1,0 +1,367 @@
+"""The posting engine against the sandbox over HTTP, with the real client and a real journal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import structlog
+from fixtures_sandbox import (
+    CREDITOR,
+    OPEN_CASE,
+    SEED_CASES,
+    TOKEN,
+    SeedCase,
+    payment_body,
+)
+
+from importer.client import ApiClient, PostResult
+from importer.config import Config
+from importer.journal import COMPLETED, FAILED, IN_FLIGHT, SKIPPED, Journal
+from importer.kinds import PAYMENTS, Kind
+from importer.post import Outcome, PlannedRow, Tuning, case_key, matches, post_rows
+from importer.sandbox.server import RunningSandbox
+
+PAYMENTS_RESOURCE = "creditor--payments"
+FAST = Tuning(readback_delays=(0.0, 0.05), extra_posts=2)
+
+# Sixteen open cases with room for many payments.
+MANY_CASES = [SeedCase(f"68b7f49c7b02934cadda{n:04x}", CREDITOR, f"INV-9{n:03d}", f"5{n:04d}",
+                       100000.0, 0.0, 0.0, "debt_collection") for n in range(16)]
+
+
+def fingerprint(kind: Kind, body: dict[str, Any]) -> str:
+    """A stand-in for validate.fingerprint: the kind and every field of the body."""
+    text = json.dumps({"kind": kind.name, **body}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def planned(body: dict[str, Any], row: int, sha: str = "a" * 64, name: str = "payments.csv",
+            index: int | None = None) -> PlannedRow:
+    return PlannedRow(index=row if index is None else index, file_name=name, file_sha256=sha,
+                      sheet=None, row=row, kind=PAYMENTS, payload=body,
+                      fingerprint=fingerprint(PAYMENTS, body), case_key=case_key(body))
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    j = Journal(tmp_path / "state")
+    try:
+        yield j
+    finally:
+        j.close()
+
+
+def config_for(sandbox: RunningSandbox, tmp_path: Path, **extra: Any) -> Config:
+    values: dict[str, Any] = {"api_url": sandbox.url, "access_token": TOKEN,
+                              "state_dir": tmp_path / "state", "backoff_base": 0.01,
+                              "backoff_max": 0.05, "read_timeout": 10.0}
+    values.update(extra)
+    return Config(**values)
+
+
+class CountingClient(ApiClient):
+    """The real client, counting how many POSTs are in flight at once."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+
+    def post(self, kind: Kind, body: dict[str, Any]) -> PostResult:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            return super().post(kind, body)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def run(rows: list[PlannedRow], config: Config, journal: Journal, run_id: str,
+        client: ApiClient | None = None, **kwargs: Any) -> list[Outcome]:
+    journal.start_run(run_id, "run")
+    own = client is None
+    client = client or ApiClient(config)
+    try:
+        return post_rows(rows, client, journal, run_id, config, structlog.get_logger(),
+                         tuning=kwargs.pop("tuning", FAST), **kwargs)
+    finally:
+        if own:
+            client.close()
+        journal.finish_run(run_id, 0, {})
+
+
+def stored(sandbox: RunningSandbox) -> list[dict[str, Any]]:
+    return sandbox.state.records(PAYMENTS_RESOURCE)
+
+
+def test_posts_and_reads_back_status(sandbox: RunningSandbox, tmp_path: Path,
+                                     journal: Journal) -> None:
+    """A 201 without status is read back: completed/warning come from the stored record."""
+    rows = [planned(payment_body(OPEN_CASE, 100.0), 2),
+            planned(payment_body(SEED_CASES[1], 9999.0), 3)]  # overpays: warning
+    out = run(rows, config_for(sandbox, tmp_path), journal, "r1")
+    assert [o.status for o in out] == [COMPLETED, "warning"]
+    assert out[0].reason is None and out[0].posted and out[0].http_status == 201
+    assert out[0].settled_amount == "100" and out[0].case_reference_number == "48640"
+    assert out[1].reason == "api_warning"
+    assert out[1].status_reason_locale == "creditor_payment.overpayment"
+    ids = {r["_id"] for r in stored(sandbox)}
+    assert {o.amili_id for o in out} == ids and len(ids) == 2
+    assert {r.state for r in journal.rows("r1")} == {COMPLETED, "warning"}
+    assert sandbox.state.snapshot()["requests"][f"GET /{PAYMENTS_RESOURCE}"] == 2
+
+
+def test_status_from_201_needs_no_get(make_sandbox: Callable[..., RunningSandbox],
+                                      tmp_path: Path, journal: Journal) -> None:
+    """When the 201 carries status, no GET is made for the row."""
+    sandbox = make_sandbox(return_status_fields=True)
+    out = run([planned(payment_body(OPEN_CASE, 50.0), 2)], config_for(sandbox, tmp_path),
+              journal, "r1")
+    assert out[0].status == COMPLETED and out[0].settled_amount == "50"
+    assert sandbox.state.snapshot()["requests"].get(f"GET /{PAYMENTS_RESOURCE}", 0) == 0
+
+
+def test_rejected_row_is_error_not_retryable(sandbox: RunningSandbox, tmp_path: Path,
+                                             journal: Journal) -> None:
+    """A 422 is an error with the API's message, not retryable, and nothing is stored."""
+    body = payment_body(OPEN_CASE, 10.0, case="68b7f49c7b02934caddaffff")
+    out = run([planned(body, 7)], config_for(sandbox, tmp_path), journal, "r1")
+    assert out[0].status == "error" and out[0].reason == "api_rejected"
+    assert not out[0].retryable and out[0].http_status == 422
+    assert "must exist in resource 'cases'" in out[0].message
+    assert stored(sandbox) == []
+
+
+def test_write_ahead_visible_while_post_in_flight(make_sandbox: Callable[..., RunningSandbox],
+                                                  tmp_path: Path, journal: Journal) -> None:
+    """in_flight is committed (seen from a second connection) before the API stores the row."""
+    sandbox = make_sandbox(latency_ms=400)
+    config = config_for(sandbox, tmp_path)
+    result: list[Outcome] = []
+    worker = threading.Thread(target=lambda: result.extend(
+        run([planned(payment_body(OPEN_CASE, 10.0), 2)], config, journal, "r1",
+            handle_signals=False)))
+    worker.start()
+    other = sqlite3.connect(journal.path)
+    proven = False
+    deadline = time.monotonic() + 10
+    while not proven and time.monotonic() < deadline and worker.is_alive():
+        states = [r[0] for r in other.execute("SELECT state FROM rows")]
+        # The journal is read first: if the sandbox holds nothing *after* that, it held
+        # nothing when the journal already said in_flight.
+        proven = states == [IN_FLIGHT] and sandbox.state.count(PAYMENTS_RESOURCE) == 0
+        time.sleep(0.005)
+    worker.join()
+    assert proven
+    assert other.execute("SELECT state FROM rows").fetchall() == [(COMPLETED,)]
+    other.close()
+    assert result[0].status == COMPLETED
+
+
+def test_rerun_posts_nothing_twice(sandbox: RunningSandbox, tmp_path: Path,
+                                   journal: Journal) -> None:
+    """Running the same rows again reports the earlier outcome and posts nothing."""
+    config = config_for(sandbox, tmp_path)
+    rows = [planned(payment_body(OPEN_CASE, 10.0 + n), n + 2) for n in range(3)]
+    first = run(rows, config, journal, "r1")
+    second = run(rows, config, journal, "r2")
+    assert len(stored(sandbox)) == 3
+    assert [o.status for o in second] == [COMPLETED] * 3
+    assert [o.amili_id for o in second] == [o.amili_id for o in first]
+    assert all(o.reason == "already_posted" and not o.posted for o in second)
+    assert second[1].message.startswith("already posted in run r1, file payments.csv row 3")
+    assert {r.state for r in journal.rows("r2")} == {SKIPPED}
+
+
+def test_cross_file_duplicate_refused_unless_allowed(sandbox: RunningSandbox, tmp_path: Path,
+                                                     journal: Journal) -> None:
+    """A row identical to one from another file is posted only with allow_duplicates, once."""
+    body = payment_body(OPEN_CASE, 25.0)
+    config = config_for(sandbox, tmp_path)
+    run([planned(body, 4, sha="a" * 64, name="june.csv")], config, journal, "r1")
+    other = [planned(body, 9, sha="b" * 64, name="july.csv")]
+    refused = run(other, config, journal, "r2")
+    assert len(stored(sandbox)) == 1
+    assert refused[0].reason == "already_posted" and not refused[0].posted
+    assert "run r1, file june.csv row 4" in refused[0].message
+    assert "--allow-duplicates" in refused[0].message
+    allowed = config_for(sandbox, tmp_path, allow_duplicates=True)
+    posted = run(other, allowed, journal, "r3")
+    assert posted[0].posted and posted[0].status == COMPLETED
+    again = run(other, allowed, journal, "r4")  # the same source again: not a third post
+    assert not again[0].posted and "already posted in run r3, file july.csv row 9" in (
+        again[0].message)
+    assert len(stored(sandbox)) == 2
+
+
+def test_same_case_in_order_then_error(sandbox: RunningSandbox, tmp_path: Path,
+                                       journal: Journal) -> None:
+    """A payment that closes a case, then one more for it: completed, then error (in order)."""
+    rows = [planned(payment_body(OPEN_CASE, OPEN_CASE.remaining), 2)]
+    rows += [planned(payment_body(SEED_CASES[1], 1.0 + n), 3 + n) for n in range(6)]
+    rows += [planned(payment_body(OPEN_CASE, 5.0), 20)]
+    out = run(rows, config_for(sandbox, tmp_path, concurrency=8), journal, "r1")
+    assert out[0].status == COMPLETED
+    assert out[-1].status == "error" and out[-1].reason == "api_error"
+    assert out[-1].status_reason_locale == "creditor_payment.case_closed"
+    assert not out[-1].retryable and out[-1].amili_id  # stored by Amili, with status error
+    assert [o.index for o in out] == [r.index for r in rows]
+
+
+def test_cases_run_in_parallel(make_sandbox: Callable[..., RunningSandbox], tmp_path: Path,
+                               journal: Journal) -> None:
+    """16 rows on 16 cases at concurrency 8 have 8 POSTs in flight at once (and no more)."""
+    sandbox = make_sandbox(cases=[c.as_seed() for c in MANY_CASES], latency_ms=50)
+    config = config_for(sandbox, tmp_path, concurrency=8)
+    client = CountingClient(config)
+    rows = [planned(payment_body(case, 10.0), n + 2) for n, case in enumerate(MANY_CASES)]
+    out = run(rows, config, journal, "r1", client=client)
+    client.close()
+    assert [o.status for o in out] == [COMPLETED] * 16
+    assert client.peak == 8
+
+
+def test_faults_every_row_once(make_sandbox: Callable[..., RunningSandbox], tmp_path: Path,
+                               journal: Journal) -> None:
+    """With 503, 429, 500-after-store and drops on, every row is created once and completed."""
+    sandbox = make_sandbox(cases=[c.as_seed() for c in MANY_CASES], fail_503=0.2,
+                           fail_429=0.2, fail_500_after_store=0.15, drop_after_store=0.15,
+                           seed=11)
+    config = config_for(sandbox, tmp_path, concurrency=8, max_attempts=15)
+    rows = [planned(payment_body(case, 1.0 + n, creditor_payment_reference=f"P-{n}-{i}"),
+                    n * 16 + i + 2)
+            for n in range(3) for i, case in enumerate(MANY_CASES)]
+    out = run(rows, config, journal, "r1")
+    assert [o.status for o in out] == [COMPLETED] * len(rows)
+    per_ref = Counter(r["creditor_payment_reference"] for r in stored(sandbox))
+    assert per_ref == Counter(r.payload["creditor_payment_reference"] for r in rows)
+    assert set(per_ref.values()) == {1}
+    faults = sandbox.state.snapshot()["faults"]
+    assert faults.get("500", 0) > 0 and faults.get("drop", 0) > 0  # the faults did happen
+    assert len({o.amili_id for o in out}) == len(rows)
+    assert any("found in Amili by read-back" in o.message for o in out)
+
+
+def crash(journal: Journal, body: dict[str, Any], row: int) -> int:
+    """A run that began a row and died before finishing it (this process's pid: not alive)."""
+    journal.start_run("crashed", "run")
+    ref = planned(body, row)
+    return journal.begin("crashed", ref.ref, "payments", ref.fingerprint, ref.case_key, body)
+
+
+def test_reconcile_in_flight_found(sandbox: RunningSandbox, tmp_path: Path,
+                                   journal: Journal) -> None:
+    """A row left in flight whose POST was stored is found by read-back and not posted again."""
+    body = payment_body(OPEN_CASE, 33.0)
+    jid = crash(journal, body, 5)
+    answer = requests.post(sandbox.url + "/" + PAYMENTS_RESOURCE, json=body,
+                           headers=sandbox.headers, timeout=5).json()
+    out = run([planned(body, 5)], config_for(sandbox, tmp_path), journal, "r2")
+    crashed = journal.row(jid)
+    assert crashed is not None and crashed.state == COMPLETED
+    assert crashed.amili_id == answer["_id"] and "found in Amili" in (crashed.message or "")
+    assert out[0].amili_id == answer["_id"] and not out[0].posted
+    assert "already posted in run crashed" in out[0].message
+    assert len(stored(sandbox)) == 1
+
+
+def test_reconcile_in_flight_not_found(sandbox: RunningSandbox, tmp_path: Path,
+                                       journal: Journal) -> None:
+    """A row left in flight that Amili never stored is marked failed, then posted once."""
+    body = payment_body(OPEN_CASE, 44.0)
+    jid = crash(journal, body, 5)
+    out = run([planned(body, 5)], config_for(sandbox, tmp_path), journal, "r2")
+    crashed = journal.row(jid)
+    assert crashed is not None and crashed.state == FAILED and crashed.reason == "not_stored"
+    assert out[0].posted and out[0].status == COMPLETED
+    assert [r["_id"] for r in stored(sandbox)] == [out[0].amili_id]
+
+
+def test_reconcile_ignores_records_the_journal_knows(sandbox: RunningSandbox, tmp_path: Path,
+                                                     journal: Journal) -> None:
+    """A stored twin already owned by another journal row is not claimed by read-back."""
+    body = payment_body(OPEN_CASE, 55.0)
+    config = config_for(sandbox, tmp_path, allow_duplicates=True)
+    run([planned(body, 2, sha="c" * 64)], config, journal, "r1")
+    jid = crash(journal, body, 3)  # same fingerprint, another source: never reached Amili
+    run([], config, journal, "r2")
+    crashed = journal.row(jid)
+    assert crashed is not None and crashed.state == FAILED
+
+
+class LosingClient(ApiClient):
+    """The real client, except that the first POST 'loses its answer' without being sent."""
+
+    lost = 0
+
+    def post(self, kind: Kind, body: dict[str, Any]) -> PostResult:
+        if self.lost == 0:
+            self.lost += 1
+            return PostResult("unknown", None, None, 1, "connection dropped (simulated)")
+        return super().post(kind, body)
+
+
+def test_unknown_not_found_is_posted_again(sandbox: RunningSandbox, tmp_path: Path,
+                                           journal: Journal) -> None:
+    """After a lost answer, a read-back that finds nothing allows one more POST, journaled."""
+    config = config_for(sandbox, tmp_path)
+    client = LosingClient(config)
+    out = run([planned(payment_body(OPEN_CASE, 66.0), 2)], config, journal, "r1", client=client)
+    client.close()
+    assert out[0].status == COMPLETED and out[0].attempts == 2
+    rec = journal.row(out[0].journal_id or 0)
+    assert rec is not None and rec.posts == 2 and rec.state == COMPLETED
+    assert len(stored(sandbox)) == 1
+
+
+def test_stop_leaves_rest_not_posted(sandbox: RunningSandbox, tmp_path: Path,
+                                     journal: Journal) -> None:
+    """A stop lets the row in flight finish; rows not reached are error/not_posted, retryable."""
+    stop = threading.Event()
+    rows = [planned(payment_body(OPEN_CASE, 1.0 + n), n + 2) for n in range(5)]
+    out = run(rows, config_for(sandbox, tmp_path, concurrency=1), journal, "r1",
+              stop=stop, progress=lambda outcome: stop.set())
+    assert [o.status for o in out] == [COMPLETED] + ["error"] * 4
+    assert all(o.reason == "not_posted" and o.retryable for o in out[1:])
+    assert len(stored(sandbox)) == 1
+    assert [r.state for r in journal.rows("r1")] == [COMPLETED] + [FAILED] * 4
+    again = run(rows, config_for(sandbox, tmp_path), journal, "r2")  # the rest, once
+    assert [o.posted for o in again] == [False] + [True] * 4
+    assert len(stored(sandbox)) == 5
+
+
+def test_refused_token_stops_the_run(make_sandbox: Callable[..., RunningSandbox],
+                                     tmp_path: Path, journal: Journal) -> None:
+    """When the API refuses the token, the run stops; nothing is stored, all rows retryable."""
+    sandbox = make_sandbox(token="another-token")
+    rows = [planned(payment_body(OPEN_CASE, 1.0 + n), n + 2) for n in range(3)]
+    out = run(rows, config_for(sandbox, tmp_path, concurrency=1), journal, "r1")
+    assert out[0].reason == "api_unusable" and all(o.retryable for o in out)
+    assert [o.reason for o in out[1:]] == ["not_posted", "not_posted"]
+    assert "refused" in out[1].message
+    assert stored(sandbox) == []
+
+
+def test_matches_compares_values_not_spelling() -> None:
+    """Read-back matching: amounts as decimals, dates as instants, ids ignoring case."""
+    body = payment_body(OPEN_CASE, 100.5, creditor_payment_reference="R1")
+    record = {**body, "amount": 100.50, "case": OPEN_CASE.id.upper(), "_id": "x",
+              "bank_transaction_date": "Wed, 03 Sep 2025 08:00:00 +0000"}
+    assert matches(PAYMENTS, body, record)
+    assert not matches(PAYMENTS, body, {**record, "amount": 100.51})
+    assert not matches(PAYMENTS, body, {**record, "bank_transaction_date":
+                                        "Thu, 04 Sep 2025 08:00:00 GMT"})
+    assert not matches(PAYMENTS, body, {k: v for k, v in record.items() if k != "amount"})
