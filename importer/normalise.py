@@ -1,0 +1,645 @@
+"""Raw cells → normalised API values: amounts, dates, ids, texts, fixed words.
+
+Every function here takes one raw column (a pandas Series of cells as read: ``str`` for CSV,
+``str``/``int``/``float``/``bool``/``datetime``/``date``/``None`` for XLSX) and returns a
+:class:`Parsed`: the normalised values (``str`` or ``None``, aligned with the input) and the
+cells that could not be read, each as a :class:`Problem` (reason code + "what is wrong; what to
+do"). validate.py adds the column header and the value as read to make the user's message, and
+runs the remaining rules (required, ranges, either-or) as pandera checks on the values.
+
+Speed matters (a 1M-row file should validate in a few seconds), so the common case is handled
+on whole columns: a column whose cells are all in the canonical form is checked with one regular
+expression over the joined column and never touched cell by cell. Anything else is parsed once
+per *distinct* value (``pandas.factorize``) and mapped back: a file has few distinct dates,
+currencies and creditors, and only the odd cell falls off the fast path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+MAX_CELL = 1000  # longer cells are pasted text, not values: an error on any API column
+# The longest text field we send: 140 is the longest free-text reference a bank payment can
+# carry (ISO 20022 unstructured remittance information); the API documents no limit.
+MAX_TEXT = 140
+MAX_AMOUNT = Decimal("1000000000000")  # 1e12 SEK: anything at or above is a typing mistake
+RFC1123 = "%a, %d %b %Y %H:%M:%S GMT"  # for documentation; formatting uses the tables below
+
+# Excel's error values, as a cell (or a CSV exported from one) shows them.
+EXCEL_ERRORS = frozenset({
+    "#N/A", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#NULL!", "#SPILL!", "#CALC!",
+    "#GETTING_DATA", "#FIELD!", "#BLOCKED!", "#CONNECT!", "#BUSY!", "#UNKNOWN!", "#EXTERNAL!",
+    "#PYTHON!",
+})
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_SPACES = " \u00a0\u202f\u2009"  # space, no-break space, narrow no-break space, thin space
+
+
+class Problem(NamedTuple):
+    """Why one cell cannot be used: a reason code and ``what is wrong; what to do``."""
+
+    code: str
+    text: str
+
+
+@dataclass
+class Parsed:
+    """The result of normalising one column.
+
+    Attributes:
+        values: normalised API values (``str``) or None (empty or unreadable), same index
+            as the input.
+        errors: only the cells that could not be read: index = their index labels,
+            values = :class:`Problem`. Empty when every cell was fine.
+        typed: for amounts a float64 Series, for dates a ``datetime64[us]`` Series in UTC
+            (NaN/NaT where ``values`` is None), so range rules are plain comparisons.
+    """
+
+    values: pd.Series
+    errors: pd.Series
+    typed: pd.Series | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the column functions
+
+
+def _objects(raw: pd.Series) -> np.ndarray:
+    """The cells as an object array (a view where pandas allows it)."""
+    return raw.to_numpy(dtype=object)
+
+
+@dataclass
+class _Cells:
+    """One column, looked at once: which cells are text and which are empty."""
+
+    arr: np.ndarray
+    plain: bool  # every cell is a plain str (CSV): the fast paths apply
+    is_str: np.ndarray  # plain str cells (not the formula sentinel, a str subclass)
+    empty: np.ndarray  # None, NaN or ""
+
+    @property
+    def others(self) -> np.ndarray:
+        """Positions of cells that are neither text nor empty (numbers, dates, sentinels)."""
+        return np.flatnonzero(~self.is_str & ~self.empty)
+
+
+def _cells(raw: pd.Series) -> _Cells:
+    arr = _objects(raw)
+    if pd.api.types.infer_dtype(arr, skipna=False) == "string":
+        empty = arr == ""
+        # The formula sentinel equals "": only the empty-looking cells can hide it.
+        if not empty.any() or set(map(type, arr[empty])) == {str}:
+            return _Cells(arr, True, np.ones(len(arr), dtype=bool), empty)
+    # Exact type: the formula sentinel is a str subclass and must not pass as text.
+    types = np.fromiter(map(type, arr), dtype=object, count=len(arr))
+    is_str = types == str  # noqa: E721
+    empty = pd.isna(arr) | (is_str & (arr == ""))
+    return _Cells(arr, False, is_str, empty)
+
+
+def _special(value: Any) -> Problem | None:
+    """The problem of a cell that is not a value at all, or None."""
+    if is_formula_without_value(value):
+        return Problem("formula_without_value", "is a formula without a saved result; open "
+                       "the file in Excel, let it calculate, save it and try again")
+    if isinstance(value, str):
+        if len(value) > MAX_CELL:
+            return Problem("too_long", f"is {len(value)} characters long; a cell may hold at "
+                           f"most {MAX_CELL}: check that the column holds the right data")
+        if value in EXCEL_ERRORS:
+            return Problem("cell_error", "is an Excel error value; fix the formula or the data "
+                           "it refers to, then save the file again")
+        return None
+    # Some readers hand Excel error cells over as error objects rather than text.
+    if not isinstance(value, int | float | date | datetime) and "error" in \
+            type(value).__name__.lower():
+        return Problem("cell_error", "is an Excel error value; fix the formula or the data it "
+                       "refers to, then save the file again")
+    return None
+
+
+def _no_errors(index: pd.Index) -> pd.Series:
+    return pd.Series([], index=index[:0], dtype=object)
+
+
+def _errors(index: pd.Index, positions: Any, problems: list[Problem]) -> pd.Series:
+    positions = np.asarray(positions, dtype=np.int64)
+    if not len(positions):
+        return _no_errors(index)
+    return pd.Series(problems, index=index[positions], dtype=object)
+
+
+def _obj_series(values: Any, index: pd.Index) -> pd.Series:
+    # dtype=object on purpose: pandas 3 would infer its "str" dtype and turn None into NaN.
+    return pd.Series(values, index=index, dtype=object)
+
+
+def _filled(n: int, value: Any) -> np.ndarray:
+    out = np.empty(n, dtype=object)
+    out[:] = value  # np.full with a str fill value is ~30x slower
+    return out
+
+
+def _per_unique(
+    arr: np.ndarray, positions: np.ndarray, parse: Callable[[Any], tuple[Any, Problem | None]]
+) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+    """Parse ``arr[positions]`` once per distinct value.
+
+    Returns:
+        (parsed values aligned with ``positions``, positions that failed, their problems).
+    """
+    codes, uniques = pd.factorize(arr[positions], use_na_sentinel=False)
+    results = [parse(u) for u in uniques]
+    parsed = np.empty(len(results), dtype=object)
+    parsed[:] = [r[0] for r in results]
+    failed_u = np.fromiter((r[1] is not None for r in results), dtype=bool, count=len(results))
+    failed = failed_u[codes]
+    bad_codes = codes[failed]
+    return parsed[codes], positions[failed], [results[c][1] for c in bad_codes]
+
+
+def number_text(value: float | int) -> str:
+    """An Excel number as the text a person typed: ``103118.0`` → ``103118``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def display(value: Any) -> str:
+    """A cell as text, the way the user sees it in the file (for messages and reports).
+
+    Args:
+        value: a raw cell (str, number, bool, date/datetime, None).
+
+    Returns:
+        The text; ``""`` for an empty cell.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return number_text(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def as_text(raw: pd.Series) -> pd.Series:
+    """A raw column as text for the report's ``input:`` columns (``""`` for empty cells).
+
+    Args:
+        raw: the column as read.
+
+    Returns:
+        An object Series of str, same index (``raw`` itself when it is all text already).
+    """
+    arr = _objects(raw)
+    if pd.api.types.infer_dtype(arr, skipna=False) == "string":
+        return raw if raw.dtype == object else _obj_series(arr, raw.index)
+    return _obj_series([x if type(x) is str else display(x) for x in arr], raw.index)
+
+
+def is_formula_without_value(value: Any) -> bool:
+    """Whether a cell is read.py's sentinel for a formula that has no cached value."""
+    return isinstance(value, str) and type(value).__name__ == "_FormulaWithoutValue"
+
+
+def _not_a_cell_type(value: Any, expected: str, todo: str, code: str) -> Problem:
+    if isinstance(value, bool):
+        return Problem(code, f"is a TRUE/FALSE cell, not {expected}; {todo}")
+    if isinstance(value, datetime | date):
+        return Problem(code, f"is a date cell, not {expected}; {todo}")
+    if isinstance(value, int | float):
+        return Problem(code, f"is a number cell, not {expected}; {todo}")
+    return Problem(code, f"is not {expected}; {todo}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cell-level screening, ids, texts and fixed words (their rules are pandera checks in validate.py)
+
+
+def _screen(cells: _Cells) -> tuple[np.ndarray, list[Problem]]:
+    """Cells that are not values at all: formulas without a cached value, Excel error values
+    (``#N/A``…) and cells longer than :data:`MAX_CELL` characters."""
+    arr = cells.arr
+    if cells.plain:
+        # One pass over the joined column answers "any '#' at all?" (nearly always no).
+        lengths = np.fromiter(map(len, arr), dtype=np.int64, count=len(arr))
+        suspects = np.flatnonzero(lengths > MAX_CELL)
+        if "#" in "".join(arr):
+            suspects = np.union1d(suspects, np.flatnonzero(
+                pd.Series(arr, dtype=object).isin(EXCEL_ERRORS).to_numpy()))
+    else:
+        suspects = np.flatnonzero(~cells.empty)
+    found = [(p, _special(arr[p])) for p in suspects]
+    bad = [(p, problem) for p, problem in found if problem is not None]
+    return np.array([p for p, _ in bad], dtype=np.int64), [problem for _, problem in bad]
+
+
+def screen(raw: pd.Series) -> pd.Series:
+    """The cells of a column that are not values at all.
+
+    Formulas without a cached value, Excel error values (``#N/A``…) and cells longer than
+    :data:`MAX_CELL` characters. Every column function below reports these itself; this is
+    for columns that are not otherwise parsed.
+
+    Args:
+        raw: the column as read.
+
+    Returns:
+        The problems, indexed like ``raw`` (empty when every cell is a value).
+    """
+    positions, problems = _screen(_cells(raw))
+    return _errors(raw.index, positions, problems)
+
+
+def _type_problem(value: Any, code: str, expected: str, todo: str) -> Problem:
+    return _special(value) or _not_a_cell_type(value, expected, todo, code)
+
+
+def hex_ids(raw: pd.Series, code: str) -> Parsed:
+    """Ids (creditor, case, account): text cells lowercased; number/date cells refused.
+
+    Whether each value really is 24 hex digits is a check in validate.py.
+
+    Args:
+        raw: the column as read.
+        code: the reason code for a cell of the wrong type (``invalid_case``…).
+
+    Returns:
+        Lowercased ids, None for empty cells.
+    """
+    cells = _cells(raw)
+    arr, n = cells.arr, len(cells.arr)
+    special, problems = _screen(cells)
+    if cells.plain and not cells.empty.any() and not len(special):
+        joined = "".join(arr)
+        if joined.isascii() and joined.lower() == joined:  # ASCII lower() is a fast C loop
+            return Parsed(_obj_series(arr, raw.index), _no_errors(raw.index))
+    out = _filled(n, None)
+    text = cells.is_str & ~cells.empty
+    out[text] = [v.lower() for v in arr[text]]
+    others = np.setdiff1d(cells.others, special)
+    problems = problems + [
+        Problem(code, "is a number cell: Excel keeps only 15 digits of a long number; format "
+                      "the column as Text and type the 24-character id again")
+        if isinstance(arr[p], int | float) and not isinstance(arr[p], bool)
+        else _type_problem(arr[p], code, "an id", "type the 24-character id as text")
+        for p in others
+    ]
+    failed = np.concatenate([special, others])
+    out[failed] = None
+    return Parsed(_obj_series(out, raw.index), _errors(raw.index, failed, problems))
+
+
+def texts(raw: pd.Series, code: str = "invalid_text") -> Parsed:
+    """Free texts (invoice numbers, references): Excel numbers become the digits typed.
+
+    An invoice number read from Excel as ``103118.0`` becomes ``"103118"``. TRUE/FALSE and
+    date cells are refused (a date in an invoice-number column is a formatting accident).
+    Length and control characters are checks in validate.py.
+
+    Args:
+        raw: the column as read.
+        code: the reason code for a cell of the wrong type.
+
+    Returns:
+        The texts, None for empty cells.
+    """
+    cells = _cells(raw)
+    arr = cells.arr
+    special, problems = _screen(cells)
+    if cells.plain and not cells.empty.any() and not len(special):
+        return Parsed(_obj_series(arr, raw.index), _no_errors(raw.index))
+    out = _filled(len(arr), None)
+    text = cells.is_str & ~cells.empty
+    out[text] = arr[text]
+    bad: list[Any] = list(special)
+    for p in np.setdiff1d(cells.others, special):
+        value = arr[p]
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            out[p] = number_text(value)
+        else:
+            bad.append(p)
+            problems.append(_type_problem(value, code, "text", "format the column as Text"))
+    out[np.asarray(bad, dtype=np.int64)] = None
+    return Parsed(_obj_series(out, raw.index), _errors(raw.index, bad, problems))
+
+
+def words(raw: pd.Series, code: str, *, upper: bool = False, default: str | None = None) -> Parsed:
+    """Fixed words (currency, origin): case folded; empty cells get ``default``.
+
+    Args:
+        raw: the column as read.
+        code: the reason code for a cell of the wrong type.
+        upper: upper-case (``sek`` → ``SEK``) rather than lower-case.
+        default: the value for an empty cell (None: stays empty, so a required check fails).
+
+    Returns:
+        The words, case-folded.
+    """
+    cells = _cells(raw)
+    arr, n = cells.arr, len(cells.arr)
+    if cells.plain and n:
+        first = arr[0]
+        if first and first == (first.upper() if upper else first.lower()) and \
+                bool((arr == first).all()) and _special(first) is None:
+            return Parsed(_obj_series(arr, raw.index), _no_errors(raw.index))
+        if not first and cells.empty.all():
+            return Parsed(_obj_series(_filled(n, default), raw.index), _no_errors(raw.index))
+
+    def fold(value: Any) -> tuple[Any, Problem | None]:
+        problem = _special(value)  # first: the formula sentinel equals ""
+        if problem is None and (value is None or value == ""
+                                or (isinstance(value, float) and math.isnan(value))):
+            return default, None
+        if problem is None and type(value) is str:
+            return (value.upper() if upper else value.lower()), None
+        return None, problem or _not_a_cell_type(value, "text", "type the word as text", code)
+
+    folded, failed, problems = _per_unique(arr, np.arange(n), fold)
+    return Parsed(_obj_series(folded, raw.index), _errors(raw.index, failed, problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Amounts
+
+_CANONICAL_AMOUNTS = re.compile(
+    r"(?:(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}\n)*+(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}")
+_CANONICAL_AMOUNT = re.compile(r"(?:[1-9][0-9]{0,11}|0)[.,][0-9]{2}")
+_GROUPED = re.compile(r"(\d{1,3})((?:[ \u00a0\u202f\u2009]\d{3})+)([.,]\d+)?")
+_PLAIN = re.compile(r"(\d+)(?:[.,](\d+))?")
+_WRITE = "write the amount with digits and at most two decimals, e.g. 1234,50 or 1234.50"
+
+
+def _amount_text(text: str) -> tuple[str | None, Problem | None]:
+    t = text.strip(_SPACES)
+    if not t:
+        return None, None
+    sign = ""
+    if t[0] in "-\u2212":  # minus or the typographic minus: parsed, then refused by a check
+        sign, t = "-", t[1:].lstrip(_SPACES)
+    elif t[0] == "+":
+        t = t[1:].lstrip(_SPACES)
+    grouped = _GROUPED.fullmatch(t)
+    if grouped:
+        head, groups, tail = grouped.groups()
+        t = head + "".join(c for c in groups if c.isdigit()) + (tail or "")
+    elif any(c in t for c in _SPACES):
+        return None, Problem("invalid_amount", "has a space that does not separate thousands; "
+                             "write 1234,50 or 1 234,50")
+    if "," in t and "." in t:
+        digits = "".join(c for c in t if c.isdigit())
+        return None, Problem("ambiguous_amount", "mixes comma and point, so it is not clear "
+                             "which one is the decimal separator; write it without a thousands "
+                             f"separator, e.g. {digits[:-2] or '0'}.{digits[-2:]} or "
+                             f"{digits[:-2] or '0'},{digits[-2:]}")
+    if t.count(",") + t.count(".") > 1:
+        return None, Problem("ambiguous_amount", "has more than one separator (thousands "
+                             "separators?); write it without them, e.g. 1234567 or 1234567,50")
+    plain = _PLAIN.fullmatch(t)
+    if not plain:
+        return None, Problem("invalid_amount", f"is not an amount; {_WRITE}")
+    whole, decimals = plain.groups()
+    decimals = decimals or ""
+    if (not grouped and len(decimals) == 3 and len(whole) <= 3 and whole[0] != "0"):
+        sep = "," if "," in t else "."
+        return None, Problem("ambiguous_amount", f"is ambiguous: '{sep}' may separate "
+                             f"thousands or decimals; write {whole}{decimals} for thousands, or "
+                             "use at most two decimals")
+    if len(decimals) > 2:
+        return None, Problem("invalid_amount", "has more than two decimals; round it to whole "
+                             "öre (two decimals)")
+    return f"{sign}{whole.lstrip('0') or '0'}.{decimals.ljust(2, '0')}", None
+
+
+def _amount_cell(value: Any) -> tuple[str | None, Problem | None]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, None
+    special = _special(value)
+    if special is not None:
+        return None, special
+    if type(value) is str:
+        return _amount_text(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, _not_a_cell_type(value, "an amount", _WRITE, "invalid_amount")
+    if isinstance(value, int):
+        return f"{value}.00", None
+    if not math.isfinite(value):
+        return None, Problem("invalid_amount", f"is not a finite number; {_WRITE}")
+    exact = Decimal(repr(value))  # the shortest text that reads back as this float
+    cents = exact.quantize(Decimal("0.01"))
+    # Excel arithmetic leaves artefacts like 0.30000000000000004: round those, refuse 1.005.
+    if abs(exact - cents) > Decimal("1e-9"):
+        return None, Problem("invalid_amount", "has more than two decimals; round it to whole "
+                             "öre (two decimals), e.g. with =ROUND(…;2)")
+    return f"{cents:f}", None
+
+
+def amounts(raw: pd.Series) -> Parsed:
+    """Amounts as a plain decimal string with two decimals (``"1234.50"``).
+
+    Accepted: ``1234.50``, ``1234,50``, ``1 234,50`` (space, no-break or narrow no-break space
+    between thousands), ``1234``, Excel number cells (a float is rounded to two decimals only
+    when it lies within 1e-9 of it, which absorbs binary artefacts but refuses ``1.005``).
+    Refused with a message saying what to write: ``1,234.50``, ``1.234,50``, ``1.234``,
+    ``1,234`` (a single separator followed by exactly three digits could be either), more than
+    two decimals, text. Signs are parsed so that the "greater than zero" check can name them.
+
+    Args:
+        raw: the column as read.
+
+    Returns:
+        Values, problems, and ``typed``: the amounts as float64 for range checks.
+    """
+    cells = _cells(raw)
+    arr, n = cells.arr, len(cells.arr)
+    out = _filled(n, None)
+    typed = np.full(n, np.nan)
+    rest = np.flatnonzero(~cells.empty)
+    if cells.plain and n:
+        joined = "\n".join(arr).replace(",", ".")
+        if _CANONICAL_AMOUNTS.fullmatch(joined):
+            parts = joined.split("\n")
+            if len(parts) == n:  # a cell with a line break inside would shift the split
+                out[:] = parts
+                return Parsed(_obj_series(out, raw.index), _no_errors(raw.index),
+                              pd.Series(out.astype(np.float64), index=raw.index))
+        # Some cells are not canonical: keep the fast path for the others.
+        canonical = np.fromiter((_CANONICAL_AMOUNT.fullmatch(v) is not None for v in arr),
+                                dtype=bool, count=n)
+        if canonical.any():
+            out[canonical] = "\n".join(arr[canonical]).replace(",", ".").split("\n")
+            typed[canonical] = out[canonical].astype(np.float64)
+            rest = np.flatnonzero(~canonical & ~cells.empty)
+    parsed, failed, problems = _per_unique(arr, rest, _amount_cell)
+    out[rest] = parsed
+    given = rest[np.fromiter((v is not None for v in parsed), dtype=bool, count=len(rest))]
+    typed[given] = out[given].astype(np.float64)
+    return Parsed(_obj_series(out, raw.index), _errors(raw.index, failed, problems),
+                  pd.Series(typed, index=raw.index))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates
+
+_RFC = re.compile(
+    r"(?P<wd>[A-Za-z]{3}), (?P<d>\d{1,2}) (?P<mon>[A-Za-z]{3}) (?P<y>\d{4}) "
+    r"(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2}) (?P<tz>GMT|UTC|UT|Z|[+-]\d{4})", re.IGNORECASE)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_DATETIME = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
+    r"(?P<tz>Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE)
+_LOCAL_DATE = re.compile(r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}")
+_DATE_FORMS = ("write RFC 1123 in GMT (Fri, 04 Jul 2025 16:20:41 GMT) or ISO 8601 "
+               "(2025-07-04 or 2025-07-04T16:20:41Z)")
+
+
+def rfc1123(moment: datetime) -> str:
+    """Format an aware or UTC-naive datetime as the API's RFC 1123 GMT text.
+
+    Locale-independent (``strftime('%a')`` would say ``fre`` under a Swedish locale).
+    """
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return (f"{_WEEKDAYS[moment.weekday()]}, {moment.day:02d} {_MONTHS[moment.month - 1]} "
+            f"{moment.year:04d} {moment.hour:02d}:{moment.minute:02d}:{moment.second:02d} GMT")
+
+
+def _utc_naive(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
+    t = text.strip(_SPACES)
+    if not t:
+        return None, None
+    m = _RFC.fullmatch(t)
+    if m:
+        mon = m["mon"].title()
+        if mon not in _MONTHS or m["wd"].title() not in _WEEKDAYS:
+            return None, Problem("invalid_date", "has a weekday or month name that is not "
+                                 f"English (Mon…Sun, Jan…Dec); {_DATE_FORMS}")
+        try:
+            moment = datetime(int(m["y"]), _MONTHS.index(mon) + 1, int(m["d"]),
+                              int(m["H"]), int(m["M"]), int(m["S"]))
+        except ValueError:
+            return None, Problem("invalid_date", f"is not a real date or time; {_DATE_FORMS}")
+        right = _WEEKDAYS[moment.weekday()]
+        if m["wd"].title() != right:
+            fixed = f"{right}{t[3:]}"
+            return None, Problem("wrong_weekday", f"has weekday {m['wd']} but "
+                                 f"{moment:%d} {mon} {moment:%Y} is a {right}; write '{fixed}'")
+        tz = m["tz"].upper()
+        if tz[0] in "+-":
+            offset = int(tz[1:3]) * 60 + int(tz[3:5])
+            moment -= timedelta(minutes=offset if tz[0] == "+" else -offset)
+        return moment, None
+    if _ISO_DATE.fullmatch(t):
+        try:
+            return datetime.fromisoformat(t), None
+        except ValueError:
+            return None, Problem("invalid_date", f"is not a real date; {_DATE_FORMS}")
+    m = _ISO_DATETIME.fullmatch(t)
+    if m:
+        if not m["tz"]:
+            return None, Problem("invalid_date", "has no time zone; add Z for GMT or an "
+                                 "offset such as +02:00 (e.g. 2025-07-04T16:20:41Z), or give "
+                                 "the date alone (2025-07-04)")
+        try:
+            moment = datetime.fromisoformat(t.upper().replace("Z", "+00:00"))
+        except ValueError:
+            return None, Problem("invalid_date", f"is not a real date or time; {_DATE_FORMS}")
+        return _utc_naive(moment), None
+    if _LOCAL_DATE.fullmatch(t):
+        return None, Problem("invalid_date", "is not an accepted date form (the order of day "
+                             f"and month cannot be told); {_DATE_FORMS}")
+    if re.fullmatch(r"\d+([.,]\d+)?", t):
+        return None, Problem("invalid_date", "is a number, not a date (an Excel serial "
+                             f"date?); format the cells as dates, or {_DATE_FORMS}")
+    return None, Problem("invalid_date", f"is not a date in an accepted form; {_DATE_FORMS}")
+
+
+def _date_cell(value: Any) -> tuple[datetime | None, Problem | None]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, None
+    special = _special(value)
+    if special is not None:
+        return None, special
+    if type(value) is str:
+        return _date_text(value)
+    if isinstance(value, datetime):
+        # An Excel date cell has no time zone; it is taken as GMT (a date alone is midnight).
+        moment = value.to_pydatetime() if isinstance(value, pd.Timestamp) else value
+        return _utc_naive(moment).replace(microsecond=0), None
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day), None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return None, Problem("invalid_date", "is a number cell, not a date (an Excel serial "
+                             "date?); format the cells as dates")
+    return None, _not_a_cell_type(value, "a date", "format the cells as dates", "invalid_date")
+
+
+def dates(raw: pd.Series) -> Parsed:
+    """Dates as RFC 1123 in GMT (``Fri, 04 Jul 2025 16:20:41 GMT``).
+
+    Accepted: RFC 1123 whose weekday agrees with the date, in GMT (``UTC``/``UT``/``Z`` taken
+    as the same; a numeric offset such as ``+0200`` is converted); ISO 8601 dates
+    (``2025-07-04``: midnight GMT) and datetimes with ``Z`` or an offset (converted to GMT);
+    Excel date/datetime cells (no time zone in Excel: taken as GMT). Nothing else is guessed:
+    ``04/07/2025``, ``4 juli 2025``, an ISO datetime without a zone and numbers are refused.
+
+    Args:
+        raw: the column as read.
+
+    Returns:
+        Values, problems, and ``typed``: ``datetime64[us]`` in UTC (NaT where empty/failed).
+    """
+    cells = _cells(raw)
+    arr, n = cells.arr, len(cells.arr)
+    nonempty = np.flatnonzero(~cells.empty)
+    codes, uniques = pd.factorize(arr[nonempty], use_na_sentinel=False)
+    results = [_date_cell(u) for u in uniques]
+    moments = np.array([np.datetime64(r[0], "us") if r[0] is not None else np.datetime64("NaT")
+                        for r in results] + [np.datetime64("NaT")], dtype="datetime64[us]")
+    texts_u = np.array([rfc1123(r[0]) if r[0] is not None else None for r in results] + [None],
+                       dtype=object)
+    failed_u = np.array([r[1] is not None for r in results] + [False], dtype=bool)
+    full = np.full(n, len(results), dtype=np.int64)  # the extra last slot: empty
+    full[nonempty] = codes
+    failed = np.flatnonzero(failed_u[full])
+    problems = [results[full[p]][1] for p in failed]
+    return Parsed(_obj_series(texts_u[full], raw.index), _errors(raw.index, failed, problems),
+                  pd.Series(moments[full], index=raw.index))
+
+
+def utc_naive(moment: datetime) -> np.datetime64:
+    """``moment`` as a naive-UTC ``datetime64[us]`` comparable with :func:`dates` ``typed``."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return np.datetime64(_utc_naive(moment), "us")
+
+
+__all__ = [
+    "EXCEL_ERRORS", "MAX_AMOUNT", "MAX_CELL", "MAX_TEXT", "Parsed", "Problem", "amounts",
+    "as_text", "dates", "display", "hex_ids", "is_formula_without_value", "number_text",
+    "rfc1123", "screen", "texts", "utc_naive", "words",
+]

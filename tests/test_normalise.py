@@ -1,0 +1,232 @@
+"""normalise.py: raw cells → the values the API is sent, and the cells that cannot be read."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from importer import normalise
+from importer.read import FORMULA_WITHOUT_VALUE
+
+
+def col(*values: object) -> pd.Series:
+    """A raw column as read.py hands it over (object dtype)."""
+    return pd.Series(list(values), dtype=object)
+
+
+def problems(parsed: normalise.Parsed) -> dict[int, tuple[str, str]]:
+    return {int(i): (p.code, p.text) for i, p in parsed.errors.items()}
+
+
+# --- amounts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("1234.50", "1234.50"),
+    ("1234,50", "1234.50"),
+    ("1 234,50", "1234.50"),
+    ("1\u00a0234,50", "1234.50"),
+    ("1\u202f234,50", "1234.50"),
+    ("12 345 678,5", "12345678.50"),
+    ("1234", "1234.00"),
+    ("0,5", "0.50"),
+    ("007.10", "7.10"),
+    ("100", "100.00"),
+])
+def test_amount_forms_accepted(raw: str, expected: str) -> None:
+    """Swedish and plain amount forms become a plain two-decimal string."""
+    parsed = normalise.amounts(col(raw))
+    assert parsed.values.tolist() == [expected]
+    assert parsed.errors.empty
+    assert parsed.typed is not None and parsed.typed.iloc[0] == float(expected)
+
+
+@pytest.mark.parametrize(("raw", "hint"), [
+    ("1,234.50", "1234.50"),
+    ("1.234,50", "1234.50"),
+    ("1.234", "1234"),
+    ("1,234", "1234"),
+    ("1.234.567", "1234567"),
+    ("12.345", "12345"),
+    ("1,005", "1005"),
+])
+def test_ambiguous_amounts_refused_with_what_to_write(raw: str, hint: str) -> None:
+    """Forms that could mean thousands or decimals are never guessed; the message says what
+    to write instead."""
+    parsed = normalise.amounts(col(raw))
+    assert parsed.values.tolist() == [None]
+    [(code, text)] = problems(parsed).values()
+    assert code == "ambiguous_amount"
+    assert "write" in text and hint in text
+
+
+@pytest.mark.parametrize("raw", ["1234.567", "1 234,567", "0.125", "abc", "12 kr", "1e5",
+                                 "NaN", "inf", "12 34", ",50", "12."])
+def test_invalid_amount_texts(raw: str) -> None:
+    """Text, more than two decimals and odd forms are invalid_amount errors."""
+    parsed = normalise.amounts(col(raw))
+    assert parsed.values.tolist() == [None]
+    assert [c for c, _ in problems(parsed).values()] == ["invalid_amount"]
+
+
+def test_negative_and_zero_amounts_are_parsed_for_the_range_check() -> None:
+    """Signs and zero are read; refusing them is the range check's job (it names them)."""
+    parsed = normalise.amounts(col("-100", "0,00", "\u22125"))
+    assert parsed.values.tolist() == ["-100.00", "0.00", "-5.00"]
+    assert parsed.errors.empty
+
+
+def test_excel_number_cells() -> None:
+    """Excel int/float cells: binary artefacts within 1e-9 are rounded, real extra decimals
+    and non-finite numbers refused, TRUE/FALSE and dates are not amounts."""
+    parsed = normalise.amounts(col(100, 103.5, 0.1 + 0.2, 1.005, float("inf"), True,
+                                   datetime(2025, 7, 4), 123456789012.34))
+    assert parsed.values.tolist() == ["100.00", "103.50", "0.30", None, None, None, None,
+                                      "123456789012.34"]
+    assert {i: c for i, (c, _) in problems(parsed).items()} == {
+        3: "invalid_amount", 4: "invalid_amount", 5: "invalid_amount", 6: "invalid_amount"}
+    assert "two decimals" in problems(parsed)[3][1]
+
+
+def test_mixed_column_keeps_fast_values_and_reports_the_rest() -> None:
+    """One odd cell in a canonical column does not change the other values; empties stay None."""
+    parsed = normalise.amounts(col("10.00", "1,234.50", "20,25", "", "7"))
+    assert parsed.values.tolist() == ["10.00", None, "20.25", None, "7.00"]
+    assert list(problems(parsed)) == [1]
+    assert parsed.typed is not None
+    assert np.isnan(parsed.typed.iloc[3]) and parsed.typed.iloc[4] == 7.0
+
+
+# --- dates -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("Fri, 04 Jul 2025 16:20:41 GMT", "Fri, 04 Jul 2025 16:20:41 GMT"),
+    ("fri, 4 jul 2025 16:20:41 gmt", "Fri, 04 Jul 2025 16:20:41 GMT"),
+    ("Fri, 04 Jul 2025 16:20:41 UTC", "Fri, 04 Jul 2025 16:20:41 GMT"),
+    ("Fri, 04 Jul 2025 16:20:41 +0000", "Fri, 04 Jul 2025 16:20:41 GMT"),
+    ("Fri, 04 Jul 2025 01:20:41 +0200", "Thu, 03 Jul 2025 23:20:41 GMT"),
+    ("2025-07-04", "Fri, 04 Jul 2025 00:00:00 GMT"),
+    ("2025-07-04T16:20:41Z", "Fri, 04 Jul 2025 16:20:41 GMT"),
+    ("2025-07-04T18:20:41+02:00", "Fri, 04 Jul 2025 16:20:41 GMT"),
+    ("2025-07-04 00:30+0100", "Thu, 03 Jul 2025 23:30:00 GMT"),
+])
+def test_dates_accepted_and_converted_to_gmt(raw: str, expected: str) -> None:
+    """RFC 1123 (GMT or a numeric offset) and ISO 8601 become RFC 1123 in GMT."""
+    parsed = normalise.dates(col(raw))
+    assert parsed.errors.empty
+    assert parsed.values.tolist() == [expected]
+
+
+def test_excel_date_cells() -> None:
+    """Excel date and datetime cells (no zone in Excel) are taken as GMT."""
+    parsed = normalise.dates(col(datetime(2025, 7, 4, 16, 20, 41), date(2025, 7, 4),
+                                 pd.Timestamp("2025-07-04 08:00"), None))
+    assert parsed.values.tolist() == ["Fri, 04 Jul 2025 16:20:41 GMT",
+                                      "Fri, 04 Jul 2025 00:00:00 GMT",
+                                      "Fri, 04 Jul 2025 08:00:00 GMT", None]
+    assert parsed.typed is not None
+    assert parsed.typed.iloc[0] == np.datetime64("2025-07-04T16:20:41")
+    assert pd.isna(parsed.typed.iloc[3])
+
+
+def test_wrong_weekday_names_the_right_one() -> None:
+    """An RFC 1123 date whose weekday disagrees is an error saying which day it is."""
+    parsed = normalise.dates(col("Thu, 04 Jul 2025 16:20:41 GMT"))
+    [(code, text)] = problems(parsed).values()
+    assert code == "wrong_weekday"
+    assert "is a Fri" in text and "'Fri, 04 Jul 2025 16:20:41 GMT'" in text
+
+
+@pytest.mark.parametrize("raw", ["04/07/2025", "4.7.2025", "4 juli 2025", "45842",
+                                 "2025-07-04T16:20", "2025-02-30", "Fri, 04 Jul 2025",
+                                 "Fri, 04 Jul 2025 16:20:41 CET",
+                                 "Fre, 04 Jul 2025 16:20:41 GMT"])
+def test_dates_not_guessed(raw: str) -> None:
+    """Local forms, serial numbers, zone-less datetimes and impossible dates are errors."""
+    parsed = normalise.dates(col(raw))
+    assert parsed.values.tolist() == [None]
+    [(code, text)] = problems(parsed).values()
+    assert code == "invalid_date"
+    assert "write" in text or "format" in text or "add Z" in text
+
+
+def test_number_cell_in_a_date_column() -> None:
+    """An Excel number where a date belongs is refused (it may be a serial date)."""
+    [(code, text)] = problems(normalise.dates(col(45842.0))).values()
+    assert code == "invalid_date" and "number" in text
+
+
+def test_rfc1123_is_locale_independent() -> None:
+    """Formatting uses English names whatever the locale; aware times are converted."""
+    moment = datetime(2025, 7, 4, 18, 0, tzinfo=UTC)
+    assert normalise.rfc1123(moment) == "Fri, 04 Jul 2025 18:00:00 GMT"
+
+
+# --- ids, texts, words -------------------------------------------------------------------------
+
+
+def test_hex_ids_lowercased_and_number_cells_refused() -> None:
+    """Ids are lowercased; a number cell (Excel drops digits) is an error; empty is None."""
+    parsed = normalise.hex_ids(col("674DBEB208847B9501CC9138", "", 1.23e23, True), "invalid_case")
+    assert parsed.values.tolist() == ["674dbeb208847b9501cc9138", None, None, None]
+    found = problems(parsed)
+    assert set(found) == {2, 3}
+    assert found[2][0] == "invalid_case" and "Text" in found[2][1]
+
+
+def test_hex_ids_fast_path_returns_lowercase_values_as_is() -> None:
+    """A column of lowercase ids comes back unchanged."""
+    ids = [f"{i:024x}" for i in range(5)]
+    assert normalise.hex_ids(col(*ids), "invalid_case").values.tolist() == ids
+
+
+def test_texts_from_excel_numbers() -> None:
+    """An invoice number read as 103118.0 becomes '103118'; dates and booleans are refused."""
+    parsed = normalise.texts(col(103118.0, 42, 12.5, "INV-1", "", datetime(2025, 1, 1), False))
+    assert parsed.values.tolist() == ["103118", "42", "12.5", "INV-1", None, None, None]
+    assert {i: c for i, (c, _) in problems(parsed).items()} == {5: "invalid_text",
+                                                                 6: "invalid_text"}
+
+
+def test_words_fold_case_and_default() -> None:
+    """Currency is upper-cased, origin lower-cased; empty cells take the default."""
+    currency = normalise.words(col("sek", "SEK", "Sek", "", "eur"), "invalid_currency", upper=True)
+    assert currency.values.tolist() == ["SEK", "SEK", "SEK", None, "EUR"]
+    origin = normalise.words(col("", "", ""), "invalid_origin", default="creditor_system")
+    assert origin.values.tolist() == ["creditor_system"] * 3
+    origin = normalise.words(col("Creditor_System", None), "invalid_origin",
+                             default="creditor_system")
+    assert origin.values.tolist() == ["creditor_system", "creditor_system"]
+
+
+# --- cells that are not values -----------------------------------------------------------------
+
+
+def test_formula_without_value_error_value_and_long_cells() -> None:
+    """A formula without a cached value, #N/A and a >1000-character cell are errors by name,
+    in every kind of column."""
+    raw = col(FORMULA_WITHOUT_VALUE, "#N/A", "x" * 1001, "ok")
+    assert [c for c, _ in problems(normalise.texts(raw)).values()] == [
+        "formula_without_value", "cell_error", "too_long"]
+    assert normalise.texts(raw).values.tolist() == [None, None, None, "ok"]
+    for parsed in (normalise.amounts(raw), normalise.dates(raw),
+                   normalise.hex_ids(raw, "invalid_case"),
+                   normalise.words(raw, "invalid_currency", upper=True)):
+        codes = {i: c for i, (c, _) in problems(parsed).items()}
+        assert codes[0] == "formula_without_value"
+        assert codes[1] == "cell_error"
+        assert codes[2] == "too_long"
+    assert list(normalise.screen(raw).index) == [0, 1, 2]
+
+
+def test_display_and_as_text() -> None:
+    """Cells are shown as the user sees them: numbers without '.0', dates in ISO form."""
+    raw = col("a", 103118.0, 2.5, True, datetime(2025, 7, 4, 1, 2, 3), date(2025, 7, 4), None)
+    assert normalise.as_text(raw).tolist() == ["a", "103118", "2.5", "TRUE",
+                                               "2025-07-04 01:02:03", "2025-07-04", ""]
+    plain = col("a", "b")
+    assert normalise.as_text(plain) is plain
