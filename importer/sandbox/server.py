@@ -83,6 +83,9 @@ def _protocol(transports: dict[tuple[str, int], asyncio.Transport]) -> type[H11P
     class Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            raw = transport.get_extra_info("socket")
+            if raw is not None:  # see _bind: no Nagle delay between headers and body
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.client:
                 transports[tuple(self.client)] = transport  # type: ignore[index]
 
@@ -95,7 +98,10 @@ def _protocol(transports: dict[tuple[str, int], asyncio.Transport]) -> type[H11P
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it each
+    # response (headers and body are two writes) waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

