@@ -1,0 +1,664 @@
+"""Validate rows: normalised values + pandera schemas per kind → the report frame.
+
+A chunk of raw cells goes through three steps:
+
+1. ``normalise`` turns each API column into the values that would be sent; cells it cannot
+   read (``1,234.50``, ``04/07/2025``, ``#N/A``…) are errors right away.
+2. One pandera ``DataFrameSchema`` per kind (``lazy=True``: every failure of every row at once)
+   checks the normalised frame: required values, ids of 24 hex digits, ``SEK``,
+   ``creditor_system``, amount ranges, dates not in the future, exactly one of case and
+   invoice number. A second schema holds the warnings (rows still posted). Each pandera
+   ``Check`` is named after the rule, so a failure case maps to (row, column, reason, message).
+3. Rows equal to an earlier row of the same file (across chunks) are errors naming that row.
+
+The result is the *report frame*: :data:`FRAME_COLUMNS`, then one ``input:<header>`` column per
+original header. Messages read ``<header as in the file>: '<value as read>' <what is wrong>;
+<what to do>``, joined with ``; ``; reason codes (see :data:`REASONS`) are joined with ``,``.
+
+Read-only fields: ``account`` and ``file_import_report`` are set by Amili and never sent; a file
+holding them keeps them as ``input:`` columns only. With ``config.send_account`` (the older API
+generation required ``account``) the file's ``account`` column is checked as a 24-hex id and
+:func:`payload` sends it, taken from that ``input:`` column; the frame's columns stay the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+from importer import normalise
+from importer.kinds import CREDITOR_ORIGIN, CURRENCY, KINDS, Kind
+
+if TYPE_CHECKING:
+    from importer.config import Config
+    from importer.read import Table
+
+API_COLUMNS: tuple[str, ...] = (
+    "creditor", "case", "invoice_number", "currency", "amount", "bank_transaction_date",
+    "client_registration_date", "credit_invoice", "creditor_payment_reference",
+    "creditor_reference", "origin",
+)
+RESULT_COLUMNS: tuple[str, ...] = (
+    "amili_id", "settled_amount", "case_reference_number", "http_status", "attempts",
+)
+FRAME_COLUMNS: tuple[str, ...] = (
+    "file", "sheet", "row", "kind", "status", "reason", "message", *API_COLUMNS, *RESULT_COLUMNS,
+)
+INPUT_PREFIX = "input:"
+VALID, WARNING, ERROR = "valid", "warning", "error"
+ROW = "_row"
+
+# The reason codes, a stable vocabulary (reports and monitoring match on them).
+REASONS: dict[str, str] = {
+    "missing_value": "a required value is empty",
+    "invalid_creditor": "creditor is not a 24-hex-digit id",
+    "invalid_case": "case is not a 24-hex-digit id",
+    "invalid_account": "account is not a 24-hex-digit id (only checked with send_account)",
+    "case_and_invoice": "both case and invoice_number are given; the API takes exactly one",
+    "missing_case_or_invoice": "neither case nor invoice_number is given",
+    "invalid_currency": "currency is not SEK",
+    "invalid_origin": "origin is not creditor_system",
+    "invalid_amount": "amount is not a number, not above zero, too large or has >2 decimals",
+    "ambiguous_amount": "amount could be read two ways (thousands or decimal separator)",
+    "invalid_date": "a date is not in an accepted form",
+    "wrong_weekday": "an RFC 1123 date names the wrong weekday",
+    "future_date": "a date lies in the future (bank_transaction_date: error; "
+                   "client_registration_date: warning)",
+    "old_date": "warning: bank_transaction_date is more than a year old",
+    "registered_before_transaction": "warning: client_registration_date is before "
+                                     "bank_transaction_date",
+    "invalid_text": "a text has control characters or is a TRUE/FALSE or date cell",
+    "too_long": f"a text is longer than {normalise.MAX_TEXT} characters "
+                f"(any cell: {normalise.MAX_CELL})",
+    "formula_without_value": "a formula cell has no saved result",
+    "cell_error": "an Excel error value such as #N/A",
+    "duplicate_row": "the same row appears earlier in the file; the later one is not posted",
+}
+
+# Characters that make a spreadsheet treat a cell as a formula: no message of ours starts so.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_HEX24 = re.compile(r"[0-9a-f]{24}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_TEXT_FIELDS = ("invoice_number", "credit_invoice", "creditor_payment_reference",
+                "creditor_reference")
+_ID_CODES = {"creditor": "invalid_creditor", "case": "invalid_case", "account": "invalid_account"}
+_OLD_AFTER = timedelta(days=365)
+_ORDER = {name: i for i, name in enumerate((*API_COLUMNS, "account"))}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a named check means for the user: reason code, severity and message text."""
+
+    code: str
+    severity: str
+    text: str  # "<what is wrong>; <what to do>"
+
+
+_MISSING_TODO = {
+    "creditor": "fill in the creditor id (24 hex digits); a configured default creditor "
+                "applies only when the file has no creditor column",
+    "currency": "write SEK: the API requires the currency",
+    "amount": "fill in the amount",
+    "bank_transaction_date": "fill in the date the money reached the bank, e.g. 2025-07-04",
+    "origin": "write creditor_system or leave the column out",
+}
+_RULES: dict[str, Rule] = {
+    "invalid_creditor": Rule("invalid_creditor", ERROR, "is not a creditor id (24 hex digits "
+                             "0-9, a-f); copy the id Amili gave you"),
+    "invalid_case": Rule("invalid_case", ERROR, "is not a case id (24 hex digits 0-9, a-f); "
+                         "copy the case id from Amili, or leave it empty and give the invoice "
+                         "number"),
+    "invalid_account": Rule("invalid_account", ERROR, "is not an account id (24 hex digits "
+                            "0-9, a-f); copy it from Amili or leave the column out"),
+    "invalid_currency": Rule("invalid_currency", ERROR, "is not a currency Amili takes; write "
+                             "SEK (the only currency the API supports)"),
+    "invalid_origin": Rule("invalid_origin", ERROR, "is not an origin the API takes; write "
+                           "creditor_system or leave the cell empty"),
+    "amount_positive": Rule("invalid_amount", ERROR, "is not greater than zero; write a "
+                            "positive amount (money back to the debtor is a crediting)"),
+    "amount_max": Rule("invalid_amount", ERROR, "is too large (1 000 000 000 000 or more); "
+                       "check the amount"),
+    "future_date": Rule("future_date", ERROR, "is in the future; a bank transaction cannot "
+                        "have happened yet: check the date"),
+    "too_long": Rule("too_long", ERROR, f"is longer than {normalise.MAX_TEXT} characters; "
+                     "shorten it"),
+    "invalid_text": Rule("invalid_text", ERROR, "contains a control character (a line break, "
+                         "tab or similar); remove it"),
+    "case_and_invoice": Rule("case_and_invoice", ERROR, "both case and invoice number are "
+                             "given; the API takes exactly one: clear one of them"),
+    "missing_case_or_invoice": Rule("missing_case_or_invoice", ERROR, "neither case nor "
+                                    "invoice number is given; fill in exactly one of them"),
+    "old_date": Rule("old_date", WARNING, "is more than a year old; check the date (the row "
+                     "is still posted)"),
+    "future_registration": Rule("future_date", WARNING, "is in the future; check the date (the "
+                                "row is still posted)"),
+    "registered_before_transaction": Rule("registered_before_transaction", WARNING, "is before "
+                                          "the bank transaction date; check both dates (the "
+                                          "row is still posted)"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorised check functions (each gets the non-null values of one column; True = passes)
+
+
+def _all(s: pd.Series) -> pd.Series:
+    return pd.Series(True, index=s.index, dtype=bool)
+
+
+def _hex24(s: pd.Series) -> pd.Series:
+    values = s.to_numpy(dtype=object)
+    if not len(values):
+        return _all(s)
+    # Fast path: every value 24 long and the concatenation pure hex (fromhex runs in C; it
+    # skips whitespace, which the byte count then catches).
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    if (lengths == 24).all():
+        try:
+            if len(bytes.fromhex("".join(values))) == 12 * len(values):
+                return _all(s)
+        except ValueError:
+            pass
+    return pd.Series([_HEX24.fullmatch(v) is not None for v in values], index=s.index,
+                     dtype=bool)
+
+
+def _short(s: pd.Series) -> pd.Series:
+    lengths = np.fromiter(map(len, s.to_numpy(dtype=object)), dtype=np.int64, count=len(s))
+    return pd.Series(lengths <= normalise.MAX_TEXT, index=s.index)
+
+
+def _no_control(s: pd.Series) -> pd.Series:
+    values = s.to_numpy(dtype=object)
+    if not _CONTROL.search("".join(values)):
+        return _all(s)
+    return pd.Series([_CONTROL.search(v) is None for v in values], index=s.index, dtype=bool)
+
+
+def _check(fn: Callable[[pd.Series], pd.Series], name: str) -> pa.Check:
+    # ignore_na (pandera's default): the function sees only the non-empty values.
+    return pa.Check(fn, name=name, error=name)
+
+
+def _equals(word: str, name: str) -> pa.Check:
+    return _check(lambda s: s == word, name)
+
+
+@lru_cache(maxsize=16)
+def _schemas(kind_name: str, now: np.datetime64, account: bool
+             ) -> tuple[pa.DataFrameSchema, pa.DataFrameSchema]:
+    """The error schema and the warning schema of a kind (built once per kind and run).
+
+    Args:
+        kind_name: the kind.
+        now: the run's time, naive UTC (future and old dates are relative to it).
+        account: whether an ``account`` column is checked (send_account with such a column).
+    """
+    kind = KINDS[kind_name]
+    required = {"creditor", "currency", "origin", *kind.required}
+    ids = ["creditor", "case"] + (["account"] if account else [])
+    columns: dict[str, pa.Column] = {}
+    for field in (*kind.fields, *(["account"] if account else [])):
+        checks: list[pa.Check] = []
+        if field in ids:
+            checks.append(_check(_hex24, _ID_CODES[field]))
+        elif field in _TEXT_FIELDS:
+            checks += [_check(_short, "too_long"), _check(_no_control, "invalid_text")]
+        elif field == "currency":
+            checks.append(_equals(CURRENCY, "invalid_currency"))
+        elif field == "origin":
+            checks.append(_equals(CREDITOR_ORIGIN, "invalid_origin"))
+        elif field == "amount":
+            checks += [_check(lambda s: s > 0, "amount_positive"),
+                       _check(lambda s: s < float(normalise.MAX_AMOUNT), "amount_max")]
+        elif field == "bank_transaction_date":
+            checks.append(_check(lambda s: s <= now, "future_date"))
+        columns[field] = pa.Column(None, nullable=field not in required, checks=checks)
+    # How many of case/invoice_number a row gives (an unreadable cell counts as given).
+    columns["_case_or_invoice"] = pa.Column(None, checks=[
+        _check(lambda s: s <= 1, "case_and_invoice"),
+        _check(lambda s: s >= 1, "missing_case_or_invoice"),
+    ])
+    errors = pa.DataFrameSchema(columns, coerce=False, name=f"{kind_name} errors")
+
+    warn: dict[str, pa.Column] = {}
+    if "bank_transaction_date" in kind.fields:
+        warn["bank_transaction_date"] = pa.Column(None, nullable=True, checks=[
+            _check(lambda s: s >= now - np.timedelta64(_OLD_AFTER), "old_date")])
+        warn["_registration_lag"] = pa.Column(None, nullable=True, checks=[
+            _check(lambda s: s >= 0, "registered_before_transaction")])
+    if "client_registration_date" in kind.fields:
+        warn["client_registration_date"] = pa.Column(None, nullable=True, checks=[
+            _check(lambda s: s <= now, "future_registration")])
+    warnings = pa.DataFrameSchema(warn, coerce=False, name=f"{kind_name} warnings")
+    return errors, warnings
+
+
+def _failures(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame | None:
+    """pandera's failure cases (column, check, index), or None when every row passes."""
+    if not len(schema.columns):
+        return None
+    try:
+        schema.validate(frame, lazy=True, inplace=True)
+    except SchemaErrors as exc:
+        return exc.failure_cases
+    return None
+
+
+def _filled(n: int, value: Any) -> np.ndarray:
+    out = np.empty(n, dtype=object)
+    out[:] = value  # np.full with a str fill value is far slower
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A cell's value for a message: as read, control characters escaped, long text cut."""
+    text = normalise.display(value)
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _safe(message: str) -> str:
+    # A header starting with '=' would make the message a formula in a spreadsheet.
+    return f"column {message}" if message.startswith(_FORMULA_START) else message
+
+
+class _Issues:
+    """Problems found in one chunk, collected column-wise and turned into per-row text."""
+
+    def __init__(self) -> None:
+        self.pos: list[np.ndarray] = []
+        self.order: list[np.ndarray] = []
+        self.severe: list[np.ndarray] = []
+        self.codes: list[str] = []
+        self.texts: list[str] = []
+
+    def add(self, positions: Any, order: int, severity: str, codes: list[str],
+            texts: list[str]) -> None:
+        positions = np.asarray(positions, dtype=np.int64)
+        if not len(positions):
+            return
+        self.pos.append(positions)
+        self.order.append(np.full(len(positions), order, dtype=np.int64))
+        self.severe.append(np.full(len(positions), severity != ERROR, dtype=np.int64))
+        self.codes += codes
+        self.texts += texts
+
+    def errors(self, n: int) -> np.ndarray:
+        """True for rows with at least one error so far."""
+        bad = np.zeros(n, dtype=bool)
+        for pos, severe in zip(self.pos, self.severe, strict=True):
+            bad[pos[severe == 0]] = True
+        return bad
+
+    def per_row(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(status, reason, message) arrays: errors first, then warnings, in column order."""
+        status = np.full(n, VALID, dtype=object)
+        reason = np.full(n, None, dtype=object)
+        message = np.full(n, None, dtype=object)
+        if not self.pos:
+            return status, reason, message
+        pos = np.concatenate(self.pos)
+        order = np.concatenate(self.order)
+        severe = np.concatenate(self.severe)
+        sort = np.lexsort((np.arange(len(pos)), order, severe, pos))
+        codes, texts = self.codes, self.texts
+        current, worst = -1, 1
+        row_codes: list[str] = []
+        row_texts: list[str] = []
+        for i in [*sort.tolist(), -1]:
+            p = int(pos[i]) if i >= 0 else -2
+            if p != current:
+                if current >= 0:
+                    status[current] = ERROR if worst == 0 else WARNING
+                    reason[current] = ",".join(dict.fromkeys(row_codes))
+                    message[current] = "; ".join(row_texts)
+                if i < 0:
+                    break
+                current, row_codes, row_texts, worst = p, [], [], 1
+            row_codes.append(codes[i])
+            row_texts.append(texts[i])
+            worst = min(worst, int(severe[i]))
+        return status, reason, message
+
+
+# ---------------------------------------------------------------------------------------------
+# The checker
+
+
+class Checker:
+    """Validates the chunks of one table, keeping what it needs to find duplicate rows.
+
+    Args:
+        table: the table being read (kind, headers, file name, sheet).
+        config: ``default_creditor`` and ``send_account`` are read from it.
+        now: the run's time; bank transaction dates after it are errors.
+    """
+
+    def __init__(self, table: Table, config: Config, now: datetime) -> None:
+        self.table = table
+        self.kind: Kind = table.kind
+        self.config = config
+        self.now = normalise.utc_naive(now)
+        self.header: dict[str, str] = {}
+        for header, field in table.fields.items():
+            self.header.setdefault(field, header)
+        self.account = bool(config.send_account and "account" in self.header
+                            and self.kind.amount)
+        self.errors_schema, self.warnings_schema = _schemas(self.kind.name, self.now,
+                                                            self.account)
+        # Duplicates: a sorted array of row-key hashes and the first row that had each.
+        self._seen = np.empty(0, dtype=np.int64)
+        self._first = np.empty(0, dtype=np.int64)
+        self._note_read_only()
+
+    def _note_read_only(self) -> None:
+        for field in ("account", "file_import_report"):
+            if field not in self.header:
+                continue
+            where = f"column '{self.header[field]}'" + (
+                f" (sheet {self.table.sheet})" if self.table.sheet else "")
+            if field == "account" and self.account:
+                note = f"{where} is checked and sent as account (send_account is set)"
+            else:
+                note = (f"{where} is read-only in Amili's API (Amili sets it): kept in the "
+                        "report, never sent")
+            if note not in self.table.file.notes:
+                self.table.file.notes.append(note)
+
+    def _name(self, field: str) -> str:
+        return self.header.get(field, field)
+
+    def check(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        """Validate one chunk of raw cells.
+
+        Args:
+            chunk: one column per original header plus ``_row`` (see read.py).
+
+        Returns:
+            The report frame for these rows: :data:`FRAME_COLUMNS` then ``input:<header>``.
+        """
+        chunk = chunk.reset_index(drop=True)
+        n = len(chunk)
+        rows = chunk[ROW].to_numpy(dtype=np.int64)
+        issues = _Issues()
+        values: dict[str, pd.Series] = {}
+        typed: dict[str, pd.Series] = {}
+        unreadable: dict[str, np.ndarray] = {}
+        fields = (*self.kind.fields, *(["account"] if self.account else []))
+        for field in fields:
+            parsed = self._parse(field, chunk, n, issues)
+            values[field] = parsed.values
+            unreadable[field] = np.zeros(n, dtype=bool)
+            unreadable[field][parsed.errors.index.to_numpy(dtype=np.int64)] = True
+            if parsed.typed is not None:
+                typed[field] = parsed.typed
+
+        frame = self._checked_frame(values, typed, unreadable, n)
+        self._report(_failures(self.errors_schema, frame), chunk, unreadable, issues)
+        self._report(_failures(self.warnings_schema, frame), chunk, unreadable, issues)
+        self._duplicates(values, rows, issues)
+        status, reason, message = issues.per_row(n)
+        return self._frame(chunk, rows, values, status, reason, message)
+
+    # -- step 1: normalise ---------------------------------------------------------------------
+
+    def _parse(self, field: str, chunk: pd.DataFrame, n: int,
+               issues: _Issues) -> normalise.Parsed:
+        header = self.header.get(field)
+        if header is None:
+            return self._absent(field, n)
+        raw = chunk[header]
+        if field in _ID_CODES:
+            parsed = normalise.hex_ids(raw, _ID_CODES[field])
+        elif field in _TEXT_FIELDS:
+            parsed = normalise.texts(raw)
+        elif field == "currency":
+            parsed = normalise.words(raw, "invalid_currency", upper=True)
+        elif field == "origin":
+            parsed = normalise.words(raw, "invalid_origin", default=CREDITOR_ORIGIN)
+        elif field == "amount":
+            parsed = normalise.amounts(raw)
+        else:
+            parsed = normalise.dates(raw)
+        self._add_problems(field, raw, parsed.errors, issues)
+        return parsed
+
+    def _absent(self, field: str, n: int) -> normalise.Parsed:
+        value: str | None = None
+        if field == "creditor" and self.config.default_creditor:
+            value = self.config.default_creditor.lower()
+        elif field == "origin":
+            value = CREDITOR_ORIGIN
+        empty = pd.Series([], dtype=object)
+        parsed = normalise.Parsed(pd.Series(np.full(n, value, dtype=object), dtype=object), empty)
+        if field == "amount":
+            parsed.typed = pd.Series(np.full(n, np.nan))
+        elif field in self.kind.dates:
+            parsed.typed = pd.Series(np.full(n, np.datetime64("NaT"), dtype="datetime64[us]"))
+        return parsed
+
+    def _add_problems(self, field: str, raw: pd.Series, errors: pd.Series,
+                      issues: _Issues) -> None:
+        if not len(errors):
+            return
+        header = self._name(field)
+        positions = errors.index.to_numpy(dtype=np.int64)
+        cells = raw.to_numpy(dtype=object)[positions]
+        problems = errors.tolist()
+        issues.add(positions, _ORDER[field], ERROR, [p.code for p in problems],
+                   [_safe(f"{header}: '{shown(c)}' {p.text}") for c, p in zip(cells, problems,
+                                                                              strict=True)])
+
+    # -- step 2: pandera -----------------------------------------------------------------------
+
+    def _checked_frame(self, values: dict[str, pd.Series], typed: dict[str, pd.Series],
+                       unreadable: dict[str, np.ndarray], n: int) -> pd.DataFrame:
+        columns: dict[str, Any] = {f: typed.get(f, values[f]) for f in values}
+
+        def given(field: str) -> np.ndarray:
+            if field not in values:
+                return np.zeros(n, dtype=np.int8)
+            return (values[field].notna().to_numpy() | unreadable[field]).astype(np.int8)
+
+        columns["_case_or_invoice"] = given("case") + given("invoice_number")
+        if "bank_transaction_date" in typed and "client_registration_date" in typed:
+            day = np.timedelta64(1, "D")
+            bank = typed["bank_transaction_date"].to_numpy().astype("datetime64[D]")
+            registered = typed["client_registration_date"].to_numpy().astype("datetime64[D]")
+            columns["_registration_lag"] = (registered - bank) / day
+        return pd.DataFrame(columns, copy=False)
+
+    def _report(self, failures: pd.DataFrame | None, chunk: pd.DataFrame,
+                unreadable: dict[str, np.ndarray], issues: _Issues) -> None:
+        if failures is None or not len(failures):
+            return
+        grouped: dict[tuple[str, str], list[int]] = {}
+        for column, check, index in zip(failures["column"], failures["check"],
+                                        failures["index"], strict=True):
+            if index is None or (isinstance(index, float) and math.isnan(index)):
+                continue
+            grouped.setdefault((str(column), str(check)), []).append(int(index))
+        for (column, check), positions_list in grouped.items():
+            positions = np.unique(np.asarray(positions_list, dtype=np.int64))
+            if column in unreadable:  # the cell's own problem is already reported
+                positions = positions[~unreadable[column][positions]]
+            if not len(positions):
+                continue
+            self._report_check(column, check, positions, chunk, issues)
+
+    def _report_check(self, column: str, check: str, positions: np.ndarray,
+                      chunk: pd.DataFrame, issues: _Issues) -> None:
+        if column == "_case_or_invoice":
+            rule = _RULES[check]
+            parts = [(self.header[f], chunk[self.header[f]].to_numpy(dtype=object))
+                     for f in ("case", "invoice_number") if f in self.header]
+            texts = [_safe(", ".join(f"{h}: '{shown(cells[p])}'" for h, cells in parts)
+                           + f" {rule.text}") for p in positions]
+            issues.add(positions, len(_ORDER), rule.severity, [rule.code] * len(positions),
+                       texts)
+            return
+        if column == "_registration_lag":
+            column = "client_registration_date"
+        field_header = self.header.get(column)
+        cells = (chunk[field_header].to_numpy(dtype=object)[positions] if field_header
+                 else np.full(len(positions), None, dtype=object))
+        if check == "not_nullable":
+            todo = _MISSING_TODO.get(column, "fill it in")
+            rule = Rule("missing_value", ERROR, f"is empty; {todo}")
+            if field_header is None:
+                rule = Rule("missing_value", ERROR, f"is missing: the file has no {column} "
+                            "column" + ("; add one or configure a default creditor"
+                                        if column == "creditor" else "; add one"))
+        else:
+            rule = _RULES.get(check) or Rule(check, ERROR, "failed the check "
+                                             f"{check}; correct the value")
+        header = self._name(column)
+        issues.add(positions, _ORDER.get(column, len(_ORDER)), rule.severity,
+                   [rule.code] * len(positions),
+                   [_safe(f"{header}: '{shown(c)}' {rule.text}") for c in cells])
+
+    # -- step 3: duplicates --------------------------------------------------------------------
+
+    def _duplicates(self, values: dict[str, pd.Series], rows: np.ndarray,
+                    issues: _Issues) -> None:
+        ok = np.flatnonzero(~issues.errors(len(rows)))
+        if not len(ok):
+            return
+        # currency and origin are the same on every valid row, so they are left out.
+        every = len(ok) == len(rows)
+        key = [values[f].to_numpy(dtype=object) for f in self.kind.fields
+               if f not in ("currency", "origin")]
+        if not every:
+            key = [k[ok] for k in key]
+        # Python's 64-bit tuple hash (process-local, like this state): a false match among
+        # a million rows has a chance of about 1 in 10^7.
+        hashes = np.fromiter(map(hash, zip(*key, strict=True)), dtype=np.int64, count=len(ok))
+        unique, first_index, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        ok_rows = rows if every else rows[ok]
+        first_row = ok_rows[first_index]
+        at = np.searchsorted(self._seen, unique)
+        clipped = np.minimum(at, max(len(self._seen) - 1, 0))
+        earlier = (at < len(self._seen)) & (self._seen[clipped] == unique) if len(self._seen) \
+            else np.zeros(len(unique), dtype=bool)
+        if len(self._seen):
+            first_row = np.where(earlier, self._first[clipped], first_row)
+        new = ~earlier
+        self._seen = np.insert(self._seen, at[new], unique[new])
+        self._first = np.insert(self._first, at[new], first_row[new])
+        first_of = first_row[inverse.reshape(-1)]
+        dup = np.flatnonzero(first_of != ok_rows)
+        if not len(dup):
+            return
+        where = "" if self.table.sheet is None else f" of sheet {self.table.sheet}"
+        texts = [f"same as row {int(r)}{where} (kind, creditor, case or invoice number, amount, "
+                 "dates and reference are all equal); this row is not posted: delete it, or "
+                 "tell the two apart with a reference" for r in first_of[dup]]
+        issues.add(ok[dup], len(_ORDER) + 1, ERROR, ["duplicate_row"] * len(dup), texts)
+
+    # -- the report frame ------------------------------------------------------------------------
+
+    def _frame(self, chunk: pd.DataFrame, rows: np.ndarray, values: dict[str, pd.Series],
+               status: np.ndarray, reason: np.ndarray, message: np.ndarray) -> pd.DataFrame:
+        n = len(rows)
+        none = _filled(n, None)
+        out: dict[str, Any] = {
+            "file": _filled(n, self.table.file.name),
+            "sheet": _filled(n, self.table.sheet),
+            "row": none,  # replaced below: the frame is built as object columns at once
+            "kind": _filled(n, self.kind.name),
+            "status": status,
+            "reason": reason,
+            "message": message,
+        }
+        for field in API_COLUMNS:
+            out[field] = values[field].to_numpy(dtype=object) if field in values else none
+        for field in RESULT_COLUMNS:
+            out[field] = none
+        for header in self.table.columns:
+            out[INPUT_PREFIX + header] = normalise.as_text(chunk[header]).to_numpy(dtype=object)
+        frame = pd.DataFrame(out, dtype=object, copy=False)
+        frame["row"] = rows
+        return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON body and the row's identity
+
+
+def _account(row: Mapping[str, Any]) -> str | None:
+    from importer.read import canonical_header  # read.py is light; only needed here
+
+    value = row.get("account")
+    if not value:
+        for key, cell in row.items():
+            if (isinstance(key, str) and key.startswith(INPUT_PREFIX)
+                    and canonical_header(key[len(INPUT_PREFIX):]) == "account"):
+                value = cell
+                break
+    return str(value).strip().lower() if value else None
+
+
+def payload(kind: Kind, row: Mapping[str, Any], *, send_account: bool = False) -> dict[str, Any]:
+    """The JSON body for one report-frame row.
+
+    Args:
+        kind: the row's kind.
+        row: one row of the report frame (a dict or a pandas row).
+        send_account: also send the file's ``account`` column (``config.send_account``; the
+            older API generation required it). Never sent otherwise.
+
+    Returns:
+        Only the kind's fields, empty values dropped, ``amount`` as a JSON number (exact:
+        the value has at most two decimals). Never ``file_import_report``.
+    """
+    body: dict[str, Any] = {}
+    for field in kind.fields:
+        value = row.get(field)
+        if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+            continue
+        body[field] = float(Decimal(str(value))) if field == "amount" else str(value)
+    if send_account and kind.amount:
+        account = _account(row)
+        if account:
+            body["account"] = account
+    return body
+
+
+def fingerprint(kind: Kind, row: Mapping[str, Any]) -> str:
+    """The row's identity: sha256 hex of a canonical JSON of the kind and its body.
+
+    Two rows with the same fingerprint are the same event (same kind, creditor, case or
+    invoice number, amount, dates, reference…), in whichever file or run they appear.
+
+    Args:
+        kind: the row's kind.
+        row: one row of the report frame.
+
+    Returns:
+        64 lowercase hex digits.
+    """
+    body = payload(kind, row)
+    if "amount" in body:  # the decimal text, so that 100 and 100.0 cannot differ
+        body["amount"] = f"{Decimal(str(row.get('amount'))):.2f}"
+    text = json.dumps({"kind": kind.name, **body}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
