@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP) ## Start the sandbox, import the samples, print the summary and report path
-	$(BIN)/python -m importer.demo --out $(DEMO_DIR)
+	$(BIN)/python -m importer.sandbox.demo --out $(DEMO_DIR)
 
 test: $(STAMP) ## Lint, type-check and run the whole test suite
 	$(BIN)/ruff check importer tests bench

@@ -284,10 +284,25 @@ class _Run:
             message = f"not posted: {exc}"
             return [Outcome(r.index, "error", "api_unusable", message, retryable=True)
                     for r in rows], {"could_not_run": str(exc)}
+        from importer.plan import unify_case_keys
+
+        rows = unify_case_keys(rows, self._case_of_invoice)
         with _progress(len(rows), self.config) as advance:
             outcomes = post_rows(rows, self.client, self.journal, self.run_id, self.config,
                                  self.log, advance)
         return outcomes, {"posted": sum(o.posted for o in outcomes)}
+
+    def _case_of_invoice(self, creditor: str, invoice_number: str) -> str | None:
+        """The id of the one case with this invoice number for this creditor, if any."""
+        assert self.client is not None
+        try:
+            cases = self.client.find_cases({"debt.invoice_number": invoice_number,
+                                            "creditor": creditor}, max_pages=1)
+        except ApiError as exc:
+            self.log.warning("plan.case_lookup_failed", invoice_number=invoice_number,
+                             error=str(exc))
+            return None
+        return str(cases[0]["_id"]) if len(cases) == 1 else None
 
     def _dry_run(self, chunks: list[Checked], plan: Plan) -> dict[str, Any]:
         from importer.plan import annotate
@@ -434,7 +449,6 @@ def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Che
         try:
             for chunk in table.chunks():
                 frame = checker.check(chunk)
-                table.file.rows += len(frame)
                 yield Checked(table, frame)
         except FileRejected as exc:
             table.file.rejected = exc.reason

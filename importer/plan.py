@@ -6,8 +6,8 @@ no I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -68,6 +68,36 @@ def make_plan(chunks: Sequence[Checked], send_account: bool = False) -> Plan:
                 fingerprint=fingerprint(kind, record), case_key=case_key(body)))
             places.append((number, int(position)))
     return Plan(rows, places)
+
+
+def unify_case_keys(rows: list[PlannedRow],
+                    resolve: Callable[[str, str], str | None]) -> list[PlannedRow]:
+    """Give rows that name a case by invoice number the key of the case id, when the plan
+    also names cases by id: rows touching one case must be posted in file order, whichever
+    way each row names it.
+
+    Args:
+        rows: the planned rows.
+        resolve: ``(creditor, invoice_number) -> case id`` (one API lookup per invoice), or
+            None when the case cannot be told (the row then keeps its invoice key).
+
+    Returns:
+        The rows, with case keys unified where needed.
+    """
+    keys = {r.case_key.split(":", 1)[0] for r in rows}
+    if keys != {"case", "invoice"}:
+        return rows  # one way of naming cases: the keys already group rows per case
+    found: dict[tuple[str, str], str | None] = {}
+    out = []
+    for row in rows:
+        if row.case_key.startswith("invoice:"):
+            wanted = (str(row.payload.get("creditor", "")), str(row.payload["invoice_number"]))
+            if wanted not in found:
+                found[wanted] = resolve(*wanted)
+            if found[wanted]:
+                row = replace(row, case_key=f"case:{str(found[wanted]).lower()}")
+        out.append(row)
+    return out
 
 
 def apply_outcomes(chunks: Sequence[Checked], plan: Plan, outcomes: Iterable[Outcome]) -> None:
@@ -157,9 +187,13 @@ def _col(frame: pd.DataFrame, name: str) -> int:
 
 
 def _object_columns(frame: pd.DataFrame) -> None:
+    """Give each writable column its own object array (the validator may share one array
+    between empty columns, so writing one cell in place would write them all)."""
+    if frame.attrs.get("amili_writable"):
+        return
     for column in ("status", "reason", "message", *RESULT_COLUMNS):
-        if frame[column].dtype != object:
-            frame[column] = frame[column].astype(object)
+        frame[column] = frame[column].to_numpy(dtype=object, copy=True)
+    frame.attrs["amili_writable"] = True
 
 
 def _plain(value: Any) -> Any:

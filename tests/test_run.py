@@ -1,0 +1,251 @@
+"""`amili-import run` end to end: real CSV files, the sandbox over HTTP, a real SQLite journal."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from click.testing import Result
+from fixtures_sandbox import CLOSED_CASE, CREDITOR, OPEN_CASE, TOKEN
+
+from importer.errors import ExitCode
+from importer.sandbox.server import RunningSandbox
+
+BANK_DATE = "2026-11-02"
+HEADER = ["creditor", "case", "invoice_number", "currency", "amount", "bank_transaction_date",
+          "creditor_payment_reference"]
+
+
+def write_csv(path: Path, rows: list[list[Any]], header: list[str] = HEADER) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def env_for(box: RunningSandbox, state: Path) -> dict[str, str]:
+    return {"AMILI_API_URL": box.url, "AMILI_ACCESS_TOKEN": TOKEN, "AMILI_STATE_DIR": str(state),
+            "AMILI_CONFIG": ""}
+
+
+def report(folder: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    return data
+
+
+def many_cases(n: int, capital: float = 100_000.0) -> list[dict[str, Any]]:
+    return [{"_id": f"{0x68b7f49c7b02934cadd00000 + i:024x}", "creditor": CREDITOR,
+             "invoice_number": f"INV-{5000 + i}", "reference_number": str(70000 + i),
+             "capital": capital, "interest": 0.0, "costs": 0.0, "status": "debt_collection"}
+            for i in range(n)]
+
+
+def payment_rows(cases: list[dict[str, Any]], per_case: int) -> list[list[Any]]:
+    rows = []
+    for n in range(per_case):
+        for i, case in enumerate(cases):
+            rows.append([CREDITOR, case["_id"], "", "SEK", f"{10 + n}.{i % 100:02d}", BANK_DATE,
+                         f"REF-{i}-{n}"])
+    return rows
+
+
+def stored_references(box: RunningSandbox) -> Counter[str]:
+    return Counter(r.get("creditor_payment_reference")
+                   for r in box.state.records("creditor--payments"))
+
+
+def test_run_posts_valid_rows_and_reports_every_row(cli: Callable[..., Result], tmp_path: Path,
+                                                    sandbox: RunningSandbox) -> None:
+    """Valid rows are posted once; validation and API errors are reported; exit code 1."""
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "100,50", BANK_DATE, "P-1"],
+        [CREDITOR, "", OPEN_CASE.invoice_number, "SEK", "1 000,00", BANK_DATE, "P-2"],
+        [CREDITOR, OPEN_CASE.id, "", "EUR", "5", BANK_DATE, "P-3"],
+        [CREDITOR, CLOSED_CASE.id, "", "SEK", "50", BANK_DATE, "P-4"],
+        [CREDITOR, "", "NO-SUCH-INVOICE", "SEK", "50", BANK_DATE, "P-5"],
+    ])
+    out = tmp_path / "out"
+    result = cli(["run", str(source), "--report-dir", str(out)],
+                 expect=ExitCode.ROWS_IN_ERROR, env=env_for(sandbox, tmp_path / "state"))
+    assert str(out) in result.stdout
+    rows = {r["row"]: r for r in report(out)["rows"]}
+    assert [rows[n]["status"] for n in (2, 3, 4, 5, 6)] == [
+        "completed", "completed", "error", "error", "error"]
+    assert rows[2]["amili_id"] and rows[2]["http_status"] == 201 and rows[2]["amount"] == 100.5
+    assert "currency" in rows[4]["message"] and rows[4]["http_status"] is None
+    assert rows[5]["amili_id"], "a payment to a closed case is stored by Amili with status error"
+    assert "invoice_number" in rows[6]["message"] and rows[6]["http_status"] == 422
+    assert sorted(stored_references(sandbox)) == ["P-1", "P-2", "P-4"]
+    with (out / "failed-payments.csv").open(encoding="utf-8-sig") as handle:
+        failed = list(csv.DictReader(handle))
+    assert [f["creditor_payment_reference"] for f in failed] == ["P-3", "P-4", "P-5"]
+    assert list(failed[0])[:len(HEADER)] == HEADER and failed[0]["error_reason"]
+
+
+def test_same_file_again_posts_nothing_twice(cli: Callable[..., Result], tmp_path: Path,
+                                             sandbox: RunningSandbox) -> None:
+    """Running the same file again reports the earlier outcomes and posts nothing."""
+    source = write_csv(tmp_path / "payments.csv", payment_rows(many_cases(1), 1)[:0] + [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "A"],
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "B"]])
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")], env=env)
+    first = {r["row"]: r["amili_id"] for r in report(tmp_path / "r1")["rows"]}
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r2")], env=env)
+    again = report(tmp_path / "r2")["rows"]
+    assert stored_references(sandbox) == Counter({"A": 1, "B": 1})
+    assert {r["row"]: r["amili_id"] for r in again} == first
+    assert all(r["status"] == "completed" and "already" in r["message"] for r in again)
+
+
+def test_identical_row_from_another_file_needs_allow_duplicates(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A row already posted from another file is not posted again unless --allow-duplicates."""
+    row = [CREDITOR, OPEN_CASE.id, "", "SEK", "12", BANK_DATE, "DUP"]
+    env = env_for(sandbox, tmp_path / "state")
+    first = write_csv(tmp_path / "payments-monday.csv", [row])
+    second = write_csv(tmp_path / "payments-tuesday.csv", [row])
+    cli(["run", str(first), "--report-dir", str(tmp_path / "r1")], env=env)
+    cli(["run", str(second), "--report-dir", str(tmp_path / "r2")], env=env)
+    message = report(tmp_path / "r2")["rows"][0]["message"]
+    assert "payments-monday.csv" in message and stored_references(sandbox)["DUP"] == 1
+    cli(["run", str(second), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")], env=env)
+    assert stored_references(sandbox)["DUP"] == 2
+
+
+def test_dry_run_posts_nothing_and_plans(cli: Callable[..., Result], tmp_path: Path,
+                                         sandbox: RunningSandbox) -> None:
+    """--dry-run validates and plans (marking rows already posted) but sends nothing."""
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "X"]])
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["run", "--dry-run", str(source), "--report-dir", str(tmp_path / "d1")], env=env)
+    assert report(tmp_path / "d1")["mode"] == "dry-run"
+    assert report(tmp_path / "d1")["rows"][0]["status"] == "valid"
+    assert sandbox.state.count("creditor--payments") == 0
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")], env=env)
+    cli(["run", "--dry-run", str(source), "--report-dir", str(tmp_path / "d2")], env=env)
+    assert report(tmp_path / "d2")["rows"][0]["reason"] == "already_posted"
+    assert sandbox.state.count("creditor--payments") == 1
+
+
+def test_rejected_file_posts_nothing_but_others_run(cli: Callable[..., Result], tmp_path: Path,
+                                                    sandbox: RunningSandbox) -> None:
+    """A file rejected whole posts nothing; the other files still run; exit code 3."""
+    good = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "GOOD"]])
+    bad = write_csv(tmp_path / "payments-bad.csv", [[CREDITOR, OPEN_CASE.id, "SEK", "10"]],
+                    header=["creditor", "case", "currency", "amount"])
+    out = tmp_path / "out"
+    result = cli(["run", str(good), str(bad), "--report-dir", str(out)],
+                 expect=ExitCode.CANNOT_RUN, env=env_for(sandbox, tmp_path / "state"))
+    files = {f["name"]: f for f in report(out)["files"]}
+    assert "bank_transaction_date" in files["payments-bad.csv"]["rejected"]
+    assert "payments-bad.csv" in result.output
+    assert sorted(stored_references(sandbox)) == ["GOOD"]
+
+
+def test_missing_api_url_stops_before_reading(cli: Callable[..., Result], tmp_path: Path) -> None:
+    """Without an API URL the run cannot start: exit 3 with a message naming the setting."""
+    source = write_csv(tmp_path / "payments.csv", [])
+    result = cli(["run", str(source)], expect=ExitCode.CANNOT_RUN,
+                 env={"AMILI_STATE_DIR": str(tmp_path), "AMILI_API_URL": "", "AMILI_CONFIG": ""})
+    assert "api_url" in result.output
+
+
+def test_per_case_order_close_then_error(cli: Callable[..., Result], tmp_path: Path,
+                                         sandbox: RunningSandbox) -> None:
+    """A payment that closes a case, then one more for it: completed, then error (file order)."""
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", f"{OPEN_CASE.remaining:.2f}", BANK_DATE, "FULL"],
+        [CREDITOR, "", OPEN_CASE.invoice_number, "SEK", "10", BANK_DATE, "AFTER"]])
+    cli(["run", str(source), "--concurrency", "8", "--report-dir", str(tmp_path / "o")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env_for(sandbox, tmp_path / "state"))
+    statuses = [r["status"] for r in report(tmp_path / "o")["rows"]]
+    assert statuses == ["completed", "error"]
+
+
+def test_faults_still_give_every_row_exactly_once(
+        cli: Callable[..., Result], tmp_path: Path,
+        make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """503, 429, 500-after-store and dropped connections: every row stored once, completed."""
+    cases = many_cases(12)
+    box = make_sandbox(cases=cases, fail_503=0.15, fail_429=0.1, retry_after=0,
+                       fail_500_after_store=0.1, drop_after_store=0.1, seed=11)
+    source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 4))
+    cli(["run", str(source), "--concurrency", "6", "--report-dir", str(tmp_path / "o")],
+        env=env_for(box, tmp_path / "state"))
+    rows = report(tmp_path / "o")["rows"]
+    assert len(rows) == 48 and {r["status"] for r in rows} == {"completed"}
+    assert stored_references(box) == Counter({f"REF-{i}-{n}": 1 for i in range(12)
+                                              for n in range(4)})
+
+
+def test_retry_reposts_transient_failures(cli: Callable[..., Result], tmp_path: Path,
+                                          make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """Rows that failed for transient reasons are re-posted by `retry RUN_ID`, linked back."""
+    box = make_sandbox(fail_503=1.0, retry_after=0)
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "R1"],
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "R2"]])
+    env = env_for(box, tmp_path / "state") | {"AMILI_CONFIG": str(tmp_path / "c.toml")}
+    (tmp_path / "c.toml").write_text("max_attempts = 2\nbackoff_base = 0.01\n", encoding="utf-8")
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    first = report(tmp_path / "r1")
+    assert {r["status"] for r in first["rows"]} == {"error"}
+    box.set_faults(fail_503=0.0)
+    cli(["retry", str(tmp_path / "r1"), "--report-dir", str(tmp_path / "r2")], env=env)
+    second = report(tmp_path / "r2")
+    assert second["retry_of"] == first["run_id"]
+    assert [r["status"] for r in second["rows"]] == ["completed", "completed"]
+    assert stored_references(box) == Counter({"R1": 1, "R2": 1})
+    listing = cli(["runs"], env=env).output
+    assert first["run_id"] in listing and second["run_id"] in listing
+    shown = cli(["show", second["run_id"]], env=env).output
+    assert f"retry of {first['run_id']}" in shown and str(tmp_path / "r2") in shown
+
+
+def test_sigkill_at_random_moments_never_doubles_a_row(
+        tmp_path: Path, make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """SIGKILL the importer several times mid-run; after a final run every row exists once."""
+    cases = many_cases(10)
+    box = make_sandbox(cases=cases, latency_ms=40)
+    source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 6))
+    env = {**os.environ, **env_for(box, tmp_path / "state"), "AMILI_LOG_FORMAT": "json"}
+    command = [sys.executable, "-m", "importer", "--log-format", "json", "run", str(source),
+               "--concurrency", "4"]
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(4):
+        before = box.state.count("creditor--payments")
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while box.state.count("creditor--payments") == before and time.monotonic() < deadline:
+            time.sleep(0.02)  # kill only once this run is posting
+        time.sleep(rng.uniform(0.0, 0.4))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=30)
+    assert kills >= 2
+    final = subprocess.run([*command, "--report-dir", str(tmp_path / "final")], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr[-2000:]
+    rows = report(tmp_path / "final")["rows"]
+    assert len(rows) == 60 and {r["status"] for r in rows} == {"completed"}
+    assert all(r["amili_id"] for r in rows)
+    assert stored_references(box) == Counter({f"REF-{i}-{n}": 1 for i in range(10)
+                                              for n in range(6)})
