@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS runs (
     totals      TEXT,
     retry_of    TEXT,
     pid         INTEGER,
+    pid_start   TEXT,
     host        TEXT
 );
 CREATE TABLE IF NOT EXISTS files (
@@ -245,9 +246,30 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists on this machine (our own pid counts as dead
-    for *other* runs: a run of ours that is not the current one is over)."""
+def process_start(pid: int) -> str | None:
+    """The start time of a process (Linux ``/proc``, clock ticks since boot), or None.
+
+    With the pid it tells a process apart from a later one that got the same pid
+    (pids are reused quickly, e.g. in a fresh container every night).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def pid_alive(pid: int | None, started: str | None = None) -> bool:
+    """Whether the process that ran a run is still running on this machine.
+
+    Our own pid counts as dead: a run of ours that is not the current one is over.
+
+    Args:
+        pid: the run's process id.
+        started: its :func:`process_start`, when known; a different value means the pid
+            now belongs to another process.
+    """
     if pid is None or pid == os.getpid():
         return False
     try:
@@ -255,9 +277,12 @@ def pid_alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, belongs to someone else
-        return True
+        pass
     except OSError:
         return False
+    if started is not None:
+        now = process_start(pid)
+        return now is None or now == started
     return True
 
 
@@ -309,6 +334,9 @@ class Journal:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {c[1] for c in db.execute("PRAGMA table_info(runs)")}
+            if "pid_start" not in columns:  # journals from before it was recorded
+                db.execute("ALTER TABLE runs ADD COLUMN pid_start TEXT")
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             version = row[0]
             if version is None:
@@ -380,11 +408,11 @@ class Journal:
         """
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO runs (run_id, mode, started, argv, report_dir, retry_of, pid, host)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (run_id, mode, started, argv, report_dir, retry_of, pid,"
+                " pid_start, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, mode, started or now(), json.dumps(list(argv)),
                  str(report_dir) if report_dir is not None else None, retry_of, os.getpid(),
-                 os.uname().nodename),
+                 process_start(os.getpid()), os.uname().nodename),
             )
 
     def finish_run(
@@ -559,13 +587,15 @@ class Journal:
         Rows of a run whose process is still alive are left alone: it may still be posting.
         """
         rows = self._query(
-            "SELECT rows.*, runs.finished AS run_finished, runs.pid AS run_pid FROM rows"
+            "SELECT rows.*, runs.finished AS run_finished, runs.pid AS run_pid,"
+            " runs.pid_start AS run_pid_start FROM rows"
             " JOIN runs ON runs.run_id = rows.run_id WHERE rows.state IN (?, ?)"
             " AND rows.run_id IS NOT ? ORDER BY rows.id",
             (IN_FLIGHT, UNKNOWN, exclude_run),
         )
         return [_row(r) for r in rows
-                if r["run_finished"] is not None or not pid_alive(r["run_pid"])]
+                if r["run_finished"] is not None
+                or not pid_alive(r["run_pid"], r["run_pid_start"])]
 
     def rows(self, run_id: str, states: Iterable[str] | None = None) -> list[RowRecord]:
         """A run's rows (optionally only those in the given states), in the order recorded."""

@@ -109,6 +109,19 @@ class PlannedRow:
         """The row's source as the journal records it."""
         return RowRef(self.file_name, self.file_sha256, self.sheet, self.row)
 
+    @classmethod
+    def from_record(cls, record: RowRecord, index: int) -> PlannedRow:
+        """The same row again, from its journal entry (for ``amili-import retry``).
+
+        Args:
+            record: a journal row (e.g. from ``journal.rows(run_id, [FAILED, UNKNOWN])``).
+            index: its position in the new report.
+        """
+        return cls(index=index, file_name=record.ref.file_name,
+                   file_sha256=record.ref.file_sha256, sheet=record.ref.sheet,
+                   row=record.ref.row, kind=KINDS[record.kind], payload=record.payload,
+                   fingerprint=record.fingerprint, case_key=record.case_key)
+
 
 @dataclass
 class Outcome:
@@ -221,6 +234,37 @@ def post_rows(
         return engine.post_all(rows)
 
 
+def preview(rows: list[PlannedRow], journal: Journal, config: Config) -> list[Outcome | None]:
+    """What a run would do with each row, without posting or writing anything (dry run).
+
+    Args:
+        rows: planned rows, in file order.
+        journal: the journal (only read).
+        config: allow_duplicates is read from it.
+
+    Returns:
+        Per row: None when it would be posted; otherwise the outcome it would get without
+        posting (``already_posted`` with the earlier outcome, or ``outcome_unknown`` while
+        an identical row awaits reconciliation). Rows left in flight by crashed runs are
+        read back only by a real run, so their fate here is the pending one.
+    """
+    engine = _Engine(None, journal, "dry-run", config, structlog.get_logger(), None, None, None)
+    seen: dict[str, PlannedRow] = {}
+    out: list[Outcome | None] = []
+    for row in rows:
+        early = engine._decide(row)
+        twin = seen.get(row.fingerprint)
+        if early is None and twin is not None and not config.allow_duplicates:
+            early = (Settlement(SKIPPED), Outcome(
+                index=row.index, status=WARNING, reason="already_posted",
+                message=f"identical to {twin.ref.describe()} of this run, which would be "
+                "posted first; not posted twice (pass --allow-duplicates if it is a separate "
+                "event)"))
+        seen.setdefault(row.fingerprint, row)
+        out.append(early[1] if early is not None else None)
+    return out
+
+
 def reconcile_pending(
     client: ApiClient, journal: Journal, run_id: str, config: Config, log: Any = None,
     tuning: Tuning | None = None,
@@ -268,7 +312,7 @@ class _StatusTodo:
 
 
 class _Engine:
-    def __init__(self, client: ApiClient, journal: Journal, run_id: str, config: Config,
+    def __init__(self, client: Any, journal: Journal, run_id: str, config: Config,
                  log: Any, progress: Callable[[Outcome], None] | None,
                  stop: threading.Event | None, tuning: Tuning | None) -> None:
         self.client = client
@@ -362,6 +406,7 @@ class _Engine:
                 self._report(outcomes[position])
 
         pool = ThreadPoolExecutor(workers, thread_name_prefix="post")
+        told = False
         try:
             futures: set[Future[None]] = {pool.submit(run_queue, q) for q in queues.values()}
             while futures:
@@ -369,6 +414,11 @@ class _Engine:
                 finished, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     future.result()  # a bug in a worker: stop everything, let it surface
+                if self.stop.is_set() and not told:
+                    told = True
+                    self.log.warning("run.stopping", reason=self.fatal or "stop requested",
+                                     detail="finishing the requests in flight, starting no new "
+                                     "ones; stop again to abort at once")
         except BaseException:
             self.stop.set()
             raise
@@ -775,12 +825,10 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
+        # No logging here: the main thread may hold the log's lock when the signal lands.
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        structlog.get_logger().warning(
-            "run.stopping", signal=signal.Signals(signum).name,
-            detail="finishing the requests in flight; send again to abort at once")
 
     for sig in previous:
         signal.signal(sig, handler)

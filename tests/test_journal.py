@@ -25,6 +25,7 @@ from importer.journal import (
     JournalError,
     RowRef,
     Settlement,
+    process_start,
 )
 
 PAYLOAD = {"creditor": "a" * 24, "case": "b" * 24, "currency": "SEK", "amount": 100.5,
@@ -150,12 +151,19 @@ def test_pending_skips_live_runs_and_own_run(tmp_path: Path) -> None:
         # A run owned by a live process (our parent) must be left alone.
         j.start_run("live", "run")
         with j.transaction() as db:
-            db.execute("UPDATE runs SET pid=? WHERE run_id='live'", (os.getppid(),))
+            db.execute("UPDATE runs SET pid=?, pid_start=? WHERE run_id='live'",
+                       (os.getppid(), process_start(os.getppid())))
         j.begin("live", ref(4), "payments", "fp3", "case:b", PAYLOAD)
+        # The same pid, but a process that started at another time: the pid was reused.
+        j.start_run("reused", "run")
+        with j.transaction() as db:
+            db.execute("UPDATE runs SET pid=?, pid_start='1' WHERE run_id='reused'",
+                       (os.getppid(),))
+        j.begin("reused", ref(5), "payments", "fp5", "case:b", PAYLOAD)
         u = j.begin("old", ref(6), "payments", "fp4", "case:b", PAYLOAD)
         j.finish(u, Settlement(state=UNKNOWN, retryable=True, reason="outcome_unknown"))
         assert [(r.run_id, r.ref.row) for r in j.pending(exclude_run="cur")] == [
-            ("old", 2), ("old", 6)]
+            ("old", 2), ("reused", 5), ("old", 6)]
 
 
 def test_runs_files_and_file_seen(journal: Journal, tmp_path: Path) -> None:

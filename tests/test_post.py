@@ -28,7 +28,15 @@ from importer.client import ApiClient, PostResult
 from importer.config import Config
 from importer.journal import COMPLETED, FAILED, IN_FLIGHT, SKIPPED, Journal
 from importer.kinds import PAYMENTS, Kind
-from importer.post import Outcome, PlannedRow, Tuning, case_key, matches, post_rows
+from importer.post import (
+    Outcome,
+    PlannedRow,
+    Tuning,
+    case_key,
+    matches,
+    post_rows,
+    preview,
+)
 from importer.sandbox.server import RunningSandbox
 
 PAYMENTS_RESOURCE = "creditor--payments"
@@ -365,3 +373,22 @@ def test_matches_compares_values_not_spelling() -> None:
     assert not matches(PAYMENTS, body, {**record, "bank_transaction_date":
                                         "Thu, 04 Sep 2025 08:00:00 GMT"})
     assert not matches(PAYMENTS, body, {k: v for k, v in record.items() if k != "amount"})
+
+
+def test_preview_and_retry_rows(sandbox: RunningSandbox, tmp_path: Path,
+                                journal: Journal) -> None:
+    """preview() tells what a run would skip; from_record() rebuilds a row for retry."""
+    config = config_for(sandbox, tmp_path)
+    done = planned(payment_body(OPEN_CASE, 11.0), 2)
+    run([done], config, journal, "r1")
+    fresh = planned(payment_body(OPEN_CASE, 12.0), 3)
+    twin = planned(payment_body(OPEN_CASE, 12.0), 4, sha="d" * 64, name="other.csv")
+    seen = preview([done, fresh, twin], journal, config)
+    assert seen[0] is not None and seen[0].status == COMPLETED
+    assert "already posted in run r1" in seen[0].message
+    assert seen[1] is None
+    assert seen[2] is not None and "payments.csv row 3" in seen[2].message
+    assert len(stored(sandbox)) == 1 and journal.rows("r1")[0].state == COMPLETED
+    rebuilt = PlannedRow.from_record(journal.rows("r1")[0], 0)
+    assert rebuilt.ref == done.ref and rebuilt.payload == done.payload
+    assert rebuilt.fingerprint == done.fingerprint and rebuilt.kind is PAYMENTS
