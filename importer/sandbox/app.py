@@ -106,14 +106,14 @@ def build_app(rt: Runtime) -> ASGIApp:
             return None
         faults = injector.faults
         if injector.rate_limited():
-            store.faults["rate_limited"] += 1
+            store.note_fault("rate_limited")
             headers = {"X-RateLimit-Limit": str(faults.rate_limit), "X-RateLimit-Remaining": "0",
                        **_retry_after(faults)}
             return eve_error(429, RATE_LIMITED, headers)
         decision = injector.before_store()
         if decision is None:
             return None
-        store.faults[decision] += 1
+        store.note_fault(decision)
         if decision == "503":
             return HTMLResponse(HTML_503, status_code=503, headers=_retry_after(faults))
         return eve_error(429, RATE_LIMITED, _retry_after(faults))
@@ -123,7 +123,7 @@ def build_app(rt: Runtime) -> ASGIApp:
         decision = injector.after_store()
         if decision is None:
             return None
-        store.faults[decision] += 1
+        store.note_fault(decision)
         if decision == "500":
             return HTMLResponse(HTML_500, status_code=500)
         client = request.scope.get("client")

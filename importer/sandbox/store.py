@@ -272,6 +272,11 @@ class Store:
                     "requests": dict(self.requests), "requests_total": sum(self.requests.values()),
                     "faults": dict(self.faults)}
 
+    def note_fault(self, name: str) -> None:
+        """Count one injected fault (shown by ``GET /_sandbox/state``)."""
+        with self.lock:
+            self.faults[name] += 1
+
     # -- the API's reads ----------------------------------------------------------------------
 
     def get(self, resource: str, record_id: str) -> dict[str, Any] | None:
