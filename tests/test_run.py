@@ -115,10 +115,11 @@ def test_identical_row_from_another_file_needs_allow_duplicates(
     row = [CREDITOR, OPEN_CASE.id, "", "SEK", "12", BANK_DATE, "DUP"]
     env = env_for(sandbox, tmp_path / "state")
     first = write_csv(tmp_path / "payments-monday.csv", [row])
-    second = write_csv(tmp_path / "payments-tuesday.csv", [row])
+    other = [CREDITOR, OPEN_CASE.id, "", "SEK", "13", BANK_DATE, "TUESDAY-ONLY"]
+    second = write_csv(tmp_path / "payments-tuesday.csv", [other, row])
     cli(["run", str(first), "--report-dir", str(tmp_path / "r1")], env=env)
     cli(["run", str(second), "--report-dir", str(tmp_path / "r2")], env=env)
-    message = report(tmp_path / "r2")["rows"][0]["message"]
+    message = report(tmp_path / "r2")["rows"][1]["message"]
     assert "payments-monday.csv" in message and stored_references(sandbox)["DUP"] == 1
     cli(["run", str(second), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")], env=env)
     assert stored_references(sandbox)["DUP"] == 2
