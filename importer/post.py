@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from importer.errors import ApiError
+from importer.errors import ApiError, TransientApiError
 from importer.journal import (
     COMPLETED,
     ERROR,
@@ -362,7 +362,8 @@ class _Engine:
             delays = self.tuning.readback_delays
             if _age_seconds(rec.updated) > self.tuning.settled_age:
                 delays = (0.0,)
-            record, conclusive, why = self._read_back(kind, rec.payload, delays)
+            record, conclusive, why = self._read_back(kind, rec.payload, rec.case_key,
+                                                      delays)
             where = f"row left {rec.state.replace('_', ' ')} by run {rec.run_id}"
             if record is not None:
                 settled = self._from_record(kind, record, written=False,
@@ -558,7 +559,7 @@ class _Engine:
             lost.append(result.message)
             rlog.warning("row.outcome_unknown", http_status=result.http_status,
                          detail=result.message)
-            record, conclusive, why = self._read_back(row.kind, row.payload,
+            record, conclusive, why = self._read_back(row.kind, row.payload, row.case_key,
                                                       self.tuning.readback_delays)
             if record is not None:
                 settled = self._from_record(row.kind, record, written=False, attempts=attempts,
@@ -669,55 +670,72 @@ class _Engine:
 
     # -- read-back ----------------------------------------------------------------------------
 
-    def _read_back(self, kind: Kind, payload: dict[str, Any], delays: tuple[float, ...]
-                   ) -> tuple[dict[str, Any] | None, bool, str]:
-        """Look for the record a lost POST may have stored.
+    def _read_back(self, kind: Kind, payload: dict[str, Any], key: str,
+                   delays: tuple[float, ...]) -> tuple[dict[str, Any] | None, bool, str]:
+        """Look for the record a lost POST may have stored (see :func:`readback_filters`).
+
+        Every try runs the filters in order until one finds a match the journal does not
+        already own. "Not stored" is concluded only when, on the last try, the main filter
+        answered and no fallback filter failed for a transient reason.
 
         Returns:
-            (record or None, conclusive, why): conclusive is True when the last query
-            answered (so "None" means "not stored"); why says what failed otherwise.
+            (record or None, conclusive, why): conclusive is True when "None" means "not
+            stored"; why says what failed otherwise.
         """
-        where = readback_filter(kind, payload)
+        filters = readback_filters(kind, payload, key)
         why = "no read-back tried"
         conclusive = False
         for delay in delays or (0.0,):
             if delay:
                 time.sleep(delay)
-            try:
-                records = self.client.find(kind, where)
-            except Exception as exc:  # API down, or a bug in a filter: not conclusive
-                why = str(exc) or type(exc).__name__
-                conclusive = False
-                continue
             conclusive = True
-            candidates = [r for r in records if matches(kind, payload, r) and r.get("_id")]
-            if candidates:
-                known = self.journal.known_ids(str(r["_id"]) for r in candidates)
-                fresh = [r for r in candidates if str(r["_id"]) not in known]
-                if fresh:
-                    return fresh[0], True, ""
+            for number, where in enumerate(filters):
+                try:
+                    records = self.client.find(kind, where)
+                except Exception as exc:
+                    # A fallback filter the API refuses outright (e.g. a field it does not
+                    # filter on) cannot find anything; anything else leaves the doubt.
+                    refused = isinstance(exc, ApiError) and not isinstance(exc, TransientApiError)
+                    if number == 0 or not refused:
+                        why = str(exc) or type(exc).__name__
+                        conclusive = False
+                    continue
+                candidates = [r for r in records if matches(kind, payload, r) and r.get("_id")]
+                if candidates:
+                    known = self.journal.known_ids(str(r["_id"]) for r in candidates)
+                    fresh = [r for r in candidates if str(r["_id"]) not in known]
+                    if fresh:
+                        return fresh[0], True, ""
         return None, conclusive, why
 
 
-def readback_filter(kind: Kind, payload: dict[str, Any]) -> dict[str, Any]:
-    """The Eve ``where`` that finds the records a row may have created.
+def readback_filters(kind: Kind, payload: dict[str, Any], key: str = "") -> list[dict[str, Any]]:
+    """The Eve ``where`` filters that find the records a row may have created, in order.
+
+    The main one is ``{creditor, case or invoice_number, + the kind's reference when set}``.
+    A row that names its case by invoice number may be stored without that field (Amili
+    resolves it to the case and shows ``case_invoice_number``), so such rows also try
+    ``case_invoice_number`` and, when the plan resolved the case (``key`` ``case:<id>``),
+    the case id. Amounts and dates are matched client-side (:func:`matches`).
 
     Args:
         kind: the row's kind.
         payload: the row's body.
+        key: the row's case key.
 
     Returns:
-        ``{creditor, case or invoice_number, + the kind's reference field when set}``;
-        amounts and dates are matched client-side (:func:`matches`).
+        One or more filters.
     """
-    where: dict[str, Any] = {"creditor": payload.get("creditor")}
-    if payload.get("case"):
-        where["case"] = payload["case"]
-    elif payload.get("invoice_number"):
-        where["invoice_number"] = payload["invoice_number"]
+    base: dict[str, Any] = {"creditor": payload.get("creditor")}
     if kind.reference and payload.get(kind.reference):
-        where[kind.reference] = payload[kind.reference]
-    return where
+        base[kind.reference] = payload[kind.reference]
+    if payload.get("case"):
+        return [{**base, "case": payload["case"]}]
+    filters = [{**base, "invoice_number": payload.get("invoice_number")},
+               {**base, "case_invoice_number": payload.get("invoice_number")}]
+    if key.startswith("case:"):
+        filters.append({**base, "case": key.removeprefix("case:")})
+    return filters
 
 
 def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool:

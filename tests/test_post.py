@@ -36,6 +36,7 @@ from importer.post import (
     matches,
     post_rows,
     preview,
+    readback_filters,
 )
 from importer.sandbox.server import RunningSandbox
 
@@ -392,3 +393,28 @@ def test_preview_and_retry_rows(sandbox: RunningSandbox, tmp_path: Path,
     rebuilt = PlannedRow.from_record(journal.rows("r1")[0], 0)
     assert rebuilt.ref == done.ref and rebuilt.payload == done.payload
     assert rebuilt.fingerprint == done.fingerprint and rebuilt.kind is PAYMENTS
+
+
+def test_lost_answer_on_invoice_row_is_read_back(make_sandbox: Callable[..., RunningSandbox],
+                                                 tmp_path: Path, journal: Journal) -> None:
+    """A row naming its case by invoice number whose answer is dropped is found, not re-sent."""
+    sandbox = make_sandbox(drop_after_store=1.0)
+    body = {k: v for k, v in payment_body(OPEN_CASE, 77.0).items() if k != "case"}
+    body["invoice_number"] = OPEN_CASE.invoice_number
+    out = run([planned(body, 2)], config_for(sandbox, tmp_path), journal, "r1")
+    assert out[0].status == COMPLETED and "found in Amili by read-back" in out[0].message
+    assert [r["_id"] for r in stored(sandbox)] == [out[0].amili_id]
+
+
+def test_readback_filters() -> None:
+    """Read-back filters: by case id; by invoice number, its case projection, or resolved case."""
+    by_case = payment_body(OPEN_CASE, 1.0, creditor_payment_reference="R9")
+    assert readback_filters(PAYMENTS, by_case) == [
+        {"creditor": CREDITOR, "creditor_payment_reference": "R9", "case": OPEN_CASE.id}]
+    by_invoice = {k: v for k, v in by_case.items() if k != "case"} | {"invoice_number": "I-1"}
+    found = readback_filters(PAYMENTS, by_invoice, "case:abc")
+    assert [sorted(f) for f in found] == [
+        ["creditor", "creditor_payment_reference", "invoice_number"],
+        ["case_invoice_number", "creditor", "creditor_payment_reference"],
+        ["case", "creditor", "creditor_payment_reference"]]
+    assert found[2]["case"] == "abc"
