@@ -234,7 +234,8 @@ def test_sigkill_at_random_moments_never_doubles_a_row(
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while box.state.count("creditor--payments") == before and time.monotonic() < deadline:
+        while (box.state.count("creditor--payments") == before and process.poll() is None
+               and time.monotonic() < deadline):
             time.sleep(0.02)  # kill only once this run is posting
         time.sleep(rng.uniform(0.0, 0.4))
         if process.poll() is None:
