@@ -39,16 +39,19 @@ def main(argv: list[str] | None = None) -> int:
         config = Config(api_url=box.url, access_token=DEMO_TOKEN, state_dir=args.out / "state",
                         log_format="console")
         first = execute(files, config, Mode.RUN, RunOptions(report_dir=args.out / "report"))
-        again = execute(files, config, Mode.RUN, RunOptions(report_dir=args.out / "report-again"))
         stored = box.state.snapshot()["records"]
+        again = execute(files, config, Mode.RUN, RunOptions(report_dir=args.out / "report-again"))
+        stored_again = box.state.snapshot()["records"]
     print("\n== amili-import demo: samples imported into the local sandbox ==")
     first.summary.report_dir = first.report_dir
     for line in first.summary.summary_lines():
         print(line)
     print(f"exit code: {int(first.exit_code)} (the samples hold deliberate mistakes)")
     print(f"records stored in the sandbox: {stored}")
-    print(f"\nsame files again: {again.extra.get('posted', 0)} rows posted "
-          f"(every row was already done: nothing is posted twice); report {again.report_dir}")
+    grew = {k: stored_again[k] - n for k, n in stored.items() if stored_again[k] != n}
+    print(f"\nsame files again: {again.extra.get('posted', 0)} rows sent again (only rows that "
+          f"Amili had rejected, so nothing was stored from them); records added: {grew or 'none'}"
+          f" -> nothing was posted twice. Report: {again.report_dir}")
     print(f"\nopen the report: {first.report_dir / 'report.xlsx'}")
     return 0
 
