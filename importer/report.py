@@ -22,8 +22,10 @@ import contextlib
 import csv
 import json
 import os
+import queue
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -486,6 +488,52 @@ def write_csv_atomically(path: Path, header: Sequence[str], rows: Iterable[Seque
 # --------------------------------------------------------------------------- writer
 
 
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", errors="replace")
+
+
+class _WriterThread:
+    """Writes on a background thread: file writes release the GIL, so the disk works while
+    the next batch is encoded. The queue is short, which bounds the memory held."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[IO[bytes], bytes | memoryview] | None] = queue.Queue(4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="report-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    item[0].write(item[1])
+            except BaseException as exc:  # handed to the caller on its next call
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, target: IO[bytes], data: bytes | memoryview) -> None:
+        self._raise()
+        self._queue.put((target, data))
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+
 class ReportWriter:
     """Streams report-frame chunks into report.json, report.csv and report.xlsx.
 
@@ -525,12 +573,12 @@ class ReportWriter:
         self._spill_path = self._temp("report.xlsx.rows")
         self._rows_file: IO[bytes] = open(self._rows_path, "wb")  # noqa: SIM115
         self._rows_file.write(b" " * HEAD_RESERVE)
-        self._csv_file: IO[str] = open(self._csv_path, "w", encoding="utf-8-sig",  # noqa: SIM115
-                                       newline="", errors="replace")
-        self._csv_file.write(",".join(_csv_quote(escape_formula(c)) for c in self.columns)
-                             + "\r\n")
-        self._spill: IO[str] = open(self._spill_path, "w", encoding="utf-8",  # noqa: SIM115
-                                    newline="", errors="replace")
+        self._csv_file: IO[bytes] = open(self._csv_path, "wb")  # noqa: SIM115
+        # UTF-8 with BOM, so that Excel opens å ä ö right.
+        self._csv_file.write(b"\xef\xbb\xbf" + (",".join(
+            _csv_quote(escape_formula(c)) for c in self.columns) + "\r\n").encode())
+        self._spill: IO[bytes] = open(self._spill_path, "wb")  # noqa: SIM115
+        self._io = _WriterThread()
         self._spill_rows = 0
         self._spill_all = True  # still keeping valid rows for the XLSX
         self._left_out = 0
@@ -580,8 +628,8 @@ class ReportWriter:
             if self._first_json:  # no comma before the very first row
                 view = view[2:]
                 self._first_json = False
-            self._rows_file.write(view)
-            self._csv_file.write(csv_text)
+            self._io.write(self._rows_file, view)
+            self._io.write(self._csv_file, _utf8(csv_text))
             self._spill_xlsx(csv_text, csv_grid, statuses[start:start + _SUB_BATCH])
 
     def _spill_xlsx(self, csv_text: str, csv_grid: np.ndarray, statuses: np.ndarray) -> None:
@@ -590,7 +638,7 @@ class ReportWriter:
         if self._spill_all and not keep_all:
             self._drop_ok_rows_from_spill()
         if keep_all:
-            self._spill.write(csv_text)
+            self._io.write(self._spill, _utf8(csv_text))
             self._spill_rows += len(statuses)
             return
         attention = ~np.isin(statuses, OK_STATUSES)
@@ -600,10 +648,11 @@ class ReportWriter:
         room = XLSX_MAX_ROWS - self._spill_rows
         chosen = csv_grid[attention][:max(room, 0)]
         self._left_out += int(attention.sum()) - len(chosen)
-        self._spill.write("".join(chosen.ravel().tolist()))
+        self._io.write(self._spill, _utf8("".join(chosen.ravel().tolist())))
         self._spill_rows += len(chosen)
 
     def _drop_ok_rows_from_spill(self) -> None:
+        self._io.flush()
         self._spill_all = False
         self._spill.close()
         kept_path = self._temp("report.xlsx.rows")
@@ -620,7 +669,7 @@ class ReportWriter:
         self._spill_path.unlink()
         self._spill_path = kept_path
         self._spill_rows = kept
-        self._spill = open(kept_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self._spill = open(kept_path, "ab")  # noqa: SIM115
 
     def close(self, files: Sequence[FileSummaryLike], finished: datetime,
               extra: dict[str, Any] | None = None) -> Summary:
@@ -638,6 +687,7 @@ class ReportWriter:
             raise ValueError("the report is already closed")
         self._closed = True
         try:
+            self._io.stop()
             for f in (self._rows_file, self._csv_file, self._spill):
                 f.close()
             summary = Summary(totals=self._tally.totals(), amounts=self._tally.amounts(),
@@ -672,6 +722,8 @@ class ReportWriter:
     def abort(self) -> None:
         """Drop the half-written report (temp files); nothing is put in place."""
         self._closed = True
+        with contextlib.suppress(Exception):  # aborting: a write error is moot now
+            self._io.stop()
         for f in (self._rows_file, self._csv_file, self._spill):
             with contextlib.suppress(OSError):
                 f.close()
