@@ -1,0 +1,98 @@
+"""`amili-import inbox DIR` through the real pipeline, the sandbox and the journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import Result
+from fixtures_sandbox import CREDITOR, OPEN_CASE, TOKEN
+from test_run import BANK_DATE, write_csv
+
+from importer.errors import ExitCode
+from importer.lock import RunLock
+from importer.sandbox.server import RunningSandbox
+
+OLD = time.time() - 3600
+
+
+def aged(path: Path) -> Path:
+    os.utime(path, (OLD, OLD))
+    return path
+
+
+def env_for(box: RunningSandbox, state: Path) -> dict[str, str]:
+    return {"AMILI_API_URL": box.url, "AMILI_ACCESS_TOKEN": TOKEN, "AMILI_STATE_DIR": str(state),
+            "AMILI_CONFIG": ""}
+
+
+def reports(folder: Path) -> dict[str, dict[str, object]]:
+    """report.json of every run under DIR/reports, keyed by the input file name."""
+    found = {}
+    for path in sorted((folder / "reports").glob("*/report.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found[data["files"][0]["name"]] = data
+    return found
+
+
+def test_inbox_posts_archives_and_reports_each_file(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """Each ready file is run, reported under reports/<run-id>/, moved to done/ or failed/."""
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    aged(write_csv(inbox / "payments-good.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "G1"]]))
+    aged(write_csv(inbox / "payments-bad.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "EUR", "10", BANK_DATE, "B1"]]))
+    write_csv(inbox / "payments-late.csv.part", [])
+    result = cli(["inbox", str(inbox), "--min-age", "1"], expect=ExitCode.ROWS_IN_ERROR,
+                 env=env_for(sandbox, tmp_path / "state"))
+    done = [p.name for p in (inbox / "done").iterdir()]
+    failed = [p.name for p in (inbox / "failed").iterdir()]
+    assert len(done) == 1 and done[0].endswith("--payments-good.csv")
+    assert len(failed) == 1 and failed[0].endswith("--payments-bad.csv")
+    assert (inbox / "payments-late.csv.part").exists(), "partial uploads are never taken"
+    by_file = reports(inbox)
+    assert by_file["payments-good.csv"]["totals"] == {"completed": 1}
+    assert by_file["payments-bad.csv"]["totals"] == {"error": 1}
+    for data in by_file.values():
+        assert str(inbox / "reports" / str(data["run_id"])) in result.stdout
+    assert sandbox.state.count("creditor--payments") == 1
+
+
+def test_redropped_identical_file_is_not_posted_again(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A file whose content was already processed goes to done/ with a report saying so."""
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "ONCE"]])
+    env = env_for(sandbox, tmp_path / "state")
+    aged(Path(shutil.copy(source, inbox / "payments.csv")))
+    cli(["inbox", str(inbox), "--min-age", "1"], env=env)
+    aged(Path(shutil.copy(source, inbox / "payments-resent.csv")))
+    cli(["inbox", str(inbox), "--min-age", "1"], env=env)
+    assert sandbox.state.count("creditor--payments") == 1
+    assert len(list((inbox / "done").iterdir())) == 2
+    resent = reports(inbox)["payments-resent.csv"]
+    notes = resent["files"][0]["notes"]  # type: ignore[index]
+    assert "already processed" in " ".join(notes) and resent["duplicate_of"]
+
+
+def test_second_inbox_on_same_folder_exits_3_naming_the_holder(
+        tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """While another process holds the folder's lock, a second run exits 3 at once."""
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    env = {**os.environ, **env_for(sandbox, tmp_path / "state")}
+    with RunLock(inbox / ".amili-import.lock"):
+        out = subprocess.run([sys.executable, "-m", "importer", "inbox", str(inbox)], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == ExitCode.CANNOT_RUN
+    assert f"pid {os.getpid()}" in out.stderr
