@@ -42,6 +42,8 @@ EXCEL_ERRORS = frozenset({
 })
 _WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH_NUMBER = {m: f"{i:02d}" for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 _SPACES = " \u00a0\u202f\u2009"  # space, no-break space, narrow no-break space, thin space
 
 
@@ -294,7 +296,13 @@ def hex_ids(raw: pd.Series, code: str) -> Parsed:
             return Parsed(_obj_series(arr, raw.index), _no_errors(raw.index))
     out = _filled(n, None)
     text = cells.is_str & ~cells.empty
-    out[text] = [v.lower() for v in arr[text]]
+    strs = arr[text]
+    joined = "\n".join(strs)
+    if joined.isascii() and joined.lower() == joined:
+        out[text] = strs
+    else:
+        lowered = joined.lower().split("\n")
+        out[text] = lowered if len(lowered) == len(strs) else [v.lower() for v in strs]
     others = np.setdiff1d(cells.others, special)
     problems = problems + [
         Problem(code, "is a number cell: Excel keeps only 15 digits of a long number; format "
@@ -383,6 +391,7 @@ def words(raw: pd.Series, code: str, *, upper: bool = False, default: str | None
 _CANONICAL_AMOUNTS = re.compile(
     r"(?:(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}\n)*+(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}")
 _CANONICAL_AMOUNT = re.compile(r"(?:[1-9][0-9]{0,11}|0)[.,][0-9]{2}")
+_ODD_AMOUNT_LINE = re.compile(r"^(?!(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}$)", re.MULTILINE)
 _GROUPED = re.compile(r"(\d{1,3})((?:[ \u00a0\u202f\u2009]\d{3})+)([.,]\d+)?")
 _PLAIN = re.compile(r"(\d+)(?:[.,](\d+))?")
 _WRITE = "write the amount with digits and at most two decimals, e.g. 1234,50 or 1234.50"
@@ -481,13 +490,22 @@ def amounts(raw: pd.Series) -> Parsed:
                 out[:] = parts
                 return Parsed(_obj_series(out, raw.index), _no_errors(raw.index),
                               pd.Series(out.astype(np.float64), index=raw.index))
-        # Some cells are not canonical: keep the fast path for the others.
-        canonical = np.fromiter((_CANONICAL_AMOUNT.fullmatch(v) is not None for v in arr),
-                                dtype=bool, count=n)
-        if canonical.any():
-            out[canonical] = "\n".join(arr[canonical]).replace(",", ".").split("\n")
-            typed[canonical] = out[canonical].astype(np.float64)
-            rest = np.flatnonzero(~canonical & ~cells.empty)
+        # Some cells are not canonical: find them in the joined text, keep the fast path for
+        # the others (a cell with a line break inside would shift the lines: check first).
+        if joined.count("\n") == n - 1:
+            starts = np.cumsum(np.fromiter(map(len, arr), dtype=np.int64, count=n) + 1) - 1
+            odd = np.searchsorted(starts, [m.start() for m in _ODD_AMOUNT_LINE.finditer(joined)])
+            canonical = np.ones(n, dtype=bool)
+            canonical[odd] = False
+            lines = np.empty(n, dtype=object)
+            lines[:] = joined.split("\n")
+            out[canonical] = lines[canonical]
+        else:
+            canonical = np.fromiter((_CANONICAL_AMOUNT.fullmatch(v) is not None for v in arr),
+                                    dtype=bool, count=n)
+            out[canonical] = [v.replace(",", ".") for v in arr[canonical]]
+        typed[canonical] = out[canonical].astype(np.float64)
+        rest = np.flatnonzero(~canonical & ~cells.empty)
     parsed, failed, problems = _per_unique(arr, rest, _amount_cell)
     out[rest] = parsed
     given = rest[np.fromiter((v is not None for v in parsed), dtype=bool, count=len(rest))]
@@ -502,6 +520,9 @@ def amounts(raw: pd.Series) -> Parsed:
 _RFC = re.compile(
     r"(?P<wd>[A-Za-z]{3}), (?P<d>\d{1,2}) (?P<mon>[A-Za-z]{3}) (?P<y>\d{4}) "
     r"(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2}) (?P<tz>GMT|UTC|UT|Z|[+-]\d{4})", re.IGNORECASE)
+_RFC_CANONICAL = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"\d{4} \d\d:\d\d:\d\d GMT")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _ISO_DATETIME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
@@ -509,6 +530,13 @@ _ISO_DATETIME = re.compile(
 _LOCAL_DATE = re.compile(r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}")
 _DATE_FORMS = ("write RFC 1123 in GMT (Fri, 04 Jul 2025 16:20:41 GMT) or ISO 8601 "
                "(2025-07-04 or 2025-07-04T16:20:41Z)")
+
+
+def _iso_or_nat(text: str) -> np.datetime64:
+    try:
+        return np.datetime64(text, "us")
+    except ValueError:
+        return np.datetime64("NaT")
 
 
 def rfc1123(moment: datetime) -> str:
@@ -617,16 +645,46 @@ def dates(raw: pd.Series) -> Parsed:
     arr, n = cells.arr, len(cells.arr)
     nonempty = np.flatnonzero(~cells.empty)
     codes, uniques = pd.factorize(arr[nonempty], use_na_sentinel=False)
-    results = [_date_cell(u) for u in uniques]
-    moments = np.array([np.datetime64(r[0], "us") if r[0] is not None else np.datetime64("NaT")
-                        for r in results] + [np.datetime64("NaT")], dtype="datetime64[us]")
-    texts_u = np.array([rfc1123(r[0]) if r[0] is not None else None for r in results] + [None],
-                       dtype=object)
-    failed_u = np.array([r[1] is not None for r in results] + [False], dtype=bool)
-    full = np.full(n, len(results), dtype=np.int64)  # the extra last slot: empty
+    k = len(uniques)
+    # One extra last slot stands for "empty".
+    texts_u = _filled(k + 1, None)
+    moments = np.full(k + 1, np.datetime64("NaT"), dtype="datetime64[us]")
+    problems_u: list[Problem | None] = [None] * (k + 1)
+    slow = np.arange(k)
+    if k:
+        # Fast path: canonical RFC 1123 text (what an export from a system usually holds) is
+        # parsed in one vectorised call; its value is the text itself once the weekday agrees.
+        canonical = np.flatnonzero(np.fromiter(
+            (type(u) is str and _RFC_CANONICAL.fullmatch(u) is not None for u in uniques),
+            dtype=bool, count=k))
+        if len(canonical):
+            texts_c = np.asarray(uniques, dtype=object)[canonical]
+            iso = [f"{t[12:16]}-{_MONTH_NUMBER[t[8:11]]}-{t[5:7]}T{t[17:25]}" for t in texts_c]
+            try:
+                when = np.array(iso, dtype="datetime64[us]")
+            except ValueError:  # an impossible date (30 Feb) among them: each on its own
+                when = np.array([_iso_or_nat(v) for v in iso], dtype="datetime64[us]")
+            read = ~np.isnat(when)
+            # 1970-01-01 was a Thursday (weekday 3, Monday = 0).
+            days = when[read].astype("datetime64[D]").astype(np.int64)
+            weekday = np.array(_WEEKDAYS, dtype=object)[(days + 3) % 7]
+            good = np.zeros(len(canonical), dtype=bool)
+            good[np.flatnonzero(read)] = weekday == np.array([t[:3] for t in texts_c[read]],
+                                                             dtype=object)
+            texts_u[canonical[good]] = texts_c[good]
+            moments[canonical[good]] = when[good]
+            slow = np.setdiff1d(slow, canonical[good])  # wrong weekdays get their message there
+    for u in slow:
+        moment, problem = _date_cell(uniques[u])
+        if moment is not None:
+            texts_u[u] = rfc1123(moment)
+            moments[u] = np.datetime64(moment, "us")
+        problems_u[u] = problem
+    full = np.full(n, k, dtype=np.int64)
     full[nonempty] = codes
+    failed_u = np.array([p is not None for p in problems_u], dtype=bool)
     failed = np.flatnonzero(failed_u[full])
-    problems = [results[full[p]][1] for p in failed]
+    problems = [problems_u[full[p]] for p in failed]
     return Parsed(_obj_series(texts_u[full], raw.index), _errors(raw.index, failed, problems),
                   pd.Series(moments[full], index=raw.index))
 

@@ -167,12 +167,13 @@ def _hex24(s: pd.Series) -> pd.Series:
     # Fast path: every value 24 long and the concatenation pure hex (fromhex runs in C; it
     # skips whitespace, which the byte count then catches).
     lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    if (lengths == 24).all():
-        try:
-            if len(bytes.fromhex("".join(values))) == 12 * len(values):
-                return _all(s)
-        except ValueError:
-            pass
+    right = lengths == 24
+    subset = values[right]
+    try:
+        if len(bytes.fromhex("".join(subset))) == 12 * len(subset):
+            return pd.Series(right, index=s.index)
+    except ValueError:
+        pass
     return pd.Series([_HEX24.fullmatch(v) is not None for v in values], index=s.index,
                      dtype=bool)
 
