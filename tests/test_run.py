@@ -251,3 +251,28 @@ def test_sigkill_at_random_moments_never_doubles_a_row(
     assert all(r["amili_id"] for r in rows)
     assert stored_references(box) == Counter({f"REF-{i}-{n}": 1 for i in range(10)
                                               for n in range(6)})
+
+
+def test_jwt_login_is_renewed_mid_run(cli: Callable[..., Result], tmp_path: Path,
+                                      make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """A run longer than the token's lifetime logs in again (JWT) and completes every row."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from fixtures_sandbox import API_CODE
+    from test_auth import public_pem, write_key
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cases = many_cases(3)
+    box = make_sandbox(cases=cases, token=None, public_keys=[public_pem(key)], token_lifetime=1,
+                       latency_ms=60)
+    source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 10))
+    env = {"AMILI_API_URL": box.url, "AMILI_API_CODE": API_CODE, "AMILI_ACCESS_TOKEN": "",
+           "AMILI_PRIVATE_KEY_FILE": str(write_key(tmp_path / "key.pem", key)),
+           "AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": ""}
+    result = cli(["run", str(source), "--concurrency", "3", "--report-dir", str(tmp_path / "o")],
+                 env=env)
+    rows = report(tmp_path / "o")["rows"]
+    assert len(rows) == 30 and {r["status"] for r in rows} == {"completed"}
+    logins = box.state.snapshot()["requests"].get("GET /authenticates", 0)
+    assert logins >= 2, box.state.snapshot()["requests"]
+    assert API_CODE not in result.output
+    assert "BEGIN" not in (tmp_path / "o" / "run.log").read_text(encoding="utf-8")
