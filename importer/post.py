@@ -40,6 +40,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -399,17 +400,27 @@ class _Engine:
         workers = max(1, min(self.config.concurrency, len(queues)))
         self.log.info("post.start", rows=len(rows), cases=len(queues), workers=workers)
 
-        def run_queue(positions: list[int]) -> None:
-            for position in positions:
-                if self.stop.is_set():
-                    return
-                outcomes[position] = self._post_one(rows[position])
-                self._report(outcomes[position])
+        # A fixed set of workers takes whole case queues in file order (one future per
+        # worker, not per case: a file with 100 000 cases must not mean 100 000 futures).
+        waiting = deque(queues.values())
+        take = threading.Lock()
+
+        def worker() -> None:
+            while not self.stop.is_set():
+                with take:
+                    if not waiting:
+                        return
+                    positions = waiting.popleft()
+                for position in positions:
+                    if self.stop.is_set():
+                        return
+                    outcomes[position] = self._post_one(rows[position])
+                    self._report(outcomes[position])
 
         pool = ThreadPoolExecutor(workers, thread_name_prefix="post")
         told = False
         try:
-            futures: set[Future[None]] = {pool.submit(run_queue, q) for q in queues.values()}
+            futures: set[Future[None]] = {pool.submit(worker) for _ in range(workers)}
             while futures:
                 # A timed wait keeps the main thread responsive to signals.
                 finished, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -424,9 +435,8 @@ class _Engine:
             self.stop.set()
             raise
         finally:
-            # Requests in flight finish; queues not started are dropped (their rows are
-            # reported not_posted below).
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Requests in flight finish; rows not started are reported not_posted below.
+            pool.shutdown(wait=True)
         self._read_statuses()
         final: list[Outcome] = []
         for position, outcome in enumerate(outcomes):
