@@ -1,7 +1,7 @@
 """Data generators for the benchmarks: realistic payments CSVs and workbooks, and sandbox cases.
 
 Every generator is deterministic for a given seed (and for a given "today": bank dates are spread
-from 2025-01-01 up to yesterday so that none is in the future), and writes to a cache path whose
+over the 330 days up to yesterday, so that none is in the future), and writes to a cache path whose
 name carries the parameters, so that a second `make bench` reuses the files instead of rewriting
 a million rows.
 """
@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 # Bump when the generated content changes, so that cached files are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 PAYMENTS_HEADER = [
     "creditor",
@@ -30,7 +30,10 @@ PAYMENTS_HEADER = [
     "origin",
 ]
 RFC1123 = "%a, %d %b %Y %H:%M:%S GMT"
-FIRST_DAY = date(2025, 1, 1)
+# Bank dates span the last 330 days (today: 2026-11 → Dec 2025 to Nov 2026). Not further back:
+# the importer warns about bank dates more than a year old, and a file where half the rows are
+# warnings is not what a nightly export looks like (warnings also go to report.xlsx in full).
+HISTORY_DAYS = 330
 ERROR_SHARE = 0.005
 
 # The kinds of mistakes a creditor's export really makes; one is injected per error row.
@@ -66,10 +69,11 @@ class Generated:
     error_rows: int
 
 
-def _date_pool(rng: random.Random, today: date, size: int) -> list[str]:
-    """RFC 1123 bank dates from 2025-01-01 to yesterday, at business-ish hours."""
-    span = (today - FIRST_DAY).days  # up to yesterday: never in the future
-    start = datetime.combine(FIRST_DAY, datetime.min.time(), UTC)
+def _date_pool(rng: random.Random, today: date, size: int, days: int = HISTORY_DAYS) -> list[str]:
+    """RFC 1123 bank dates on weekdays in the `days` before today, at business-ish hours."""
+    first = today - timedelta(days=days)
+    span = (today - first).days  # up to yesterday: never in the future
+    start = datetime.combine(first, datetime.min.time(), UTC)
     moments: list[datetime] = []
     while len(moments) < size:
         moment = start + timedelta(days=rng.randrange(span),
@@ -89,14 +93,17 @@ def _cached(path: Path, rows: int) -> Generated | None:
     meta = _meta_path(path)
     if path.exists() and meta.exists():
         data = json.loads(meta.read_text())
-        if data.get("rows") == rows and data.get("version") == GENERATOR_VERSION:
+        made = date.fromisoformat(data.get("made", "2000-01-01"))
+        fresh = (datetime.now(UTC).date() - made).days <= 14  # dates age; regenerate now and then
+        if data.get("rows") == rows and data.get("version") == GENERATOR_VERSION and fresh:
             return Generated(path, rows, int(data["error_rows"]))
     return None
 
 
 def _remember(gen: Generated) -> Generated:
     _meta_path(gen.path).write_text(
-        json.dumps({"rows": gen.rows, "error_rows": gen.error_rows, "version": GENERATOR_VERSION})
+        json.dumps({"rows": gen.rows, "error_rows": gen.error_rows, "version": GENERATOR_VERSION,
+                    "made": datetime.now(UTC).date().isoformat()})
     )
     return gen
 
@@ -275,7 +282,8 @@ def posting_csv(
     """Write a valid payments CSV whose rows go round-robin over `case_ids` (1 SEK to 99 SEK each).
 
     Round-robin order keeps rows of the same case far apart, so that per-case ordering does not
-    serialise the posting; small amounts keep every case open, so every row is `completed`.
+    serialise the posting; small amounts keep every case open and bank dates from the last 60
+    days draw no warning, so every row is `completed`.
 
     Args:
         directory: where the file goes.
@@ -291,7 +299,10 @@ def posting_csv(
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    dates = _date_pool(rng, datetime.now(UTC).date(), 500)
+    today = datetime.now(UTC).date()
+    # Recent dates only: the importer warns about bank dates more than a year old, and every
+    # row here should come back `completed`.
+    dates = _date_pool(rng, today, 500, days=60)
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(PAYMENTS_HEADER)

@@ -170,6 +170,10 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
         url, token = sandbox.url.rstrip("/"), sandbox.token
         sampler = Sampler(sandbox)
         before = sampler.count()
+        requests_before = Counter(sandbox.state.snapshot()["requests"])
+        # This process's CPU while ours runs is the sandbox's (the sampler's share is tiny):
+        # it tells whether the sandbox, not the client, was the bottleneck.
+        cpu_before = sum(os.times()[:2])
         sampler.start()
         try:
             proc = run_ours(url, token, ours_file.path, work)
@@ -178,6 +182,8 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
         finally:
             sampler.halt.set()
             sampler.join()
+        sandbox_cpu = sum(os.times()[:2]) - cpu_before
+        requests_made = Counter(sandbox.state.snapshot()["requests"]) - requests_before
         stored = sampler.count() - before
         window = sampler.window(before, rows)
         naive_before = sampler.count()
@@ -223,6 +229,11 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
              "ok": (totals or {}).get("completed") == rows}]
         if posting_rate:
             notes.append(f"posting rows/s, ours / naive = {posting_rate / naive_rate:.1f}x")
+        notes.append("requests our run made: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(requests_made.items())))
+        notes.append(f"sandbox (this process) CPU during our run: {sandbox_cpu:.1f} s over "
+                     f"{proc.seconds:.1f} s wall ({sandbox_cpu / proc.seconds:.0%} of one core); "
+                     f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         goals = [
             goal("posting rows/s / Little's bound (800)",
                  posting_rate / bound if posting_rate else None, 0.85),

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,13 +72,36 @@ def tool(name: str) -> str:
     return found
 
 
+# The measuring launcher (run with `python -S`, a few MiB). Linux carries a process's peak RSS
+# across fork and exec: a child forked straight from this bench process (hundreds of MiB once
+# pandas and the workbook are loaded) would report at least the bench's size, and so would
+# getrusage(RUSAGE_CHILDREN). Forking from this small launcher instead, and reaping with wait4,
+# gives exactly the measured command's own peak RSS and CPU.
+_LAUNCHER = """
+import json, os, sys, time
+report, cmd = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+with open(report, "w") as fh:
+    json.dump({"seconds": seconds, "exit_code": os.waitstatus_to_exitcode(status),
+               "maxrss_kib": ru.ru_maxrss, "utime": ru.ru_utime, "stime": ru.ru_stime}, fh)
+"""
+
+
 def run_process(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None,
                 cwd: Path | None = None) -> Proc:
-    """Run `cmd` to its end and measure it exactly.
+    """Run `cmd` to its end and measure it exactly (wall time, peak RSS, CPU).
 
-    `os.wait4` hands back the rusage of exactly this child (peak RSS and CPU, its own reaped
-    children included), so no sampling is needed and earlier children do not leak into the
-    figure as they do with `getrusage(RUSAGE_CHILDREN)`.
+    A small launcher process forks and execs `cmd`, times it from the fork to the reaped exit
+    and reads its rusage with `os.wait4`: exactly this command's figures (its reaped children
+    included), unaffected by this process's size or by earlier children (see `_LAUNCHER`).
 
     Args:
         cmd: the command.
@@ -89,21 +113,27 @@ def run_process(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None
         The measurement.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
+    figures = log.with_name(log.name + ".rusage.json")
+    figures.unlink(missing_ok=True)
     full_env = {**os.environ, **(env or {})}
     with log.open("wb") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                                cwd=cwd)
+        # Own session, so that an interrupted bench can stop the command with the launcher.
+        proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, str(figures), *cmd],
+                                stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
+                                start_new_session=True)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         except BaseException:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
-        seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen consistent
-    return Proc(seconds=seconds, exit_code=proc.returncode, peak_rss_mb=usage.ru_maxrss / 1024,
-                cpu_user=usage.ru_utime, cpu_sys=usage.ru_stime, log=str(log))
+    if not figures.exists():
+        raise RuntimeError(f"could not measure {cmd[0]} (launcher exit {proc.returncode}); "
+                           f"see {log}")
+    data = json.loads(figures.read_text())
+    return Proc(seconds=data["seconds"], exit_code=data["exit_code"],
+                peak_rss_mb=data["maxrss_kib"] / 1024, cpu_user=data["utime"],
+                cpu_sys=data["stime"], log=str(log))
 
 
 def goal(name: str, value: float | None, target: float, higher_is_better: bool = True,
@@ -168,7 +198,8 @@ def goals_table(goals: list[dict[str, Any]]) -> str:
 
 def _machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "machine": platform.machine()}
+            "cpus": os.cpu_count(), "machine": platform.machine(),
+            "load_average_at_start": os.getloadavg()}
 
 
 def _benchmark(name: str) -> Callable[..., dict[str, Any]]:
@@ -227,7 +258,11 @@ def sandbox_bench(out: Path, quick: bool = False) -> dict[str, Any]:
     measure = getattr(sandbox_load, "measure", None)
     if measure is None:
         raise Skipped("bench/sandbox_load.py has no measure() yet")
-    result = measure()
+    import inspect
+
+    quick_args = {"seconds": 2.0} if quick and "seconds" in inspect.signature(measure).parameters \
+        else {}
+    result = measure(**quick_args)
     data = asdict(result) if hasattr(result, "__dataclass_fields__") else result
     if not isinstance(data, dict):
         data = {"result": data}
@@ -263,6 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
                                "machine": _machine(), "quick": args.quick, "benchmarks": {}}
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} CPUs: other work is "
+              "running, the figures will be low and noisy", file=sys.stderr)
     failed = skipped = False
     every_goal: list[dict[str, Any]] = []
     for name in chosen:
@@ -301,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         every_goal.extend(result.get("goals", []))
         sys.stdout.flush()
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     results["goals"] = every_goal
     print(goals_table(every_goal))
     path = out / "results.json"
