@@ -14,6 +14,9 @@ journal (``importer.journal``):
 3. **Write-ahead.** ``in_flight`` is committed before the POST, the outcome after it.
 4. **Lost answers are read back**, never blindly re-sent: a POST is repeated only after the
    read-back shows that nothing was stored, at most ``Tuning.extra_posts`` times.
+5. **Status.** From the 201 when it carries ``status``; otherwise the id and the 201's
+   provisional status are journaled at once and ``GET /<resource>/{_id}`` reads the status
+   after the posting (in parallel), so the read-backs do not halve the posting rate.
 
 Ordering and concurrency: rows with the same ``case_key`` are posted one at a time in the order
 given (a payment that closes a case must land before the next one for that case); different
@@ -33,6 +36,9 @@ Report statuses and reasons written back per row (:class:`Outcome`):
 ``error``      ``api_error`` (stored with status error), ``api_rejected`` (422/404, nothing
                stored), and the retryable ones: ``retry_exhausted``, ``outcome_unknown``,
                ``not_posted`` (the run stopped first), ``api_unusable`` (login failed)
+
+The journal rows of earlier runs settled by reconciliation get ``not_stored`` (absent: safe to
+post again) or the found record's status.
 """
 
 from __future__ import annotations

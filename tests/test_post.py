@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -350,6 +352,49 @@ def test_stop_leaves_rest_not_posted(sandbox: RunningSandbox, tmp_path: Path,
     again = run(rows, config_for(sandbox, tmp_path), journal, "r2")  # the rest, once
     assert [o.posted for o in again] == [False] + [True] * 4
     assert len(stored(sandbox)) == 5
+
+
+SIGTERM_SCRIPT = """
+import json, os, signal, sys
+from pathlib import Path
+from importer.client import ApiClient
+from importer.config import Config
+from importer.journal import Journal
+from importer.kinds import PAYMENTS
+from importer.post import PlannedRow, post_rows
+
+url, token, state, bodies = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
+config = Config(api_url=url, access_token=token, state_dir=state, concurrency=1)
+rows = [PlannedRow(n, "p.csv", "a" * 64, None, n + 2, PAYMENTS, body, f"fp{n}", "case:x")
+        for n, body in enumerate(bodies)]
+journal = Journal(state)
+journal.start_run("t", "run")
+before = signal.getsignal(signal.SIGTERM)
+sent = []
+
+def progress(outcome):
+    if not sent:  # once: a second SIGTERM means "abort at once"
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+out = post_rows(rows, ApiClient(config), journal, "t", config, progress=progress)
+assert signal.getsignal(signal.SIGTERM) is before
+print(json.dumps([[o.status, o.reason] for o in out]))
+"""
+
+
+def test_sigterm_stops_like_a_stop(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """SIGTERM during posting lets the row in flight finish, then no new row starts."""
+    bodies = [payment_body(OPEN_CASE, 1.0 + n) for n in range(6)]
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_SCRIPT, sandbox.url, TOKEN, str(tmp_path / "state"),
+         json.dumps(bodies)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    # The handler runs in the main thread, so the worker may start one more row before it.
+    posted = [o for o in out if o == [COMPLETED, None]]
+    assert out == posted + [["error", "not_posted"]] * (6 - len(posted))
+    assert 1 <= len(posted) <= 2 and len(stored(sandbox)) == len(posted)
 
 
 def test_refused_token_stops_the_run(make_sandbox: Callable[..., RunningSandbox],
