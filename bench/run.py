@@ -172,6 +172,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell.replace(",", ""))
+    except ValueError:
+        return cell == "-"
+    return True
+
+
 def table(title: str, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """A plain-text table of `rows` (dicts) under a title."""
     if not rows:
@@ -182,7 +190,7 @@ def table(title: str, rows: list[dict[str, Any]], columns: Sequence[str] | None 
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
     out = [f"\n{title}", line, "  ".join("-" * w for w in widths)]
     for row in cells:
-        out.append("  ".join(v.rjust(w) if v[:1].isdigit() or v[:1] in "-." else v.ljust(w)
+        out.append("  ".join(v.rjust(w) if _numeric(v) else v.ljust(w)
                              for v, w in zip(row, widths, strict=True)))
     return "\n".join(out) + "\n"
 
