@@ -238,9 +238,10 @@ class _Run:
 
     def finish_retry(self, rows: list[RowRecord]) -> RunResult:
         """Post the retryable rows of an earlier run and report them."""
+        from importer.post import PlannedRow
         from importer.report import ReportWriter
 
-        planned = [_planned_from_record(i, r) for i, r in enumerate(rows)]
+        planned = [PlannedRow.from_record(r, i) for i, r in enumerate(rows)]
         writer = ReportWriter(self.report_dir, self.run_id, "retry", self.started, [])
         outcomes, extra = self._post_planned(planned)
         writer.add(_retry_frame(rows, outcomes))
@@ -305,19 +306,19 @@ class _Run:
         return str(cases[0]["_id"]) if len(cases) == 1 else None
 
     def _dry_run(self, chunks: list[Checked], plan: Plan) -> dict[str, Any]:
+        """Mark the rows a real run would not post (already done, or awaiting read-back)."""
         from importer.plan import annotate
+        from importer.post import preview
 
         assert self.journal is not None
-        would_skip = 0
-        for row in plan.rows:
-            earlier = self.journal.latest(row.fingerprint)
-            if earlier is None or not earlier.done:
-                continue
-            would_skip += 1
-            annotate(chunks, plan, row.index, "already_posted",
-                     f"would not be posted: already posted in run {earlier.run_id} "
-                     f"({earlier.ref.describe()}) as {earlier.amili_id}")
-        return {"planned": len(plan.rows) - would_skip, "already_posted": would_skip}
+        skipped = 0
+        for row, outcome in zip(plan.rows, preview(plan.rows, self.journal, self.config),
+                                strict=True):
+            if outcome is not None:
+                skipped += 1
+                annotate(chunks, plan, row.index, outcome.reason or "not_posted",
+                         f"would not be posted: {outcome.message}")
+        return {"planned": len(plan.rows) - skipped, "would_not_post": skipped}
 
     def _write_failed_rows(self, chunks: list[Checked]) -> None:
         from importer.plan import failed_rows
@@ -357,15 +358,6 @@ def resolve_run_id(reference: str) -> str:
         with report.open(encoding="utf-8") as handle:
             return str(json.load(handle)["run_id"])
     return reference
-
-
-def _planned_from_record(index: int, record: RowRecord) -> PlannedRow:
-    from importer.kinds import KINDS
-    from importer.post import PlannedRow
-
-    ref = record.ref
-    return PlannedRow(index, ref.file_name, ref.file_sha256, ref.sheet, ref.row,
-                      KINDS[record.kind], record.payload, record.fingerprint, record.case_key)
 
 
 def _retry_frame(rows: list[RowRecord], outcomes: list[Outcome]) -> pd.DataFrame:
