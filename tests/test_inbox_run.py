@@ -96,3 +96,30 @@ def test_second_inbox_on_same_folder_exits_3_naming_the_holder(
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == ExitCode.CANNOT_RUN
     assert f"pid {os.getpid()}" in out.stderr
+
+
+def test_sftp_inbox_posts_and_archives_on_the_server(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """`inbox sftp://...` downloads ready files from a real SFTP server, posts them, moves them
+    on the server to done/ or failed/ and uploads each report to the pickup folder."""
+    from sftp_server import sftp_server
+
+    with sftp_server(tmp_path / "server") as server:
+        incoming = server.root / "inbox"
+        incoming.mkdir()
+        (server.root / "pickup").mkdir()
+        aged(write_csv(incoming / "payments-sftp.csv", [
+            [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "S1"]]))
+        aged(write_csv(incoming / "payments-broken.csv", [[CREDITOR, "SEK"]],
+                       header=["creditor", "currency"]))
+        cli(["inbox", server.url(), "--identity", str(server.identity), "--known-hosts",
+             str(server.known_hosts), "--pickup", "/pickup", "--min-age", "1"],
+            expect=ExitCode.CANNOT_RUN, env=env_for(sandbox, tmp_path / "state"))
+        done = [p.name for p in (incoming / "done").iterdir()]
+        failed = [p.name for p in (incoming / "failed").iterdir()]
+        picked = sorted(p.name for p in (server.root / "pickup").glob("*/report.json"))
+    assert len(done) == 1 and done[0].endswith("--payments-sftp.csv")
+    assert len(failed) == 1 and failed[0].endswith("--payments-broken.csv")
+    assert len(picked) == 2
+    assert [r.get("creditor_payment_reference") for r in
+            sandbox.state.records("creditor--payments")] == ["S1"]
