@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from importer.sandbox.app import Runtime, build_app
 from importer.sandbox.auth import Authenticator, PublicKey, load_public_key
@@ -73,14 +73,16 @@ def _runtime(options: SandboxOptions) -> Runtime:
     return Runtime(store, auth, FaultInjector(options.faults), options.faults)
 
 
-def _protocol(transports: dict[tuple[str, int], asyncio.Transport]) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, remembering each connection's transport by client address.
+def _protocol(transports: dict[tuple[str, int], asyncio.Transport]
+              ) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, remembering each connection's transport by client address.
 
     ASGI gives an app no handle on the socket; the "drop after store" fault needs one to
-    abort the connection without sending a single byte back.
+    abort the connection without sending a single byte back. httptools (C) rather than h11
+    (pure Python): the sandbox must not be the bottleneck of the posting benchmarks.
     """
 
-    class Protocol(H11Protocol):
+    class Protocol(HttpToolsProtocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             raw = transport.get_extra_info("socket")
