@@ -26,6 +26,9 @@ from urllib.parse import urlsplit
 import requests
 import structlog
 from requests.adapters import HTTPAdapter
+from requests.hooks import default_hooks
+from requests.models import PreparedRequest
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from importer import __version__
@@ -255,6 +258,12 @@ class ApiClient:
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        # The environment (HTTPS_PROXY/NO_PROXY for this host, REQUESTS_CA_BUNDLE, ...) is read
+        # once: Session.request would scan os.environ on every call (~0.3 ms a request).
+        self._send_settings = self._session.merge_environment_settings(
+            self.base_url, {}, None, None, None)
+        # The session's default headers (User-Agent, Accept, Accept-Encoding, keep-alive).
+        self._headers = {str(k): str(v) for k, v in self._session.headers.items()}
         self.auth = TokenProvider(config, self._send_safe, log=self._log)
 
     # -- public API ---------------------------------------------------------------------------
@@ -407,17 +416,35 @@ class ApiClient:
     def _once(self, method: str, path: str, *, params: dict[str, Any] | None = None,
               data: str | None = None, token: str | None = None,
               headers: dict[str, str] | None = None) -> requests.Response:
-        """Send one request through the rate limiter; no retries here."""
-        sent = dict(headers or {})
+        """Send one request through the rate limiter; no retries here.
+
+        The request is prepared here and given to ``Session.send`` (the session's pool,
+        adapter, cookies and default headers, as ``Session.request`` would use them) with the
+        environment settings read once in ``__init__``: the same request on the wire, without
+        the per-call merging of settings that costs more CPU than the rest of the client.
+        """
+        prepared = PreparedRequest()
+        prepared.method = method
+        prepared.prepare_url(self.base_url + path, params)
+        sent: CaseInsensitiveDict[str] = CaseInsensitiveDict(self._headers)
+        if headers:
+            sent.update(headers)
         if token is not None:
             sent["X-API-Key"] = token
+        prepared.headers = sent
         if data is not None:
+            body = data.encode("utf-8")
             sent.setdefault("Content-Type", "application/json")
+            sent["Content-Length"] = str(len(body))
+            prepared.body = body
+        elif method not in ("GET", "HEAD"):
+            sent["Content-Length"] = "0"
+        prepared.prepare_cookies(self._session.cookies)
+        prepared.hooks = default_hooks()
         with self._slot():
             # No redirects: a redirected POST could be re-sent, or turned into a GET.
-            return self._session.request(method, self.base_url + path, params=params, data=data,
-                                         headers=sent, timeout=self._timeout,
-                                         allow_redirects=False)
+            return self._session.send(prepared, timeout=self._timeout, allow_redirects=False,
+                                      **self._send_settings)
 
     def _send_safe(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                    data: str | None = None, headers: dict[str, str] | None = None,

@@ -403,3 +403,73 @@ def test_wrong_api_code_login_is_refused_clearly(sandbox: RunningSandbox) -> Non
     message = str(info.value)
     assert "login refused" in message and "HTTP 401" in message
     assert "Please provide proper credentials" in message and "WRONG-CODE-42" not in message
+
+
+class _Echo(threading.Thread):
+    """A loopback HTTP server that sets a cookie, records each request and answers 201."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        seen: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.seen = seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen.append((self.command, self.path, dict(self.headers.items()), body))
+                out = b'{"_id": "65f0c0ffee00000000000001", "_status": "OK"}'
+                self.send_response(201)
+                self.send_header("Set-Cookie", "lb=node-7; Path=/")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        super().__init__(target=self.server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_requests_carry_headers_body_and_session_cookies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests prepared by the client carry the token, UA, exact body length and the
+    session's cookies, with the environment read once at construction."""
+    echo = _Echo()
+    echo.start()
+    try:
+        client = ApiClient(Config(api_url=echo.url, access_token=TOKEN))
+        # A proxy set after construction is not looked up per request (it would break this).
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        body = {"amount": Decimal("12.50"), "creditor_payment_reference": "ÅÄÖ-1"}
+        first = client.post(PAYMENTS, body)
+        second = client.post(PAYMENTS, body)
+        found = client.find(PAYMENTS, {"creditor_payment_reference": "X"})
+        client.close()
+    finally:
+        echo.close()
+    assert first.outcome == second.outcome == "created"
+    assert found == []  # the echo answer has no _items
+    (m1, p1, h1, b1), (m2, _, h2, b2), (m3, p3, h3, b3) = echo.seen
+    assert (m1, p1, m3) == ("POST", PAYMENTS.endpoint, "GET")
+    assert p3.startswith(PAYMENTS.endpoint + "?where=") and b3 == b""
+    assert b1 == b2 and int(h1["Content-Length"]) == len(b1)
+    assert b'"amount": 12.5' in b1 and b"\\u00c5" in b1
+    for headers in (h1, h2, h3):
+        assert headers["X-API-Key"] == TOKEN
+        assert headers["User-Agent"].startswith("amili-import/")
+        assert headers["Accept"] == "application/json"
+    assert h1["Content-Type"] == "application/json" and "Content-Type" not in h3
+    assert "Cookie" not in h1 and h2["Cookie"] == "lb=node-7" and h3["Cookie"] == "lb=node-7"
