@@ -145,7 +145,9 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
     digest = sha256_file(path)
     with Journal(config.state_dir) as journal:
         earlier = journal.file_seen(digest)
-    if earlier is not None:
+    # Only content processed completely (exit 0) is skipped whole: after an outage or with rows
+    # in error it runs again, and the journal still skips every row already done.
+    if earlier is not None and earlier.exit_code == ExitCode.OK:
         message = (f"{path.name}: the same content (sha256 {digest[:12]}…) was already "
                    f"processed in run {earlier.run_id}; nothing posted")
         with _Run(config, Mode.RUN, options) as run:
@@ -155,6 +157,11 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
         return InboxFileResult(ExitCode.OK, result.run_id, result.summary.totals, message,
                                duplicate=True)
     result = execute([path], config, Mode.RUN, options)
+    if result.extra.get("could_not_run"):
+        # The API cannot be used (login or token refused): every later file would fail the same
+        # way, so the drain stops and the files stay in the folder for the next run.
+        raise ApiError(f"{path.name}: could not post ({result.extra['could_not_run']}); report "
+                       f"in {result.report_dir}")
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
     return InboxFileResult(result.exit_code, result.run_id, result.summary.totals,
                            rejected or result.extra.get("could_not_run", ""))
@@ -273,7 +280,7 @@ class _Run:
         return extra
 
     def _post_planned(self, rows: list[PlannedRow]) -> tuple[list[Outcome], dict[str, Any]]:
-        from importer.post import Outcome, post_rows
+        from importer.post import post_rows
 
         assert self.client is not None and self.journal is not None
         if not rows:
@@ -282,28 +289,52 @@ class _Run:
             self.client.login()
         except ApiError as exc:
             self.log.error("api.login_failed", error=str(exc))
-            message = f"not posted: {exc}"
-            return [Outcome(r.index, "error", "api_unusable", message, retryable=True)
-                    for r in rows], {"could_not_run": str(exc)}
+            return self._not_posted(rows, str(exc)), {"could_not_run": str(exc)}
         from importer.plan import unify_case_keys
 
-        rows = unify_case_keys(rows, self._case_of_invoice)
+        rows = unify_case_keys(rows, self._cases_of_invoices)
         with _progress(len(rows), self.config) as advance:
             outcomes = post_rows(rows, self.client, self.journal, self.run_id, self.config,
                                  self.log, advance)
-        return outcomes, {"posted": sum(o.posted for o in outcomes)}
+        extra: dict[str, Any] = {"posted": sum(o.posted for o in outcomes)}
+        unusable = [o.message for o in outcomes if o.reason == "api_unusable"]
+        if unusable:
+            extra["could_not_run"] = unusable[0]
+        return outcomes, extra
 
-    def _case_of_invoice(self, creditor: str, invoice_number: str) -> str | None:
-        """The id of the one case with this invoice number for this creditor, if any."""
-        assert self.client is not None
-        try:
-            cases = self.client.find_cases({"debt.invoice_number": invoice_number,
-                                            "creditor": creditor}, max_pages=1)
-        except ApiError as exc:
-            self.log.warning("plan.case_lookup_failed", invoice_number=invoice_number,
-                             error=str(exc))
-            return None
-        return str(cases[0]["_id"]) if len(cases) == 1 else None
+    def _not_posted(self, rows: list[PlannedRow], why: str) -> list[Outcome]:
+        """Journal rows that could not be sent at all (retryable), and their outcomes."""
+        from importer.journal import FAILED, Settlement
+        from importer.post import Outcome
+
+        assert self.journal is not None
+        message = f"not posted: {why}"
+        for row in rows:
+            self.journal.record(self.run_id, row.ref, row.kind.name, row.fingerprint,
+                                row.case_key, row.payload,
+                                Settlement(FAILED, retryable=True, reason="api_unusable",
+                                           message=message))
+        return [Outcome(r.index, "error", "api_unusable", message, retryable=True) for r in rows]
+
+    def _cases_of_invoices(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Case ids of (creditor, invoice number) pairs, looked up in parallel; a pair with no
+        single matching case is left out."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def lookup(pair: tuple[str, str]) -> str | None:
+            assert self.client is not None
+            try:
+                cases = self.client.find_cases({"debt.invoice_number": pair[1],
+                                                "creditor": pair[0]}, max_pages=1)
+            except ApiError as exc:
+                self.log.warning("plan.case_lookup_failed", invoice_number=pair[1],
+                                 error=str(exc))
+                return None
+            return str(cases[0]["_id"]) if len(cases) == 1 else None
+
+        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+            found = dict(zip(wanted, pool.map(lookup, wanted), strict=True))
+        return {pair: case for pair, case in found.items() if case}
 
     def _dry_run(self, chunks: list[Checked], plan: Plan) -> dict[str, Any]:
         """Mark the rows a real run would not post (already done, or awaiting read-back)."""

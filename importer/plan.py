@@ -70,16 +70,18 @@ def make_plan(chunks: Sequence[Checked], send_account: bool = False) -> Plan:
     return Plan(rows, places)
 
 
-def unify_case_keys(rows: list[PlannedRow],
-                    resolve: Callable[[str, str], str | None]) -> list[PlannedRow]:
+def unify_case_keys(
+        rows: list[PlannedRow],
+        resolve: Callable[[list[tuple[str, str]]], dict[tuple[str, str], str]],
+) -> list[PlannedRow]:
     """Give rows that name a case by invoice number the key of the case id, when the plan
     also names cases by id: rows touching one case must be posted in file order, whichever
     way each row names it.
 
     Args:
         rows: the planned rows.
-        resolve: ``(creditor, invoice_number) -> case id`` (one API lookup per invoice), or
-            None when the case cannot be told (the row then keeps its invoice key).
+        resolve: ``[(creditor, invoice_number)] -> {pair: case id}`` (API lookups); a pair
+            left out keeps its invoice key.
 
     Returns:
         The rows, with case keys unified where needed.
@@ -87,17 +89,18 @@ def unify_case_keys(rows: list[PlannedRow],
     keys = {r.case_key.split(":", 1)[0] for r in rows}
     if keys != {"case", "invoice"}:
         return rows  # one way of naming cases: the keys already group rows per case
-    found: dict[tuple[str, str], str | None] = {}
+    pairs = list(dict.fromkeys(_invoice_pair(r) for r in rows
+                               if r.case_key.startswith("invoice:")))
+    found = resolve(pairs)
     out = []
     for row in rows:
-        if row.case_key.startswith("invoice:"):
-            wanted = (str(row.payload.get("creditor", "")), str(row.payload["invoice_number"]))
-            if wanted not in found:
-                found[wanted] = resolve(*wanted)
-            if found[wanted]:
-                row = replace(row, case_key=f"case:{str(found[wanted]).lower()}")
-        out.append(row)
+        case = found.get(_invoice_pair(row)) if row.case_key.startswith("invoice:") else None
+        out.append(replace(row, case_key=f"case:{case.lower()}") if case else row)
     return out
+
+
+def _invoice_pair(row: PlannedRow) -> tuple[str, str]:
+    return (str(row.payload.get("creditor", "")), str(row.payload.get("invoice_number", "")))
 
 
 def apply_outcomes(chunks: Sequence[Checked], plan: Plan, outcomes: Iterable[Outcome]) -> None:

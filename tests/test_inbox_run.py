@@ -123,3 +123,39 @@ def test_sftp_inbox_posts_and_archives_on_the_server(
     assert len(picked) == 2
     assert [r.get("creditor_payment_reference") for r in
             sandbox.state.records("creditor--payments")] == ["S1"]
+
+
+def test_refused_login_leaves_files_in_place_for_the_next_night(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """When the API refuses us, the drain stops (exit 3) and files stay; next run posts them."""
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    aged(write_csv(inbox / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "N1"]]))
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["inbox", str(inbox), "--min-age", "1"], expect=ExitCode.CANNOT_RUN,
+        env=env | {"AMILI_ACCESS_TOKEN": "expired"})
+    assert (inbox / "payments.csv").exists()
+    cli(["inbox", str(inbox), "--min-age", "1"], env=env)
+    assert not (inbox / "payments.csv").exists()
+    assert [p.name.split("--")[1] for p in (inbox / "done").iterdir()] == ["payments.csv"]
+    assert sandbox.state.count("creditor--payments") == 1
+
+
+def test_redropped_file_with_errors_runs_again(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """Content whose earlier run had rows in error is processed again (done rows skipped)."""
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "OK1"],
+        [CREDITOR, "", "INV-NOT-YET", "SEK", "10", BANK_DATE, "LATER"]])
+    env = env_for(sandbox, tmp_path / "state")
+    aged(Path(shutil.copy(source, inbox / "payments.csv")))
+    cli(["inbox", str(inbox), "--min-age", "1"], expect=ExitCode.ROWS_IN_ERROR, env=env)
+    aged(Path(shutil.copy(source, inbox / "payments-again.csv")))
+    cli(["inbox", str(inbox), "--min-age", "1"], expect=ExitCode.ROWS_IN_ERROR, env=env)
+    again = reports(inbox)["payments-again.csv"]
+    assert "duplicate_of" not in again
+    assert [r["reason"] for r in again["rows"]][0] == "already_posted"  # type: ignore[index]
+    assert sandbox.state.count("creditor--payments") == 1

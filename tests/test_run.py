@@ -276,3 +276,20 @@ def test_jwt_login_is_renewed_mid_run(cli: Callable[..., Result], tmp_path: Path
     assert logins >= 2, box.state.snapshot()["requests"]
     assert API_CODE not in result.output
     assert "BEGIN" not in (tmp_path / "o" / "run.log").read_text(encoding="utf-8")
+
+
+def test_refused_login_exits_3_and_retry_posts_the_rows(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A refused token posts nothing, exits 3, journals the rows; `retry` posts them later."""
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "L1"]])
+    env = env_for(sandbox, tmp_path / "state")
+    result = cli(["run", str(source), "--report-dir", str(tmp_path / "r1")],
+                 expect=ExitCode.CANNOT_RUN, env=env | {"AMILI_ACCESS_TOKEN": "wrong-token"})
+    assert "could not post" in result.output and "wrong-token" not in result.output
+    first = report(tmp_path / "r1")
+    assert first["rows"][0]["reason"] == "api_unusable"
+    assert sandbox.state.count("creditor--payments") == 0
+    cli(["retry", first["run_id"], "--report-dir", str(tmp_path / "r2")], env=env)
+    assert report(tmp_path / "r2")["rows"][0]["status"] == "completed"
+    assert stored_references(sandbox) == Counter({"L1": 1})
