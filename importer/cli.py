@@ -145,10 +145,12 @@ def run(ctx: click.Context, files: tuple[Path, ...], dry_run: bool, **options: A
 @click.argument("target")
 @read_options
 @post_options
-@click.option("--min-age", type=click.FloatRange(min=0), default=60, show_default=True,
-              help="Leave files younger than this many seconds for the next run.")
-@click.option("--require-sidecar", is_flag=True,
-              help="Take only files that have a NAME.done or NAME.ok beside them.")
+@click.option("--min-age", type=click.FloatRange(min=0),
+              help="Leave files younger than this many seconds for the next run "
+                   "(default 60; inbox_min_age).")
+@click.option("--require-sidecar", is_flag=True, default=None,
+              help="Take only files that have a NAME.done or NAME.ok beside them "
+                   "(inbox_require_sidecar).")
 @click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
               help="SSH private key for sftp:// folders.")
 @click.option("--known-hosts", type=click.Path(path_type=Path, dir_okay=False),
@@ -158,7 +160,7 @@ def run(ctx: click.Context, files: tuple[Path, ...], dry_run: bool, **options: A
 @click.option("--pickup", help="Remote folder that receives each run's report (sftp://).")
 @click.pass_context
 @handle_errors
-def inbox(ctx: click.Context, target: str, min_age: float, require_sidecar: bool,
+def inbox(ctx: click.Context, target: str, min_age: float | None, require_sidecar: bool | None,
           identity: Path | None, known_hosts: Path | None, accept_new_host_key: bool,
           pickup: str | None, **options: Any) -> None:
     """Drain a drop folder (DIR or sftp://user@host[:port]/path): one run per ready file.
@@ -168,8 +170,10 @@ def inbox(ctx: click.Context, target: str, min_age: float, require_sidecar: bool
     """
     from importer.inbox import InboxOptions, inbox_main
 
-    config = _config(ctx, options)
-    opts = InboxOptions(min_age=min_age, require_sidecar=require_sidecar, identity=identity,
+    config = _config(ctx, {**options, "inbox_min_age": min_age,
+                           "inbox_require_sidecar": require_sidecar})
+    opts = InboxOptions(min_age=config.inbox_min_age,
+                        require_sidecar=config.inbox_require_sidecar, identity=identity,
                         known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
                         pickup=pickup, run=_run_options(options))
     sys.exit(int(inbox_main(target, config, opts)))
@@ -223,7 +227,8 @@ def _config(ctx: click.Context, options: dict[str, Any]) -> Any:
 
     root = ctx.find_root().obj or {}
     names = {"default_creditor", "encoding", "delimiter", "api_url", "concurrency",
-             "rate_limit", "allow_duplicates", "allow_http"}
+             "rate_limit", "allow_duplicates", "allow_http", "inbox_min_age",
+             "inbox_require_sidecar"}
     flags = {k: v for k, v in options.items() if k in names and v not in (None, False)}
     return load_config(root.get("config_file"), state_dir=root.get("state_dir"),
                        log_format=root.get("log_format"), **flags)

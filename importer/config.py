@@ -57,6 +57,8 @@ class Config:
     encoding: str | None = None
     delimiter: str | None = None
     log_format: str = "auto"  # auto | json | console
+    inbox_min_age: float = 60.0  # seconds a drop-folder file must rest before it is taken
+    inbox_require_sidecar: bool = False  # take only files with a NAME.done / NAME.ok beside them
 
     def with_overrides(self, **values: Any) -> Config:
         """A copy with the given non-None values replaced."""
@@ -75,6 +77,8 @@ ENV = {
     "AMILI_CONCURRENCY": "concurrency",
     "AMILI_RATE_LIMIT": "rate_limit",
     "AMILI_ALLOW_HTTP": "allow_http",
+    "AMILI_INBOX_MIN_AGE": "inbox_min_age",
+    "AMILI_INBOX_REQUIRE_SIDECAR": "inbox_require_sidecar",
 }
 _TYPES = {f.name: f.type for f in fields(Config)}
 
@@ -154,5 +158,7 @@ def _check(config: Config) -> None:
         raise ConfigError("rate_limit must be greater than zero")
     if config.login not in {"auto", "token", "jwt", "api-code"}:
         raise ConfigError("login must be one of auto, token, jwt, api-code")
+    if config.inbox_min_age < 0:
+        raise ConfigError("inbox_min_age must be zero or more seconds")
     if config.max_attempts < 1:
         raise ConfigError("max_attempts must be at least 1")

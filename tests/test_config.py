@@ -65,3 +65,11 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> 
     """A bad setting is refused with a message naming it."""
     with pytest.raises(ConfigError, match=needle):
         load_config(write(tmp_path, text), environ={})
+
+
+def test_inbox_settings_from_file_and_environment(tmp_path: Path) -> None:
+    """The drop-folder rules can be configured (file, environment), not only by flags."""
+    path = write(tmp_path, "inbox_min_age = 300\ninbox_require_sidecar = true\n")
+    config = load_config(path, environ={"AMILI_INBOX_MIN_AGE": "120"})
+    assert config.inbox_min_age == 120.0 and config.inbox_require_sidecar is True
+    assert load_config(path, environ={}, inbox_require_sidecar=None).inbox_require_sidecar

@@ -159,3 +159,22 @@ def test_redropped_file_with_errors_runs_again(
     assert "duplicate_of" not in again
     assert [r["reason"] for r in again["rows"]][0] == "already_posted"  # type: ignore[index]
     assert sandbox.state.count("creditor--payments") == 1
+
+
+def test_inbox_takes_sidecar_rule_from_config(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """inbox_require_sidecar in the config file leaves files without a .done beside them."""
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    aged(write_csv(inbox / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "C1"]]))
+    (tmp_path / "c.toml").write_text("inbox_require_sidecar = true\ninbox_min_age = 1\n",
+                                     encoding="utf-8")
+    env = env_for(sandbox, tmp_path / "state") | {"AMILI_CONFIG": str(tmp_path / "c.toml")}
+    cli(["inbox", str(inbox)], env=env)
+    assert (inbox / "payments.csv").exists() and sandbox.state.count("creditor--payments") == 0
+    aged(inbox / "payments.csv")
+    (inbox / "payments.csv.done").write_text("", encoding="utf-8")
+    aged(inbox / "payments.csv.done")
+    cli(["inbox", str(inbox)], env=env)
+    assert sandbox.state.count("creditor--payments") == 1
