@@ -36,7 +36,10 @@ from importer.config import Config
 from importer.errors import ApiError, ConfigError
 
 LOGIN_PATH = "/authenticates/api-code"
-TOKEN_FIELDS = ("token", "access_token", "api_key", "accessToken", "key")
+TOKEN_FIELDS = ("token", "access_token", "api_key", "accessToken", "key", "apiKey", "jwt",
+                "x-api-key", "auth_token", "authToken")
+# Fields of a login answer that describe the token rather than hold it.
+LIFETIME_FIELDS = ("expires", "expires_in", "exp", "expires_at", "expiry")
 # The docs say the JWT "should expire after 10 minutes". It is used once, right away; 5 minutes
 # leaves room for a client clock that is off by up to 5 minutes either way.
 JWT_VALIDITY = 300
@@ -220,14 +223,41 @@ def parse_login_answer(response: requests.Response, token_field: str | None,
     if isinstance(data, str):
         token, data = data, {}
     elif isinstance(data, dict):
-        names = [token_field] if token_field else list(TOKEN_FIELDS)
-        token = next((data[n] for n in names if isinstance(data.get(n), str) and data[n]), None)
+        token, data = _find_token(data, token_field)
     if not isinstance(token, str) or not token:
         seen = ", ".join(sorted(data)) if isinstance(data, dict) else type(data).__name__
         wanted = token_field or " / ".join(TOKEN_FIELDS)
         raise ApiError(f"login answer has no access token in {wanted} (fields seen: "
                        f"{seen or 'none'}); set token_field in the config file")
     return LoginAnswer(token, _lifetime(data if isinstance(data, dict) else {}, token, now))
+
+
+def _find_token(data: dict[str, Any], token_field: str | None) -> tuple[str | None, dict[str, Any]]:
+    """The token and the object holding it (its lifetime sits beside it).
+
+    The field name is not public, so without ``token_field`` (a name, or a dotted path such as
+    ``data.token``) the answer is searched at the top level, then one level down: first the
+    usual names, then the one string field that is neither an Eve ``_`` field nor a lifetime.
+    """
+    if token_field:
+        *path, name = token_field.split(".")
+        scope: Any = data
+        for part in path:
+            scope = scope.get(part) if isinstance(scope, dict) else None
+        if isinstance(scope, dict) and isinstance(scope.get(name), str) and scope[name]:
+            return scope[name], scope
+        return None, data
+    scopes = [data, *(v for v in data.values() if isinstance(v, dict))]
+    for scope in scopes:
+        for name in TOKEN_FIELDS:
+            if isinstance(scope.get(name), str) and scope[name]:
+                return scope[name], scope
+    for scope in scopes:
+        strings = [k for k, v in scope.items() if isinstance(v, str) and v
+                   and not k.startswith("_") and k not in LIFETIME_FIELDS]
+        if len(strings) == 1:
+            return scope[strings[0]], scope
+    return None, data
 
 
 def _number(value: Any) -> float | None:

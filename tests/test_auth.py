@@ -198,3 +198,18 @@ def test_api_code_post_login(sandbox: RunningSandbox) -> None:
         client.login()
         assert client.auth.method == "api-code" and client.auth.lifetime == 3600
         assert client.get_case("0" * 24) is None
+
+
+def test_login_answer_other_shapes() -> None:
+    """Undocumented answer shapes still work: nested one level, other names, a dotted path."""
+    now = 1_750_000_000.0
+    nested = parse_login_answer(answer({"_status": "OK", "data": {"accessToken": "n1",
+                                                                  "expires_in": 60}}), None, now)
+    assert (nested.token, nested.lifetime) == ("n1", 60.0)
+    only = parse_login_answer(answer({"_status": "OK", "session": "s1", "expires": now + 30}),
+                              None, now)
+    assert (only.token, only.lifetime) == ("s1", 30.0)
+    dotted = parse_login_answer(answer({"result": {"value": "d1"}}), "result.value", now)
+    assert dotted.token == "d1"
+    with pytest.raises(ApiError, match="fields seen"):
+        parse_login_answer(answer({"a": "x", "b": "y"}), None, now)
