@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from importer.errors import ExitCode, FileRejected, ImporterError
+from importer.journal import new_run_id
 from importer.lock import RunLock
 
 if TYPE_CHECKING:
@@ -362,12 +362,6 @@ def ready_files(
     """
     ready, _, _ = scan_ready(LocalFolder(directory), min_age, require_sidecar, settle, now)
     return [Path(directory) / e.name for e in ready]
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """A sortable, unique run id such as ``20261122T010203Z-3f9a1c`` (the pipeline's format)."""
-    now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def archive_name(folder: Folder, sub: str, name: str, sidecars: list[str],

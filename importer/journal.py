@@ -661,3 +661,11 @@ def _row(r: sqlite3.Row) -> RowRecord:
         status_reason_locale=r["status_reason_locale"], message=r["message"],
         ref_row=r["ref_row"], created=r["created"], updated=r["updated"],
     )
+
+
+def new_run_id(moment: datetime | None = None) -> str:
+    """A sortable, unique run id such as ``20261122T010203Z-3f9a1c``."""
+    import secrets
+
+    moment = moment or datetime.now(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"

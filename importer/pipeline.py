@@ -6,7 +6,6 @@ the journal, nothing posted) and ``run`` (post the valid rows exactly once).
 
 from __future__ import annotations
 
-import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -21,6 +20,7 @@ import structlog
 from importer import logs
 from importer.config import Config
 from importer.errors import ApiError, ExitCode, FileRejected, ImporterError, UsageError
+from importer.journal import new_run_id
 from importer.kinds import kind_by_name
 
 if TYPE_CHECKING:
@@ -64,12 +64,6 @@ class RunResult:
     files: list[FileInfo]
     summary: Summary
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """A sortable, unique run id such as ``20261122T010203Z-3f9a1c``."""
-    now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 def run_files(paths: list[Path], config: Config, mode: Mode, options: RunOptions) -> ExitCode:

@@ -14,13 +14,12 @@ import pandas as pd
 
 from importer.kinds import KINDS
 from importer.post import Outcome, PlannedRow, case_key
-from importer.validate import fingerprint, payload
+from importer.validate import RESULT_COLUMNS, fingerprint, payload
 
 if TYPE_CHECKING:
     from importer.read import Table
 
 POSTABLE = ("valid", "warning")
-RESULT_COLUMNS = ("amili_id", "settled_amount", "case_reference_number", "http_status", "attempts")
 SEVERITY = {"valid": 0, "completed": 0, "warning": 1, "error": 2}
 
 
