@@ -263,7 +263,7 @@ def test_jwt_login_is_renewed_mid_run(cli: Callable[..., Result], tmp_path: Path
     key = ec.generate_private_key(ec.SECP256R1())
     cases = many_cases(3)
     box = make_sandbox(cases=cases, token=None, public_keys=[public_pem(key)], token_lifetime=1,
-                       latency_ms=60)
+                       latency_ms=150)  # 10 rows per case in order: ~1.5 s, longer than a token
     source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 10))
     env = {"AMILI_API_URL": box.url, "AMILI_API_CODE": API_CODE, "AMILI_ACCESS_TOKEN": "",
            "AMILI_PRIVATE_KEY_FILE": str(write_key(tmp_path / "key.pem", key)),
