@@ -26,7 +26,7 @@ import queue
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,6 +36,8 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -56,11 +58,8 @@ VOCABULARY_COLUMNS = frozenset({"kind", "status"})
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 FAILED_EXTRA_COLUMNS = ("error_reason", "error_message")
 
-_FORMULA_AFTER_SEP = re.compile("\x00[=+\\-@\t\r]")
-_CONTROL = re.compile("[\x00-\x1f]")
 _JSON_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"
-_JSON_NUMBERS = re.compile(f"{_JSON_NUMBER}(?:\x00{_JSON_NUMBER})*")
-_SUB_BATCH = 20_000  # rows encoded at a time: bounds the transient text to ~20 MB
+_SUB_BATCH = 25_000  # rows encoded at a time: bounds the transient text to ~25 MB
 _TMP_PREFIX = ".amili-tmp-"
 HEAD_RESERVE = 256 * 1024  # bytes kept at the start of report.json for the keys before rows
 COPY_BELOW = 64 * 1024 * 1024  # smaller reports are copied behind their head (no blank room)
@@ -234,36 +233,51 @@ class _Tally:
 
 # --------------------------------------------------------------------------- encoder
 
+_LS = pa.large_string()  # 64-bit offsets: a chunk's JSON text may pass 2 GB in theory
+_EMPTY = pa.scalar("", _LS)
+_QUOTE = pa.scalar('"', _LS)
+_NULL = pa.scalar("null", _LS)
+_CONTROL_RE = r"[\x00-\x1f]"
+_FORMULA_RE = r"^[=+\-@\t\r]"
+_CSV_SPECIAL_RE = '[",\r\n]'
 
-@dataclass
-class _Encoded:
-    """One column's pieces: a literal shared by every row, or one string per row."""
 
-    json: str | np.ndarray
-    csv: str | np.ndarray
-    json_quoted_raw: bool = False  # json holds the raw strings; quotes go in the literals
+def _lit(text: str) -> pa.Scalar:
+    return pa.scalar(text, _LS)
 
 
-def _text_values(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Object array of str (None where missing) and the missing mask."""
+def _any(mask: pa.Array) -> bool:
+    return bool(pc.any(mask).as_py())
+
+
+def _arrow_text(series: pd.Series) -> pa.Array:
+    """One column as an Arrow string array (null where missing), without per-value Python
+    for the usual cases (str, int, pyarrow-backed columns)."""
     kind = series.dtype.kind
     if kind in "iu":
-        values = series.to_numpy().astype(str).astype(object)
-        return values, np.zeros(len(values), dtype=bool)
-    mask = series.isna().to_numpy()
-    if kind == "f":
-        values = series.to_numpy().astype(str).astype(object)
-        values[mask] = None
-        return values, mask
-    values = series.to_numpy(dtype=object, na_value=None)  # type: ignore[call-overload]
-    if isinstance(series.dtype, pd.StringDtype) or pd.api.types.infer_dtype(
-            values, skipna=True) in ("string", "empty"):
-        return values, mask
-    return np.array([_as_text(v) for v in values], dtype=object), mask
+        return pc.cast(pa.array(series.to_numpy()), _LS)
+    if isinstance(series.dtype, pd.StringDtype | pd.ArrowDtype) and kind in "OUT":
+        arr = pa.array(series)
+        return (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(_LS)
+    if kind == "O":
+        try:
+            return pa.array(series.to_numpy(), type=_LS, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers, dates… in a text column
+            pass
+    values = series.to_numpy(dtype=object)
+    return pa.array([_clean_text(v) for v in values], type=_LS)
+
+
+def _clean_text(value: Any) -> str | None:
+    text = _as_text(value)
+    if text is None:
+        return None
+    # A lone surrogate (from a broken workbook) cannot be UTF-8: shown as "?" as before.
+    return text.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def _as_text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
         return None
     if isinstance(value, datetime):
         return value.isoformat()
@@ -276,9 +290,6 @@ def _integer_values(series: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarr
     Returns:
         (texts, missing mask, not-an-integer mask): the last keep their own text.
     """
-    if series.dtype.kind in "iu":
-        none = np.zeros(len(series), dtype=bool)
-        return series.to_numpy().astype(str).astype(object), none, none
     raw_missing = series.isna().to_numpy()
     numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     missing = np.isnan(numbers)
@@ -298,99 +309,122 @@ def _csv_quote(value: str) -> str:
     return value
 
 
-def _encode_column(name: str, series: pd.Series) -> _Encoded:
-    """Encode one column for JSON and CSV, checking the whole column at once."""
+class _Bytes:
+    """A string column's UTF-8 bytes, scanned once so that the usual column (no quotes, no
+    control characters, nothing formula-like) skips the per-value kernels. A null's slot
+    holds no bytes in the arrays made here; were it otherwise, a scan could only say "maybe",
+    and the exact kernels decide."""
+
+    def __init__(self, text: pa.Array) -> None:
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
+            text.offset:text.offset + len(text) + 1]
+        data = text.buffers()[2]
+        self.data = bytes(memoryview(data)[int(offsets[0]):int(offsets[-1])]) if data else b""
+        self.u8 = np.frombuffer(self.data, dtype=np.uint8)
+        self.starts = offsets[:-1][offsets[1:] > offsets[:-1]] - offsets[0]
+
+    def has(self, needles: bytes) -> bool:
+        return any(bytes([c]) in self.data for c in needles)
+
+    def control(self) -> bool:
+        return bool(len(self.u8)) and int(self.u8.min()) < 0x20
+
+    def formula(self) -> bool:
+        return bool(np.isin(self.u8[self.starts], _FORMULA_BYTES).any())
+
+
+_FORMULA_BYTES = np.frombuffer("".join(FORMULA_START).encode(), dtype=np.uint8)
+
+
+def _json_string(text: pa.Array, scan: _Bytes) -> pa.Array | pa.Scalar:
+    """JSON string literals (``"null"`` where missing), as ``json.dumps`` would write them."""
+    if text.null_count == len(text):
+        return _NULL
+    escaped = text
+    if scan.has(b"\\"):
+        escaped = pc.replace_substring(escaped, "\\", "\\\\")
+    if scan.has(b'"'):
+        escaped = pc.replace_substring(escaped, '"', '\\"')
+    out = pc.binary_join_element_wise(_QUOTE, escaped, _QUOTE, _EMPTY)
+    if scan.control():  # rare: \n, \t and \u00XX escapes, done the standard library's way
+        control = pc.fill_null(pc.match_substring_regex(text, _CONTROL_RE), False)
+        fixed = [encode_basestring(v) for v in text.filter(control).to_pylist()]
+        out = pc.replace_with_mask(out, control, pa.array(fixed, type=_LS))
+    return pc.fill_null(out, _NULL)
+
+
+def _csv_cell(text: pa.Array, scan: _Bytes, formula_safe: bool) -> pa.Array | pa.Scalar:
+    """CSV fields: formula-like text made inert (when asked), quoted when needed, "" if null."""
+    if text.null_count == len(text):
+        return _EMPTY
+    out = text
+    if formula_safe and scan.formula():
+        formula = pc.match_substring_regex(out, _FORMULA_RE)
+        out = pc.if_else(formula, pc.binary_join_element_wise(_lit("'"), out, _EMPTY), out)
+    if scan.has(b"\",\r\n"):
+        special = pc.match_substring_regex(out, _CSV_SPECIAL_RE)
+        quoted = pc.binary_join_element_wise(
+            _QUOTE, pc.replace_substring(out, '"', '""'), _QUOTE, _EMPTY)
+        out = pc.if_else(special, quoted, out)
+    return pc.fill_null(out, _EMPTY)
+
+
+def _encode_column(name: str, series: pd.Series) -> tuple[pa.Array | pa.Scalar,
+                                                           pa.Array | pa.Scalar]:
+    """One column's JSON values and CSV fields, whole-column Arrow kernels."""
     if name in INTEGER_COLUMNS:
+        if series.dtype.kind in "iu":
+            text = _arrow_text(series)
+            return text, text
         values, mask, bad = _integer_values(series)
         if mask.all():
-            return _Encoded("null", "")
+            return _NULL, _EMPTY
         csv_values = values.copy()
         csv_values[mask] = ""
         if bad.any():
             csv_values[bad] = [_csv_quote(escape_formula(v)) for v in csv_values[bad]]
         json_values = values.copy()
         json_values[mask | bad] = "null"  # the JSON promises an integer or null
-        return _Encoded(json_values, csv_values)
-    values, mask = _text_values(series)
-    n = len(values)
-    if mask.all():
-        return _Encoded("null", "")
-    present = values[~mask] if mask.any() else values
-    joined = "\x00".join(present)
-    separators_only = joined.count("\x00") == len(present) - 1
-    has_control = not separators_only or _CONTROL.search(joined.replace("\x00", "")) is not None
-    json_clean = not has_control and '"' not in joined and "\\" not in joined
-    csv_clean = not has_control and '"' not in joined and "," not in joined
-    escape = name not in VOCABULARY_COLUMNS and name not in NUMBER_COLUMNS
-    formula = escape and (str(present[0]).startswith(FORMULA_START)
-                          or _FORMULA_AFTER_SEP.search(joined) is not None)
-    constant = not mask.any() and n > 1 and present[0] == present[-1] and bool(
-        (present == present[0]).all())
-
-    json_part: str | np.ndarray
-    if name in NUMBER_COLUMNS and _JSON_NUMBERS.fullmatch(joined):
+        return pa.array(json_values, type=_LS), pa.array(csv_values, type=_LS)
+    text = _arrow_text(series)
+    if text.null_count == len(text):
+        return _NULL, _EMPTY
+    formula_safe = name not in VOCABULARY_COLUMNS and name not in NUMBER_COLUMNS
+    scan = _Bytes(text)
+    csv_part = _csv_cell(text, scan, formula_safe)
+    if name not in NUMBER_COLUMNS:
+        return _json_string(text, scan), csv_part
+    if bool(pc.all(pc.match_substring_regex(text, f"^{_JSON_NUMBER}$")).as_py()):
         # Every value already is a JSON number literal ("1234.50"): use the text as is.
-        if constant:
-            json_part = present[0]
+        return pc.fill_null(text, _NULL), csv_part
+    numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    json_numbers = numbers.astype(str).astype(object)
+    json_numbers[~np.isfinite(numbers)] = "null"
+    return pa.array(json_numbers, type=_LS), csv_part
+
+
+def _rows(n: int, parts: list[str | pa.Array | pa.Scalar]) -> pa.Array:
+    """Concatenate the parts row by row (strings and scalars repeat on every row)."""
+    merged: list[Any] = []
+    for part in parts:
+        if isinstance(part, pa.Scalar):
+            part = part.as_py()
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
         else:
-            literal = values.copy()
-            literal[mask] = "null"
-            json_part = literal
-    elif name in NUMBER_COLUMNS:
-        numbers = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
-        finite = np.isfinite(numbers)
-        json_numbers = numbers.astype(str).astype(object)
-        json_numbers[~finite] = "null"
-        json_part = json_numbers
-        if finite.all() and constant:
-            json_part = str(json_numbers[0])
-    elif constant:
-        json_part = encode_basestring(present[0])
-    elif json_clean and not mask.any():
-        return _Encoded(values, _csv_part(values, mask, csv_clean, formula), True)
-    elif json_clean:
-        filled = values.copy()
-        filled[mask] = ""
-        quoted = np.add(np.add('"', filled), '"')
-        quoted[mask] = "null"
-        json_part = quoted
-    else:
-        json_part = np.array(["null" if v is None else encode_basestring(v) for v in values],
-                             dtype=object)
-    if constant:
-        text = escape_formula(present[0]) if formula else present[0]
-        return _Encoded(json_part, text if csv_clean else _csv_quote(text))
-    return _Encoded(json_part, _csv_part(values, mask, csv_clean, formula))
+            merged.append(part)
+    if not any(isinstance(p, pa.Array) for p in merged):
+        merged.append(pa.array([""] * n, type=_LS))  # no column varies: still n rows
+    return pc.binary_join_element_wise(
+        *[_lit(p) if isinstance(p, str) else p for p in merged], _EMPTY)
 
 
-def _csv_part(values: np.ndarray, mask: np.ndarray, clean: bool, formula: bool) -> np.ndarray:
-    out = values
-    if formula:
-        out = np.array([v if v is None else escape_formula(v) for v in values], dtype=object)
-    if not clean:
-        out = np.array([None if v is None else _csv_quote(v) for v in out], dtype=object)
-    if mask.any():
-        out = out.copy() if out is values else out
-        out[mask] = ""
-    return out
-
-
-def _grid(n: int, segments: list[str | np.ndarray]) -> np.ndarray:
-    """Pieces row-major: literal segments repeat on every row, arrays give one piece per row."""
-    merged: list[str | np.ndarray] = []
-    for seg in segments:
-        if isinstance(seg, str) and merged and isinstance(merged[-1], str):
-            merged[-1] += seg
-        else:
-            merged.append(seg)
-    grid = np.empty((n, len(merged)), dtype=object)
-    for j, seg in enumerate(merged):
-        grid[:, j] = seg
-    return grid
-
-
-def _join(grid: np.ndarray) -> str:
-    return "".join(grid.ravel().tolist())
+def _text_bytes(rows: pa.Array) -> memoryview:
+    """The UTF-8 bytes of a null-free Arrow string array, concatenated (no copy)."""
+    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)
+    start, end = offsets[rows.offset], offsets[rows.offset + len(rows)]
+    data = rows.buffers()[2]
+    return memoryview(data if data is not None else b"")[int(start):int(end)]
 
 
 class _Encoder:
@@ -401,7 +435,7 @@ class _Encoder:
         self.keys = [encode_basestring(c) + ":" for c in self.columns]
 
     def encode(self, frame: pd.DataFrame,
-               json_columns: Sequence[str]) -> tuple[str, str, np.ndarray]:
+               json_columns: Sequence[str]) -> tuple[memoryview, pa.Array]:
         """Encode rows; JSON objects carry ``json_columns``, CSV lines carry all columns.
 
         Args:
@@ -409,34 +443,28 @@ class _Encoder:
             json_columns: the columns this frame really has (other files' inputs left out).
 
         Returns:
-            (JSON text, CSV text, the CSV pieces: one grid row per frame row).
+            (the JSON text as UTF-8, the CSV lines: one Arrow string per frame row).
         """
         n = len(frame)
         present = set(json_columns)
-        json_segments: list[str | np.ndarray] = []
-        csv_segments: list[str | np.ndarray] = []
+        json_parts: list[str | pa.Array | pa.Scalar] = [",\n"]
+        csv_parts: list[str | pa.Array | pa.Scalar] = []
         first_key = True
         for j, (name, key) in enumerate(zip(self.columns, self.keys, strict=True)):
             if name in frame.columns:
-                enc = _encode_column(name, frame[name])
+                json_part, csv_part = _encode_column(name, frame[name])
             else:
-                enc = _Encoded("null", "")
+                json_part, csv_part = _NULL, _EMPTY
             if j:
-                csv_segments.append(",")
-            csv_segments.append(enc.csv)
+                csv_parts.append(",")
+            csv_parts.append(csv_part)
             if name not in present:
                 continue
-            json_segments.append(("{" if first_key else ",") + key)
+            json_parts += [("{" if first_key else ",") + key, json_part]
             first_key = False
-            if enc.json_quoted_raw:
-                json_segments.extend(['"', enc.json, '"'])
-            else:
-                json_segments.append(enc.json)
-        json_segments.insert(0, ",\n")
-        json_segments.append("}")
-        csv_segments.append("\r\n")
-        csv_grid = _grid(n, csv_segments)
-        return _join(_grid(n, json_segments)), _join(csv_grid), csv_grid
+        json_parts.append("}")
+        csv_parts.append("\r\n")
+        return _text_bytes(_rows(n, json_parts)), _rows(n, csv_parts)
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -488,28 +516,26 @@ def write_csv_atomically(path: Path, header: Sequence[str], rows: Iterable[Seque
 # --------------------------------------------------------------------------- writer
 
 
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", errors="replace")
+class _Worker:
+    """Runs jobs in order on a background thread. Arrow kernels and file writes release the
+    GIL, so encoding and disk I/O overlap the caller's reading and checking of the next chunk.
+    The queue is short, which bounds the memory held; the first error is handed to the caller
+    on its next call."""
 
-
-class _WriterThread:
-    """Writes on a background thread: file writes release the GIL, so the disk works while
-    the next batch is encoded. The queue is short, which bounds the memory held."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[IO[bytes], bytes | memoryview] | None] = queue.Queue(4)
+    def __init__(self, name: str, depth: int) -> None:
+        self._queue: queue.Queue[Callable[[], object] | None] = queue.Queue(depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="report-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            job = self._queue.get()
             try:
-                if item is None:
+                if job is None:
                     return
                 if self._error is None:
-                    item[0].write(item[1])
+                    job()
             except BaseException as exc:  # handed to the caller on its next call
                 self._error = exc
             finally:
@@ -519,9 +545,12 @@ class _WriterThread:
         if self._error is not None:
             raise self._error
 
-    def write(self, target: IO[bytes], data: bytes | memoryview) -> None:
+    def submit(self, job: Callable[[], object]) -> None:
         self._raise()
-        self._queue.put((target, data))
+        self._queue.put(job)
+
+    def write(self, target: IO[bytes], data: bytes | memoryview) -> None:
+        self.submit(lambda: target.write(data))
 
     def flush(self) -> None:
         self._queue.join()
@@ -578,7 +607,8 @@ class ReportWriter:
         self._csv_file.write(b"\xef\xbb\xbf" + (",".join(
             _csv_quote(escape_formula(c)) for c in self.columns) + "\r\n").encode())
         self._spill: IO[bytes] = open(self._spill_path, "wb")  # noqa: SIM115
-        self._io = _WriterThread()
+        self._io = _Worker("report-writer", 2)
+        self._work = _Worker("report-encoder", 1)
         self._spill_rows = 0
         self._spill_all = True  # still keeping valid rows for the XLSX
         self._left_out = 0
@@ -617,28 +647,33 @@ class ReportWriter:
                              f"{unknown}; pass them in input_columns")
         if not len(frame):
             return
+        # One frame in flight: it is encoded while the caller checks the next one.
+        self._work.flush()
+        self._work.submit(lambda: self._encode(frame))
+
+    def _encode(self, frame: pd.DataFrame) -> None:
         self._tally.add(frame)
         json_columns = [c for c in self.columns if c in frame.columns or c in self._fixed]
         statuses = frame["status"].astype(object).to_numpy()
         for start in range(0, len(frame), _SUB_BATCH):
             part = frame.iloc[start:start + _SUB_BATCH]
-            json_text, csv_text, csv_grid = self._encoder.encode(part, json_columns)
-            data = json_text.encode("utf-8", errors="replace")
-            view = memoryview(data)
+            json_bytes, csv_rows = self._encoder.encode(part, json_columns)
             if self._first_json:  # no comma before the very first row
-                view = view[2:]
+                json_bytes = json_bytes[2:]
                 self._first_json = False
-            self._io.write(self._rows_file, view)
-            self._io.write(self._csv_file, _utf8(csv_text))
-            self._spill_xlsx(csv_text, csv_grid, statuses[start:start + _SUB_BATCH])
+            self._io.write(self._rows_file, json_bytes)
+            csv_bytes = _text_bytes(csv_rows)
+            self._io.write(self._csv_file, csv_bytes)
+            self._spill_xlsx(csv_bytes, csv_rows, statuses[start:start + _SUB_BATCH])
 
-    def _spill_xlsx(self, csv_text: str, csv_grid: np.ndarray, statuses: np.ndarray) -> None:
+    def _spill_xlsx(self, csv_bytes: memoryview, csv_rows: pa.Array,
+                    statuses: np.ndarray) -> None:
         """Keep the rows report.xlsx will list, as CSV text on disk (memory stays flat)."""
         keep_all = self._spill_all and self._tally.rows <= self._limit
         if self._spill_all and not keep_all:
             self._drop_ok_rows_from_spill()
         if keep_all:
-            self._io.write(self._spill, _utf8(csv_text))
+            self._io.write(self._spill, csv_bytes)
             self._spill_rows += len(statuses)
             return
         attention = ~np.isin(statuses, OK_STATUSES)
@@ -646,9 +681,10 @@ class ReportWriter:
         if not attention.any():
             return
         room = XLSX_MAX_ROWS - self._spill_rows
-        chosen = csv_grid[attention][:max(room, 0)]
+        chosen = csv_rows.filter(pa.array(attention))[:max(room, 0)]
         self._left_out += int(attention.sum()) - len(chosen)
-        self._io.write(self._spill, _utf8("".join(chosen.ravel().tolist())))
+        if len(chosen):
+            self._io.write(self._spill, _text_bytes(chosen))
         self._spill_rows += len(chosen)
 
     def _drop_ok_rows_from_spill(self) -> None:
@@ -687,6 +723,7 @@ class ReportWriter:
             raise ValueError("the report is already closed")
         self._closed = True
         try:
+            self._work.stop()
             self._io.stop()
             for f in (self._rows_file, self._csv_file, self._spill):
                 f.close()
@@ -723,6 +760,8 @@ class ReportWriter:
         """Drop the half-written report (temp files); nothing is put in place."""
         self._closed = True
         with contextlib.suppress(Exception):  # aborting: a write error is moot now
+            self._work.stop()
+        with contextlib.suppress(Exception):
             self._io.stop()
         for f in (self._rows_file, self._csv_file, self._spill):
             with contextlib.suppress(OSError):
