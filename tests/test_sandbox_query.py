@@ -121,3 +121,34 @@ def test_wrong_method_is_eve_405(sandbox: RunningSandbox) -> None:
     response = requests.delete(f"{sandbox.url}/{PAYMENTS}", headers=sandbox.headers, timeout=10)
     assert response.status_code == 405
     assert response.json()["_error"]["code"] == 405
+
+
+def test_in_by_ids_returns_exactly_those(sandbox: RunningSandbox) -> None:
+    """`{"_id": {"$in": [...]}}` (the batched status read-back) finds exactly the ids named,
+    and `$nin` the others."""
+    ids = post_payments(sandbox, 30)
+    wanted = ids[::3] + ["65f0c0ffee0000000000dead"]
+    body = get(sandbox, f"/{PAYMENTS}", where={"_id": {"$in": wanted}}, max_results=100).json()
+    assert [i["_id"] for i in body["_items"]] == ids[::3] and body["_meta"]["total"] == 10
+    rest = get(sandbox, f"/{PAYMENTS}", where={"_id": {"$nin": wanted}}, max_results=100).json()
+    assert [i["_id"] for i in rest["_items"]] == [i for i in ids if i not in ids[::3]]
+
+
+def test_in_compares_like_equality() -> None:
+    """`$in` of plain values matches as equality does: dates as instants, True is not 1,
+    list fields by any element."""
+    from importer.sandbox.query import matches, prepare
+
+    def check(doc: dict[str, Any], values: list[Any]) -> tuple[bool, bool]:
+        where = {"f": {"$in": values}}
+        return matches(doc, prepare(where)), matches(doc, where)
+
+    day = "Wed, 03 Sep 2025 08:00:00 GMT"
+    assert check({"f": "Wed, 3 Sep 2025 08:00:00 GMT"}, [day]) == (True, True)
+    assert check({"f": 1}, [True]) == (False, False)
+    assert check({"f": True}, [1, "x"]) == (False, False)
+    assert check({"f": 2.0}, [2]) == (True, True)
+    assert check({"f": ["a", "b"]}, ["b"]) == (True, True)
+    assert check({"f": None}, [None]) == (True, True)
+    assert check({}, [None]) == (False, False)
+    assert check({"f": {"k": 1}}, [1]) == (False, False)
