@@ -15,8 +15,10 @@ journal (``importer.journal``):
 4. **Lost answers are read back**, never blindly re-sent: a POST is repeated only after the
    read-back shows that nothing was stored, at most ``Tuning.extra_posts`` times.
 5. **Status.** From the 201 when it carries ``status``; otherwise the id and the 201's
-   provisional status are journaled at once and ``GET /<resource>/{_id}`` reads the status
-   after the posting (in parallel), so the read-backs do not halve the posting rate.
+   provisional status are journaled at once and the status is read back by id after the
+   posting (in parallel; up to 100 ids per ``where={"_id": {"$in": [...]}}`` query, any id
+   it does not return by ``GET /<resource>/{_id}``), so the read-backs do not halve the
+   posting rate.
 
 Ordering and concurrency: rows with the same ``case_key`` are posted one at a time in the order
 given (a payment that closes a case must land before the next one for that case); different
@@ -79,6 +81,8 @@ if TYPE_CHECKING:
     from importer.config import Config
 
 KNOWN_STATUSES = (COMPLETED, WARNING, ERROR)
+# Ids per status read-back query: Eve's max_results ceiling, so one page normally holds them.
+STATUS_BATCH = 100
 # Ids compare case-insensitively (Mongo ObjectIds are hex).
 ID_FIELDS = ("creditor", "case")
 
@@ -333,6 +337,7 @@ class _Engine:
         self.fatal: str | None = None  # why the run stopped, when the API became unusable
         self._progress_lock = threading.Lock()
         self._status_todo: list[_StatusTodo] = []  # created rows whose 201 had no status
+        self._batch_reads = True  # False once the API refused an "$in" read-back
 
     # -- reconciliation ---------------------------------------------------------------------
 
@@ -608,21 +613,55 @@ class _Engine:
         return settled
 
     def _read_statuses(self) -> None:
-        """Read back (``GET /<resource>/{_id}``) the status of rows whose 201 had none.
+        """Read back the status of rows whose 201 had none, by id.
 
         Done after the posting, in parallel, so that the read-backs do not halve the posting
         rate (the next row of a case needs its predecessor stored, not its status). Until
-        then the journal holds the id and the provisional status of the 201.
+        then the journal holds the id and the provisional status of the 201. Up to
+        ``STATUS_BATCH`` ids go in one ``GET /<resource>?where={"_id": {"$in": [...]}}``;
+        an id that query does not return (or a query the API refuses) is read alone with
+        ``GET /<resource>/{_id}``. Records are taken by their exact ``_id`` only.
         """
         todo = self._status_todo
         self._status_todo = []
         if not todo:
             return
-        workers = max(1, min(self.config.concurrency, len(todo)))
+        by_kind: dict[str, list[_StatusTodo]] = {}
+        for item in todo:
+            by_kind.setdefault(item.kind.name, []).append(item)
+        batches = [items[i:i + STATUS_BATCH] for items in by_kind.values()
+                   for i in range(0, len(items), STATUS_BATCH)]
+        workers = max(1, min(self.config.concurrency, len(batches)))
         with ThreadPoolExecutor(workers, thread_name_prefix="status") as pool:
-            for future in [pool.submit(self._read_status, item) for item in todo]:
+            for future in [pool.submit(self._read_status_batch, batch) for batch in batches]:
                 future.result()
-        self.log.info("post.statuses_read", rows=len(todo))
+        self.log.info("post.statuses_read", rows=len(todo), queries=len(batches))
+
+    def _read_status_batch(self, batch: list[_StatusTodo]) -> None:
+        found: dict[str, dict[str, Any]] = {}
+        if len(batch) > 1 and self._batch_reads:
+            ids = [item.amili_id for item in batch]
+            try:
+                # At most 4 pages: a server that caps pages at 25 still answers in full, one
+                # that ignores the filter is given up on quickly (the ids are read one by one).
+                records = self.client.find(batch[0].kind, {"_id": {"$in": ids}},
+                                           max_pages=-(-len(ids) // 25))
+            except Exception as exc:  # the single reads below still settle every row
+                if isinstance(exc, ApiError) and not isinstance(exc, TransientApiError):
+                    self._batch_reads = False  # refused: no point in asking again
+                self.log.info("post.status_batch_failed", rows=len(ids), error=str(exc))
+            else:
+                wanted = {i.lower() for i in ids}
+                for record in records:
+                    key = str(record.get("_id") or "").lower()
+                    if key in wanted:
+                        found.setdefault(key, record)
+        for item in batch:
+            record = found.get(item.amili_id.lower())
+            if record is not None:
+                self._settle_status(item, record, None)
+            else:
+                self._read_status(item)
 
     def _read_status(self, item: _StatusTodo) -> None:
         note = None
@@ -634,6 +673,10 @@ class _Engine:
             item.log.warning("row.get_failed", amili_id=item.amili_id, error=str(exc))
         if record is None and note is None:
             note = "the record could not be read back (404)"
+        self._settle_status(item, record, note)
+
+    def _settle_status(self, item: _StatusTodo, record: dict[str, Any] | None,
+                       note: str | None) -> None:
         info = {**(record or {}), **{k: v for k, v in item.body.items() if v is not None}}
         settled = self._from_record(item.kind, info, written=True,
                                     attempts=item.outcome.attempts,

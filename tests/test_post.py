@@ -28,6 +28,7 @@ from fixtures_sandbox import (
 
 from importer.client import ApiClient, PostResult
 from importer.config import Config
+from importer.errors import ApiError
 from importer.journal import COMPLETED, FAILED, IN_FLIGHT, SKIPPED, Journal
 from importer.kinds import PAYMENTS, Kind
 from importer.post import (
@@ -132,7 +133,57 @@ def test_posts_and_reads_back_status(sandbox: RunningSandbox, tmp_path: Path,
     ids = {r["_id"] for r in stored(sandbox)}
     assert {o.amili_id for o in out} == ids and len(ids) == 2
     assert {r.state for r in journal.rows("r1")} == {COMPLETED, "warning"}
-    assert sandbox.state.snapshot()["requests"][f"GET /{PAYMENTS_RESOURCE}"] == 2
+    # Both ids in one where={"_id": {"$in": [...]}} query.
+    assert sandbox.state.snapshot()["requests"][f"GET /{PAYMENTS_RESOURCE}"] == 1
+
+
+class _NoInClient(ApiClient):
+    """A client for an API that refuses "$in" filters (as a stricter Eve setup might)."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.refused = 0
+
+    def find(self, kind: Kind, where: dict[str, Any], max_pages: int = 10
+             ) -> list[dict[str, Any]]:
+        if "_id" in where:
+            self.refused += 1
+            raise ApiError(f"GET {kind.endpoint}: HTTP 400: operator $in is not allowed")
+        return super().find(kind, where, max_pages)
+
+
+def test_status_read_back_falls_back_to_one_get_per_row(
+        sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
+    """When the batched "$in" read-back is refused, each row's status comes from GET by id,
+    and after one refusal no further batch is tried."""
+    rows = [planned(payment_body(OPEN_CASE, 1.0, creditor_payment_reference=f"FB-{n}"), n + 2)
+            for n in range(150)]
+    rows.append(planned(payment_body(SEED_CASES[1], 9999.0), 200))  # overpays: warning
+    config = config_for(sandbox, tmp_path, concurrency=2)
+    client = _NoInClient(config)
+    try:
+        out = run(rows, config, journal, "r1", client=client)
+    finally:
+        client.close()
+    assert [o.status for o in out] == [COMPLETED] * 150 + ["warning"]
+    assert out[-1].status_reason_locale == "creditor_payment.overpayment"
+    assert all(o.settled_amount == "1" for o in out[:150])
+    requests_made = sandbox.state.snapshot()["requests"]
+    assert requests_made[f"GET /{PAYMENTS_RESOURCE}"] == 151  # one GET by id per row
+    assert 1 <= client.refused <= 2  # both batches may be in flight before the first refusal
+
+
+def test_status_read_back_batches_100_ids(sandbox: RunningSandbox, tmp_path: Path,
+                                          journal: Journal) -> None:
+    """250 statuses are read with 3 queries of up to 100 ids, each row its own record."""
+    rows = [planned(payment_body(OPEN_CASE, 1.0, creditor_payment_reference=f"B-{n}"), n + 2)
+            for n in range(250)]
+    out = run(rows, config_for(sandbox, tmp_path), journal, "r1")
+    assert {o.status for o in out} == {COMPLETED}
+    by_ref = {r["creditor_payment_reference"]: r["_id"] for r in stored(sandbox)}
+    assert [o.amili_id for o in out] == [by_ref[f"B-{n}"] for n in range(250)]
+    assert sandbox.state.snapshot()["requests"][f"GET /{PAYMENTS_RESOURCE}"] == 3
+    assert {r.state for r in journal.rows("r1")} == {COMPLETED}
 
 
 def test_status_from_201_needs_no_get(make_sandbox: Callable[..., RunningSandbox],
@@ -359,6 +410,7 @@ import json, os, signal, sys
 from pathlib import Path
 from importer.client import ApiClient
 from importer.config import Config
+from importer.errors import ApiError
 from importer.journal import Journal
 from importer.kinds import PAYMENTS
 from importer.post import PlannedRow, post_rows
