@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from importer.errors import FileRejected
+from importer.kinds import kind_from_label
 from importer.read import (
     FORMULA_WITHOUT_VALUE,
+    RECOGNISED,
     ROW,
     FileInfo,
     ReadOptions,
     Table,
     build_columns,
+    canonical_header,
     file_info,
     find_header,
     hash_file,
@@ -202,9 +205,13 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
         if found is None:
             info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
             continue
+        header_row, header = found
+        if _not_data(sheet_name, path.stem, header, options):
+            info.notes.append(f"sheet {sheet_name!r} has no recognised columns and its name "
+                              "names no kind: skipped as not data")
+            continue
         kind = kind_for(name, sheet_name, options, fallback=path.stem)
         where = f"sheet {sheet_name!r}: "
-        header_row, header = found
         if header_row > 1:
             info.notes.append(f"{where}header on row {header_row}; the rows above it are read "
                               "as titles and ignored")
@@ -236,6 +243,21 @@ def _headerless_with_values(sheet: Any, header: list[str], header_row: int,
             if index < len(row) and cell_value(row[index]) is not None:
                 found.add(index)
     return found
+
+
+def _not_data(sheet_name: str, stem: str, header: list[str], options: ReadOptions) -> bool:
+    """A sheet beside the data (notes, instructions, a pivot) is skipped, not fatal.
+
+    Its name names no kind, and its header has no recognised column (or fewer than two when
+    neither the file name nor --kind gives a kind either). A sheet that looks like data of an
+    unknown kind still rejects the file, with the naming hint.
+    """
+    if kind_from_label(sheet_name) is not None:
+        return False
+    recognised = sum(canonical_header(t) in RECOGNISED for t in header)
+    if options.kind is not None or kind_from_label(stem) is not None:
+        return recognised == 0
+    return recognised < 2
 
 
 def _chunker(table: Table, positions: list[int], fixes: Fixes,

@@ -91,12 +91,27 @@ def test_kind_override_applies_to_every_sheet(tmp_path: Path) -> None:
 
 
 def test_sheet_without_kind_holding_data_rejects_file(tmp_path: Path) -> None:
-    """A visible sheet with data whose kind cannot be told rejects the file, naming it."""
+    """A visible sheet that looks like data but whose kind cannot be told rejects the file."""
     wb = openpyxl.Workbook()
-    wb.active.title = "Summary"
-    wb.active["B2"] = "total"
-    with pytest.raises(FileRejected, match="worksheet 'Summary'.*name the file"):
+    wb.active.title = "Data"
+    wb.active.append(["creditor", "case", "amount"])
+    wb.active.append([CRED, CRED, 10])
+    with pytest.raises(FileRejected, match="worksheet 'Data'.*name the file"):
         open_file(save(wb, tmp_path, "month.xlsx"), ReadOptions())
+
+
+def test_notes_sheet_beside_the_data_is_skipped(tmp_path: Path) -> None:
+    """A sheet of notes (no recognised column, no kind in its name) is skipped and noted."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "Payments"
+    wb.active.append(PAY_HEADER)
+    wb.active.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
+    notes = wb.create_sheet("Notes")
+    notes["A1"] = "Month-end import, checked by Anna"
+    notes["B3"] = "total"
+    info, (table,) = open_file(save(wb, tmp_path, "monthend.xlsx"), ReadOptions())
+    assert table.sheet == "Payments"
+    assert any("'Notes' has no recognised columns" in n for n in info.notes)
 
 
 def test_generic_sheet_name_takes_kind_from_file_name(tmp_path: Path) -> None:
