@@ -29,10 +29,11 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -199,6 +200,26 @@ def _equals(word: str, name: str) -> pa.Check:
     return _check(lambda s: s == word, name)
 
 
+LOCAL_ZONE = ZoneInfo("Europe/Stockholm")
+
+
+def future_limit(now: np.datetime64) -> np.datetime64:
+    """The first instant that counts as "in the future": the next midnight in Sweden.
+
+    Dates without a time (ISO dates, Excel date cells) are read as midnight GMT, so a run at
+    00:30 Swedish time would otherwise find that day's payments "in the future".
+
+    Args:
+        now: the run's time, naive UTC.
+
+    Returns:
+        Naive UTC.
+    """
+    moment = pd.Timestamp(now).tz_localize("UTC").to_pydatetime().astimezone(LOCAL_ZONE)
+    midnight = datetime.combine(moment.date() + timedelta(days=1), time(), LOCAL_ZONE)
+    return np.datetime64(midnight.astimezone(UTC).replace(tzinfo=None), "us")
+
+
 @lru_cache(maxsize=16)
 def _schemas(kind_name: str, now: np.datetime64, account: bool
              ) -> tuple[pa.DataFrameSchema, pa.DataFrameSchema]:
@@ -206,9 +227,11 @@ def _schemas(kind_name: str, now: np.datetime64, account: bool
 
     Args:
         kind_name: the kind.
-        now: the run's time, naive UTC (future and old dates are relative to it).
+        now: naive UTC; old dates are relative to it, and a date is "in the future" when it
+            is at or after the next local midnight (see :func:`future_limit`).
         account: whether an ``account`` column is checked (send_account with such a column).
     """
+    future = future_limit(now)
     kind = KINDS[kind_name]
     required = {"creditor", "currency", "origin", *kind.required}
     ids = ["creditor", "case"] + (["account"] if account else [])
@@ -227,7 +250,7 @@ def _schemas(kind_name: str, now: np.datetime64, account: bool
             checks += [_check(lambda s: s > 0, "amount_positive"),
                        _check(lambda s: s < float(normalise.MAX_AMOUNT), "amount_max")]
         elif field == "bank_transaction_date":
-            checks.append(_check(lambda s: s <= now, "future_date"))
+            checks.append(_check(lambda s: s < future, "future_date"))
         columns[field] = pa.Column(None, nullable=field not in required, checks=checks)
     # How many of case/invoice_number a row gives (an unreadable cell counts as given).
     columns["_case_or_invoice"] = pa.Column(None, checks=[
@@ -244,7 +267,7 @@ def _schemas(kind_name: str, now: np.datetime64, account: bool
             _check(lambda s: s >= 0, "registered_before_transaction")])
     if "client_registration_date" in kind.fields:
         warn["client_registration_date"] = pa.Column(None, nullable=True, checks=[
-            _check(lambda s: s <= now, "future_registration")])
+            _check(lambda s: s < future, "future_registration")])
     warnings = pa.DataFrameSchema(warn, coerce=False, name=f"{kind_name} warnings")
     return errors, warnings
 

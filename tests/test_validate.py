@@ -168,11 +168,23 @@ def test_amount_range_and_missing() -> None:
 
 
 def test_future_bank_date_is_an_error() -> None:
-    """A bank transaction after the run's time is an error; earlier the same day is fine."""
+    """A bank transaction after today (Swedish time) is an error; today is fine."""
     out = check([payment(bank_transaction_date="2025-08-02"),
-                 payment(bank_transaction_date="2025-08-01T11:59:00Z", amount="2")])
+                 payment(bank_transaction_date="2025-08-01T21:59:00Z", amount="2")])
     assert out["reason"].tolist() == ["future_date", None]
     assert out["status"].tolist() == ["error", "valid"]
+
+
+def test_future_means_after_today_in_sweden() -> None:
+    """At 00:30 Swedish time, that day's date (read as midnight GMT) is not "in the future";
+    the next day is."""
+    tab = table(PAYMENTS, PAY_FIELDS)
+    half_past_midnight = datetime(2026, 11, 21, 23, 30, tzinfo=UTC)  # 00:30 CET on the 22nd
+    out = Checker(tab, Config(), half_past_midnight).check(chunk(tab, [
+        payment(bank_transaction_date="2026-11-22"),
+        payment(bank_transaction_date="Sun, 22 Nov 2026 22:59:59 GMT", amount="2"),
+        payment(bank_transaction_date="2026-11-23", amount="3")]))
+    assert out["reason"].tolist() == [None, None, "future_date"]
 
 
 def test_warnings_are_still_posted() -> None:
