@@ -520,22 +520,41 @@ class Journal:
         self, run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,
         payload: dict[str, Any], outcome: Settlement, posts: int,
     ) -> int:
-        stamp = now()
         with self.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO rows (run_id, file_sha256, file_name, sheet, row, kind, fingerprint,"
-                " case_key, payload, state, retryable, reason, http_status, attempts, posts,"
-                " amili_id, settled_amount, case_reference_number, status_reason_locale,"
-                " message, ref_row, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, ref.file_sha256, ref.file_name, ref.sheet, int(ref.row), kind,
-                 fingerprint, case_key, json.dumps(payload, default=_json_default), outcome.state,
-                 int(outcome.retryable), outcome.reason, outcome.http_status, outcome.attempts,
-                 posts, outcome.amili_id, outcome.settled_amount,
-                 outcome.case_reference_number, outcome.status_reason_locale, outcome.message,
-                 outcome.ref_row, stamp, stamp),
-            )
+            cur = db.execute(_INSERT_ROW + " VALUES (" + ", ".join("?" * 23) + ")",
+                             _row_values(run_id, ref, kind, fingerprint, case_key, payload,
+                                         outcome, posts))
             return int(cur.lastrowid or 0)
+
+    def claim(
+        self, run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,
+        payload: dict[str, Any],
+    ) -> int | None:
+        """Commit a row as ``in_flight`` if no row with its fingerprint is done or pending.
+
+        The check and the insert are one SQL statement, hence one write transaction (SQLite
+        takes the write lock before the statement reads), so no other thread or process can
+        begin the same fingerprint in between: the same guarantee as a ``BEGIN IMMEDIATE``
+        around :meth:`prior` and :meth:`begin`, in one round trip to SQLite instead of four.
+
+        Args:
+            run_id: the current run.
+            ref: where the row comes from.
+            kind: the kind's name.
+            fingerprint: the row's identity.
+            case_key: ``case:<id>`` or ``invoice:<creditor>:<number>``.
+            payload: the JSON body that will be sent.
+
+        Returns:
+            The journal row id, committed ``in_flight`` (send the POST now); None when
+            :meth:`prior` would not be empty (nothing was written: decide with it).
+        """
+        values = _row_values(run_id, ref, kind, fingerprint, case_key, payload,
+                             Settlement(state=IN_FLIGHT), posts=1)
+        with self._lock:
+            # Outside a transaction() the statement commits on its own (autocommit).
+            cur = self._db.execute(_CLAIM_ROW, (*values, *_prior_args(fingerprint)))
+            return int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid else None
 
     def repost(self, row_id: int) -> None:
         """Commit ``in_flight`` again before a row is POSTed once more (after a read-back
@@ -547,9 +566,13 @@ class Journal:
             )
 
     def finish(self, row_id: int, outcome: Settlement) -> None:
-        """Commit a row's outcome after the answer (or the read-back) is known."""
-        with self.transaction() as db:
-            db.execute(
+        """Commit a row's outcome after the answer (or the read-back) is known.
+
+        One UPDATE statement is its own transaction (SQLite's autocommit), committed when
+        this returns; inside a caller's :meth:`transaction` it is part of that one.
+        """
+        with self._lock:
+            self._db.execute(
                 "UPDATE rows SET state = ?, retryable = ?, reason = ?, http_status = ?,"
                 " attempts = ?, amili_id = ?, settled_amount = ?, case_reference_number = ?,"
                 " status_reason_locale = ?, message = ?, ref_row = coalesce(?, ref_row),"
@@ -568,11 +591,8 @@ class Journal:
     def prior(self, fingerprint: str) -> list[RowRecord]:
         """Rows with this fingerprint that were stored or may have been (done or pending),
         oldest first: what decides whether a row may be posted."""
-        rows = self._query(
-            "SELECT * FROM rows WHERE fingerprint = ? AND (state IN (?, ?, ?, ?)"
-            " OR (state = ? AND amili_id IS NOT NULL)) ORDER BY id",
-            (fingerprint, COMPLETED, WARNING, IN_FLIGHT, UNKNOWN, ERROR),
-        )
+        rows = self._query(f"SELECT * FROM rows WHERE {_PRIOR} ORDER BY id",
+                           _prior_args(fingerprint))
         return [_row(r) for r in rows]
 
     def latest(self, fingerprint: str) -> RowRecord | None:
@@ -623,6 +643,31 @@ class Journal:
         """Rows of a run per state."""
         return {r[0]: r[1] for r in self._query(
             "SELECT state, count(*) FROM rows WHERE run_id = ? GROUP BY state", (run_id,))}
+
+
+_ROW_COLUMNS = (
+    "run_id, file_sha256, file_name, sheet, row, kind, fingerprint, case_key, payload, state,"
+    " retryable, reason, http_status, attempts, posts, amili_id, settled_amount,"
+    " case_reference_number, status_reason_locale, message, ref_row, created, updated")
+_INSERT_ROW = f"INSERT INTO rows ({_ROW_COLUMNS})"
+# The rows that decide whether a fingerprint may be posted (see Journal.prior).
+_PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND amili_id IS NOT NULL))")
+_CLAIM_ROW = (f"{_INSERT_ROW} SELECT " + ", ".join("?" * 23)
+              + f" WHERE NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR})")
+
+
+def _prior_args(fingerprint: str) -> tuple[str, ...]:
+    return (fingerprint, COMPLETED, WARNING, IN_FLIGHT, UNKNOWN, ERROR)
+
+
+def _row_values(run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,
+                payload: dict[str, Any], outcome: Settlement, posts: int) -> tuple[Any, ...]:
+    stamp = now()
+    return (run_id, ref.file_sha256, ref.file_name, ref.sheet, int(ref.row), kind, fingerprint,
+            case_key, json.dumps(payload, default=_json_default), outcome.state,
+            int(outcome.retryable), outcome.reason, outcome.http_status, outcome.attempts,
+            posts, outcome.amili_id, outcome.settled_amount, outcome.case_reference_number,
+            outcome.status_reason_locale, outcome.message, outcome.ref_row, stamp, stamp)
 
 
 def _json_default(value: Any) -> Any:

@@ -467,17 +467,24 @@ class _Engine:
     def _post_one(self, row: PlannedRow) -> Outcome:
         rlog = self.log.bind(file=row.file_name, sheet=row.sheet, row=row.row, kind=row.kind.name)
         # The check and the write-ahead are one transaction: no other thread or process can
-        # begin the same fingerprint in between.
-        with self.journal.transaction():
-            early = self._decide(row)
-            if early is not None:
-                settlement, outcome = early
-                outcome.journal_id = self.journal.record(
-                    self.run_id, row.ref, row.kind.name, row.fingerprint, row.case_key,
-                    row.payload, settlement)
-            else:
-                journal_id = self.journal.begin(self.run_id, row.ref, row.kind.name,
-                                                row.fingerprint, row.case_key, row.payload)
+        # begin the same fingerprint in between. The usual case (no earlier row with this
+        # fingerprint) is one statement; otherwise the full decision below.
+        early = None
+        claimed = self.journal.claim(self.run_id, row.ref, row.kind.name, row.fingerprint,
+                                     row.case_key, row.payload)
+        if claimed is not None:
+            journal_id = claimed
+        else:
+            with self.journal.transaction():
+                early = self._decide(row)
+                if early is not None:
+                    settlement, outcome = early
+                    outcome.journal_id = self.journal.record(
+                        self.run_id, row.ref, row.kind.name, row.fingerprint, row.case_key,
+                        row.payload, settlement)
+                else:
+                    journal_id = self.journal.begin(self.run_id, row.ref, row.kind.name,
+                                                    row.fingerprint, row.case_key, row.payload)
         if early is not None:
             rlog.info("row.not_posted", status=outcome.status, reason=outcome.reason,
                       detail=outcome.message)

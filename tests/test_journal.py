@@ -228,3 +228,64 @@ def test_transaction_rolls_back_on_error(journal: Journal) -> None:
         journal.begin("r1", ref(2), "payments", "fx", "case:b", PAYLOAD)
         raise RuntimeError("boom")
     assert journal.rows("r1") == []
+
+
+def test_claim_commits_in_flight_only_when_nothing_prior(journal: Journal) -> None:
+    """claim() commits in_flight when no row of the fingerprint is done or pending, and
+    writes nothing (None) when prior() would not be empty."""
+    other = sqlite3.connect(journal.path)
+    first = journal.claim("r1", ref(2), "payments", "fpc", "case:b", PAYLOAD)
+    assert first is not None
+    assert other.execute("SELECT state, posts, payload FROM rows WHERE id=?",
+                         (first,)).fetchone()[:2] == (IN_FLIGHT, 1)
+    assert journal.claim("r1", ref(3), "payments", "fpc", "case:b", PAYLOAD) is None
+    for state, amili_id, blocks in ((UNKNOWN, None, True), (COMPLETED, "c" * 24, True),
+                                    (WARNING, "c" * 24, True), (ERROR, "c" * 24, True),
+                                    (ERROR, None, False), (FAILED, None, False)):
+        journal.finish(first, Settlement(state=state, amili_id=amili_id))
+        claimed = journal.claim("r1", ref(4), "payments", "fpc", "case:b", PAYLOAD)
+        assert (claimed is None) is blocks, (state, amili_id)
+        if claimed is not None:  # leave only the first row behind for the next state
+            other.execute("DELETE FROM rows WHERE id=?", (claimed,))
+            other.commit()
+    rows = other.execute("SELECT id FROM rows WHERE fingerprint='fpc'").fetchall()
+    assert rows == [(first,)]
+    rec = journal.row(first)
+    assert rec is not None and rec.payload == PAYLOAD and rec.ref.row == 2
+    other.close()
+
+
+def test_claim_is_atomic_across_processes(tmp_path: Path) -> None:
+    """Processes claiming the same fingerprints at once: each fingerprint is claimed once."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from importer.journal import Journal, RowRef\n"
+        "j = Journal(Path(sys.argv[1]))\n"
+        "run = 'p' + sys.argv[2]\n"
+        "j.start_run(run, 'run')\n"
+        "for n in range(150):\n"
+        "    j.claim(run, RowRef('p.csv', 'f'*64, None, n), 'payments', f'fp{n}', 'c', {})\n"
+    )
+    with Journal(tmp_path):  # the schema exists before the racers start
+        pass
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(i)])
+             for i in range(4)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    counts = db.execute("SELECT fingerprint, count(*) FROM rows GROUP BY fingerprint").fetchall()
+    db.close()
+    assert len(counts) == 150 and {c for _, c in counts} == {1}
+
+
+def test_finish_outside_a_transaction_is_committed(journal: Journal) -> None:
+    """finish() alone is committed when it returns; inside transaction() it rolls back with it."""
+    rid = journal.begin("r1", ref(), "payments", "fpf", "case:b", PAYLOAD)
+    journal.finish(rid, Settlement(state=COMPLETED, amili_id="d" * 24))
+    other = sqlite3.connect(journal.path)
+    assert other.execute("SELECT state FROM rows WHERE id=?", (rid,)).fetchone() == (COMPLETED,)
+    with pytest.raises(RuntimeError), journal.transaction():
+        journal.finish(rid, Settlement(state=FAILED))
+        raise RuntimeError("boom")
+    assert other.execute("SELECT state FROM rows WHERE id=?", (rid,)).fetchone() == (COMPLETED,)
+    other.close()
