@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 MAX_CELL = 1000  # longer cells are pasted text, not values: an error on any API column
 # The longest text field we send: 140 is the longest free-text reference a bank payment can
@@ -523,6 +525,8 @@ _RFC = re.compile(
 _RFC_CANONICAL = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
     r"\d{4} \d\d:\d\d:\d\d GMT")
+# The same for Arrow's RE2 (whose \d is ASCII only: other digits take the per-value path).
+_RFC_CANONICAL_RE2 = f"^{_RFC_CANONICAL.pattern}$"
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _ISO_DATETIME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
@@ -643,16 +647,75 @@ def dates(raw: pd.Series) -> Parsed:
     """
     cells = _cells(raw)
     arr, n = cells.arr, len(cells.arr)
-    nonempty = np.flatnonzero(~cells.empty)
-    codes, uniques = pd.factorize(arr[nonempty], use_na_sentinel=False)
+    texts = _filled(n, None)
+    moments = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+    rest = np.flatnonzero(~cells.empty)
+    if cells.plain and len(rest):
+        # Canonical cells (nearly all of a system's export) never become Python objects.
+        good, when = _canonical_rfc(arr[rest])
+        texts[rest[good]] = arr[rest[good]]
+        moments[rest[good]] = when
+        rest = rest[~good]
+    failed = np.empty(0, dtype=np.int64)
+    problems: list[Problem] = []
+    if len(rest):
+        texts[rest], moments[rest], failed, problems = _dates_per_unique(arr, rest)
+    return Parsed(_obj_series(texts, raw.index), _errors(raw.index, failed, problems),
+                  pd.Series(moments, index=raw.index))
+
+
+_MONTH_NUMBERS = pa.array([f"{i:02d}" for i in range(1, 13)])
+_WEEKDAY_NAMES = pa.array(_WEEKDAYS)
+
+
+def _canonical_rfc(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which plain-text cells are canonical RFC 1123 GMT naming the right weekday.
+
+    Arrow kernels on the whole column: RE2 match, the ISO text cut out of it and cast
+    (strictly: 30 Feb or 24:00 fail and go to the per-value path, which says why).
+
+    Returns:
+        (mask over ``arr``, the moments of the cells it marks as ``datetime64[us]``).
+    """
+    text = pa.array(arr, type=pa.string())
+    canonical = pc.fill_null(pc.match_substring_regex(text, _RFC_CANONICAL_RE2), False)
+    picked = text.filter(canonical)
+
+    def cut(start: int, stop: int) -> pa.Array:
+        return pc.utf8_slice_codeunits(picked, start, stop)
+
+    month = pc.take(_MONTH_NUMBERS, pc.index_in(cut(8, 11), value_set=pa.array(_MONTHS)))
+    iso = pc.binary_join_element_wise(cut(12, 16), "-", month, "-", cut(5, 7), "T",
+                                      cut(17, 25), "")
+    try:
+        when = pc.cast(iso, pa.timestamp("us"))
+    except pa.ArrowInvalid:  # an impossible date among them: keep only what reads back
+        when = pc.strptime(iso, format="%Y-%m-%dT%H:%M:%S", unit="us", error_is_null=True)
+        same = pc.equal(pc.strftime(when, format="%Y-%m-%dT%H:%M:%S"), iso)
+        when = pc.if_else(pc.fill_null(same, False), when, pa.scalar(None, pa.timestamp("us")))
+    right = pc.equal(pc.take(_WEEKDAY_NAMES, pc.day_of_week(when)), cut(0, 3))
+    right = pc.fill_null(right, False).to_numpy(zero_copy_only=False)
+    mask = canonical.to_numpy(zero_copy_only=False).copy()
+    mask[mask] = right
+    moments = when.to_numpy(zero_copy_only=False).astype("datetime64[us]")[right]
+    return mask, moments
+
+
+def _dates_per_unique(arr: np.ndarray, positions: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Problem]]:
+    """Parse the dates at ``positions`` (non-empty cells) once per distinct value.
+
+    Returns:
+        (texts, moments, the positions that failed, their problems).
+    """
+    codes, uniques = pd.factorize(arr[positions], use_na_sentinel=False)
     k = len(uniques)
-    # One extra last slot stands for "empty".
-    texts_u = _filled(k + 1, None)
-    moments = np.full(k + 1, np.datetime64("NaT"), dtype="datetime64[us]")
-    problems_u: list[Problem | None] = [None] * (k + 1)
+    texts_u = _filled(k, None)
+    moments = np.full(k, np.datetime64("NaT"), dtype="datetime64[us]")
+    problems_u: list[Problem | None] = [None] * k
     slow = np.arange(k)
     if k:
-        # Fast path: canonical RFC 1123 text (what an export from a system usually holds) is
+        # Fast path: canonical RFC 1123 text (an Excel text cell holding an export's date) is
         # parsed in one vectorised call; its value is the text itself once the weekday agrees.
         canonical = np.flatnonzero(np.fromiter(
             (type(u) is str and _RFC_CANONICAL.fullmatch(u) is not None for u in uniques),
@@ -680,13 +743,10 @@ def dates(raw: pd.Series) -> Parsed:
             texts_u[u] = rfc1123(moment)
             moments[u] = np.datetime64(moment, "us")
         problems_u[u] = problem
-    full = np.full(n, k, dtype=np.int64)
-    full[nonempty] = codes
     failed_u = np.array([p is not None for p in problems_u], dtype=bool)
-    failed = np.flatnonzero(failed_u[full])
-    problems = [problems_u[full[p]] for p in failed]
-    return Parsed(_obj_series(texts_u[full], raw.index), _errors(raw.index, failed, problems),
-                  pd.Series(moments[full], index=raw.index))
+    failed = failed_u[codes]
+    return (texts_u[codes], moments[codes], positions[failed],
+            [p for p in (problems_u[c] for c in codes[failed]) if p is not None])
 
 
 def utc_naive(moment: datetime) -> np.datetime64:

@@ -194,9 +194,15 @@ class _Tally:
         self.rows += n
         kind = frame["kind"].astype(object).fillna("").to_numpy()
         status = frame["status"].astype(object).fillna("").to_numpy()
-        for key, count in pd.DataFrame({"k": kind, "s": status}).groupby(["k", "s"]).size().items():
-            k = _pair(key)
-            self.counts[k] = self.counts.get(k, 0) + int(count)
+        # One code per (kind, status) pair: factorize + bincount (a groupby costs ~4x more).
+        kind_codes, kinds = pd.factorize(kind)
+        status_codes, statuses = pd.factorize(status)
+        pair = kind_codes.astype(np.int64) * len(statuses) + status_codes
+        pairs = [(str(k), str(st)) for k in kinds for st in statuses]
+        for code, count in enumerate(np.bincount(pair, minlength=len(pairs)).tolist()):
+            if count:
+                k = pairs[code]
+                self.counts[k] = self.counts.get(k, 0) + count
         if "amount" not in frame:
             return
         raw = frame["amount"]
@@ -208,11 +214,11 @@ class _Tally:
             fast = (np.abs(num * 100 - cents) < 1e-6) & (np.abs(num) < 1e11) & (status != "error")
         have = ~np.isnan(num)
         if fast.any():
-            fast_sum = pd.Series(cents[fast].astype(np.int64)).groupby(
-                [kind[fast], status[fast]]).sum()
-            for key, value in fast_sum.items():
-                k = _pair(key)
-                self.cents[k] = self.cents.get(k, 0) + int(value)
+            fast_pair, fast_cents = pair[fast], cents[fast].astype(np.int64)
+            for code in np.unique(fast_pair).tolist():  # a handful of (kind, status) pairs
+                k = pairs[code]
+                total = int(fast_cents[fast_pair == code].sum())
+                self.cents[k] = self.cents.get(k, 0) + total
         slow = np.flatnonzero(have & ~fast)
         raw_values = raw.to_numpy(dtype=object)
         for i in slow:
@@ -336,7 +342,14 @@ class _Bytes:
 _FORMULA_BYTES = np.frombuffer("".join(FORMULA_START).encode(), dtype=np.uint8)
 
 
-def _json_string(text: pa.Array, scan: _Bytes) -> pa.Array | pa.Scalar:
+@dataclass(frozen=True)
+class JsonQuoted:
+    """A null-free column's escaped text, its JSON quotes still to add (by the row join)."""
+
+    text: pa.Array
+
+
+def _json_string(text: pa.Array, scan: _Bytes) -> pa.Array | pa.Scalar | JsonQuoted:
     """JSON string literals (``"null"`` where missing), as ``json.dumps`` would write them."""
     if text.null_count == len(text):
         return _NULL
@@ -345,6 +358,9 @@ def _json_string(text: pa.Array, scan: _Bytes) -> pa.Array | pa.Scalar:
         escaped = pc.replace_substring(escaped, "\\", "\\\\")
     if scan.has(b'"'):
         escaped = pc.replace_substring(escaped, '"', '\\"')
+    if not text.null_count and not scan.control():
+        # The row join adds the quotes: one copy of the column fewer.
+        return JsonQuoted(escaped)
     out = pc.binary_join_element_wise(_QUOTE, escaped, _QUOTE, _EMPTY)
     if scan.control():  # rare: \n, \t and \u00XX escapes, done the standard library's way
         control = pc.fill_null(pc.match_substring_regex(text, _CONTROL_RE), False)
@@ -369,7 +385,7 @@ def _csv_cell(text: pa.Array, scan: _Bytes, formula_safe: bool) -> pa.Array | pa
     return pc.fill_null(out, _EMPTY)
 
 
-def _encode_column(name: str, series: pd.Series) -> tuple[pa.Array | pa.Scalar,
+def _encode_column(name: str, series: pd.Series) -> tuple[pa.Array | pa.Scalar | JsonQuoted,
                                                            pa.Array | pa.Scalar]:
     """One column's JSON values and CSV fields, whole-column Arrow kernels."""
     if name in INTEGER_COLUMNS:
@@ -460,7 +476,11 @@ class _Encoder:
             csv_parts.append(csv_part)
             if name not in present:
                 continue
-            json_parts += [("{" if first_key else ",") + key, json_part]
+            json_parts.append(("{" if first_key else ",") + key)
+            if isinstance(json_part, JsonQuoted):
+                json_parts += ['"', json_part.text, '"']
+            else:
+                json_parts.append(json_part)
             first_key = False
         json_parts.append("}")
         csv_parts.append("\r\n")
