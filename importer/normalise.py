@@ -26,8 +26,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 MAX_CELL = 1000  # longer cells are pasted text, not values: an error on any API column
 # The longest text field we send: 140 is the longest free-text reference a bank payment can
@@ -525,8 +523,6 @@ _RFC = re.compile(
 _RFC_CANONICAL = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
     r"\d{4} \d\d:\d\d:\d\d GMT")
-# The same for Arrow's RE2 (whose \d is ASCII only: other digits take the per-value path).
-_RFC_CANONICAL_RE2 = f"^{_RFC_CANONICAL.pattern}$"
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _ISO_DATETIME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
@@ -651,7 +647,7 @@ def dates(raw: pd.Series) -> Parsed:
     moments = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
     rest = np.flatnonzero(~cells.empty)
     if cells.plain and len(rest):
-        # Canonical cells (nearly all of a system's export) never become Python objects.
+        # Canonical cells (nearly all of a system's export) are read without Python per cell.
         good, when = _canonical_rfc(arr[rest])
         texts[rest[good]] = arr[rest[good]]
         moments[rest[good]] = when
@@ -664,40 +660,71 @@ def dates(raw: pd.Series) -> Parsed:
                   pd.Series(moments, index=raw.index))
 
 
-_MONTH_NUMBERS = pa.array([f"{i:02d}" for i in range(1, 13)])
-_WEEKDAY_NAMES = pa.array(_WEEKDAYS)
+def _keys(words: tuple[str, ...]) -> np.ndarray:
+    return np.array([int.from_bytes(w.encode(), "big") for w in words], dtype=np.int64)
+
+
+_WEEKDAY_KEYS = _keys(_WEEKDAYS)
+_MONTH_KEYS = _keys(_MONTHS)
+_MONTH_ORDER = np.argsort(_MONTH_KEYS)
+# "Fri, 04 Jul 2025 16:20:41 GMT": the fixed characters, and the digits of day, year, hour,
+# minute and second (weights turn the digit columns into the numbers in one product).
+_RFC_FIXED_AT = np.array([3, 4, 7, 11, 16, 19, 22, 25, 26, 27, 28])
+_RFC_TEMPLATE = np.frombuffer(b"Fri, 04 Jul 2025 16:20:41 GMT", dtype=np.uint8)[_RFC_FIXED_AT]
+_RFC_DIGITS_AT = np.array([5, 6, 12, 13, 14, 15, 17, 18, 20, 21, 23, 24])
+_RFC_WEIGHTS = np.zeros((12, 5), dtype=np.float64)
+for _column, _places in enumerate(((0, 1), (2, 3, 4, 5), (6, 7), (8, 9), (10, 11))):
+    for _power, _place in enumerate(reversed(_places)):
+        _RFC_WEIGHTS[_place, _column] = 10 ** _power
 
 
 def _canonical_rfc(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which plain-text cells are canonical RFC 1123 GMT naming the right weekday.
 
-    Arrow kernels on the whole column: RE2 match, the ISO text cut out of it and cast
-    (strictly: 30 Feb or 24:00 fail and go to the per-value path, which says why).
+    The text is 29 fixed-width ASCII characters, so numpy reads every cell at once as a row
+    of bytes; nothing is parsed per cell. Anything unusual (non-ASCII, another length, an
+    impossible date, a NUL) is left to the per-value path, which says what is wrong.
 
     Returns:
         (mask over ``arr``, the moments of the cells it marks as ``datetime64[us]``).
     """
-    text = pa.array(arr, type=pa.string())
-    canonical = pc.fill_null(pc.match_substring_regex(text, _RFC_CANONICAL_RE2), False)
-    picked = text.filter(canonical)
+    n = len(arr)
+    none = np.zeros(n, dtype=bool), np.empty(0, dtype="datetime64[us]")
+    joined = "".join(arr)
+    if "\x00" in joined or not joined.isascii():  # fixed width drops NULs; bytes need ASCII
+        return none
+    at = arr.astype("S30").view(np.uint8).reshape(n, 30)
+    ok = (at[:, 29] == 0) & (at[:, 28] != 0)  # exactly 29 characters
+    ok &= (at[:, _RFC_FIXED_AT] == _RFC_TEMPLATE).all(axis=1)
+    digits = at[:, _RFC_DIGITS_AT] - np.uint8(ord("0"))  # wraps below '0': > 9
+    ok &= (digits <= 9).all(axis=1)
+    if not ok.any():
+        return none
+    picked = np.flatnonzero(ok)
+    rows = at[picked]
+    # float64: BLAS does the product (exact for these small integers); int64 has no BLAS.
+    numbers = (digits[picked].astype(np.float64) @ _RFC_WEIGHTS).astype(np.int64)
+    day, year, hour, minute, second = numbers.T
 
-    def cut(start: int, stop: int) -> pa.Array:
-        return pc.utf8_slice_codeunits(picked, start, stop)
+    def word(i: int) -> np.ndarray:
+        part = rows[:, i:i + 3].astype(np.int64)
+        return (part[:, 0] << 16) | (part[:, 1] << 8) | part[:, 2]
 
-    month = pc.take(_MONTH_NUMBERS, pc.index_in(cut(8, 11), value_set=pa.array(_MONTHS)))
-    iso = pc.binary_join_element_wise(cut(12, 16), "-", month, "-", cut(5, 7), "T",
-                                      cut(17, 25), "")
-    try:
-        when = pc.cast(iso, pa.timestamp("us"))
-    except pa.ArrowInvalid:  # an impossible date among them: keep only what reads back
-        when = pc.strptime(iso, format="%Y-%m-%dT%H:%M:%S", unit="us", error_is_null=True)
-        same = pc.equal(pc.strftime(when, format="%Y-%m-%dT%H:%M:%S"), iso)
-        when = pc.if_else(pc.fill_null(same, False), when, pa.scalar(None, pa.timestamp("us")))
-    right = pc.equal(pc.take(_WEEKDAY_NAMES, pc.day_of_week(when)), cut(0, 3))
-    right = pc.fill_null(right, False).to_numpy(zero_copy_only=False)
-    mask = canonical.to_numpy(zero_copy_only=False).copy()
-    mask[mask] = right
-    moments = when.to_numpy(zero_copy_only=False).astype("datetime64[us]")[right]
+    months = word(8)
+    month = _MONTH_ORDER[np.searchsorted(_MONTH_KEYS[_MONTH_ORDER], months).clip(0, 11)]
+    first = (year - 1970).astype("datetime64[Y]").astype("datetime64[M]") + month
+    start = first.astype("datetime64[D]")
+    length = ((first + 1).astype("datetime64[D]") - start).astype(np.int64)
+    days = start + (day - 1)
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    real = ((_MONTH_KEYS[month] == months) & (year >= 1) & (day >= 1) & (day <= length)
+            & (hour < 24) & (minute < 60) & (second < 60)
+            & (_WEEKDAY_KEYS[weekday] == word(0)))
+    mask = np.zeros(n, dtype=bool)
+    mask[picked[real]] = True
+    seconds = ((hour * 60 + minute) * 60 + second)[real]
+    moments = days[real].astype("datetime64[us]") + (seconds * 1_000_000).astype(
+        "timedelta64[us]")
     return mask, moments
 
 

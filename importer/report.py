@@ -256,6 +256,11 @@ def _any(mask: pa.Array) -> bool:
     return bool(pc.any(mask).as_py())
 
 
+def _all_true(mask: pa.Array) -> bool:
+    """Every non-null value is true (the nulls stay null either way)."""
+    return bool(pc.all(mask).as_py())
+
+
 def _arrow_text(series: pd.Series) -> pa.Array:
     """One column as an Arrow string array (null where missing), without per-value Python
     for the usual cases (str, int, pyarrow-backed columns)."""
@@ -379,9 +384,10 @@ def _csv_cell(text: pa.Array, scan: _Bytes, formula_safe: bool) -> pa.Array | pa
         out = pc.if_else(formula, pc.binary_join_element_wise(_lit("'"), out, _EMPTY), out)
     if scan.has(b"\",\r\n"):
         special = pc.match_substring_regex(out, _CSV_SPECIAL_RE)
-        quoted = pc.binary_join_element_wise(
-            _QUOTE, pc.replace_substring(out, '"', '""'), _QUOTE, _EMPTY)
-        out = pc.if_else(special, quoted, out)
+        inner = pc.replace_substring(out, '"', '""') if scan.has(b'"') else out
+        quoted = pc.binary_join_element_wise(_QUOTE, inner, _QUOTE, _EMPTY)
+        # A date column has a comma in every value: all quoted, no per-row choice.
+        out = quoted if _all_true(special) else pc.if_else(special, quoted, out)
     return pc.fill_null(out, _EMPTY)
 
 
@@ -392,6 +398,8 @@ def _encode_column(name: str, series: pd.Series) -> tuple[pa.Array | pa.Scalar |
         if series.dtype.kind in "iu":
             text = _arrow_text(series)
             return text, text
+        if series.dtype == object and not series.notna().any():  # not posted: all None
+            return _NULL, _EMPTY
         values, mask, bad = _integer_values(series)
         if mask.all():
             return _NULL, _EMPTY
