@@ -668,14 +668,10 @@ _WEEKDAY_KEYS = _keys(_WEEKDAYS)
 _MONTH_KEYS = _keys(_MONTHS)
 _MONTH_ORDER = np.argsort(_MONTH_KEYS)
 # "Fri, 04 Jul 2025 16:20:41 GMT": the fixed characters, and the digits of day, year, hour,
-# minute and second (weights turn the digit columns into the numbers in one product).
+# minute and second.
 _RFC_FIXED_AT = np.array([3, 4, 7, 11, 16, 19, 22, 25, 26, 27, 28])
 _RFC_TEMPLATE = np.frombuffer(b"Fri, 04 Jul 2025 16:20:41 GMT", dtype=np.uint8)[_RFC_FIXED_AT]
 _RFC_DIGITS_AT = np.array([5, 6, 12, 13, 14, 15, 17, 18, 20, 21, 23, 24])
-_RFC_WEIGHTS = np.zeros((12, 5), dtype=np.float64)
-for _column, _places in enumerate(((0, 1), (2, 3, 4, 5), (6, 7), (8, 9), (10, 11))):
-    for _power, _place in enumerate(reversed(_places)):
-        _RFC_WEIGHTS[_place, _column] = 10 ** _power
 
 
 def _canonical_rfc(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -702,9 +698,16 @@ def _canonical_rfc(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return none
     picked = np.flatnonzero(ok)
     rows = at[picked]
-    # float64: BLAS does the product (exact for these small integers); int64 has no BLAS.
-    numbers = (digits[picked].astype(np.float64) @ _RFC_WEIGHTS).astype(np.int64)
-    day, year, hour, minute, second = numbers.T
+    d = digits[picked].astype(np.int64).T
+
+    def number(*places: int) -> np.ndarray:
+        value = d[places[0]]
+        for place in places[1:]:
+            value = value * 10 + d[place]
+        return value
+
+    day, year, hour = number(0, 1), number(2, 3, 4, 5), number(6, 7)
+    minute, second = number(8, 9), number(10, 11)
 
     def word(i: int) -> np.ndarray:
         part = rows[:, i:i + 3].astype(np.int64)

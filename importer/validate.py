@@ -179,13 +179,18 @@ def _hex24(s: pd.Series) -> pd.Series:
 
 
 def _short(s: pd.Series) -> pd.Series:
-    lengths = np.fromiter(map(len, s.to_numpy(dtype=object)), dtype=np.int64, count=len(s))
+    values = s.to_numpy(dtype=object)
+    if not len(values) or max(map(len, values)) <= normalise.MAX_TEXT:
+        return _all(s)
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     return pd.Series(lengths <= normalise.MAX_TEXT, index=s.index)
 
 
 def _no_control(s: pd.Series) -> pd.Series:
     values = s.to_numpy(dtype=object)
-    if not _CONTROL.search("".join(values)):
+    joined = "".join(values)
+    # Every character _CONTROL matches is non-printable: the C loop answers the usual case.
+    if joined.isprintable() or not _CONTROL.search(joined):
         return _all(s)
     return pd.Series([_CONTROL.search(v) is None for v in values], index=s.index, dtype=bool)
 
@@ -196,7 +201,9 @@ def _check(fn: Callable[[pd.Series], pd.Series], name: str) -> pa.Check:
 
 
 def _equals(word: str, name: str) -> pa.Check:
-    return _check(lambda s: s == word, name)
+    # numpy's object comparison: pandas' own == on an object Series is ~3x slower.
+    return _check(lambda s: pd.Series(s.to_numpy(dtype=object) == word, index=s.index,
+                                      dtype=bool), name)
 
 
 LOCAL_ZONE = ZoneInfo("Europe/Stockholm")
