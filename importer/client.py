@@ -40,7 +40,12 @@ from importer.ratelimit import RateLimiter
 
 USER_AGENT = f"amili-import/{__version__}"
 PAGE_SIZE = 100  # Eve's max_results ceiling
-RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})  # the server says: not processed, try again
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})  # a GET is safe to repeat on these
+# A POST is repeated blindly only when the answer says it was not processed. A gateway's 502 or
+# 504 may come after Amili received (and stored) the request: like a 500, its outcome is unknown
+# and the engine reads it back before anything is sent again (stricter than issue 4's list,
+# which names 502/504 as safe; the read-back costs one GET and never a duplicate).
+POST_RETRY_STATUSES = frozenset({408, 429, 503})
 RETRY_AFTER_CAP = 120.0  # never sleep longer than this on one Retry-After, whatever it says
 
 _TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout,
@@ -328,7 +333,7 @@ class ApiClient:
                 if status == 401:
                     raise ApiError(f"the API refused a freshly issued token on POST {path} "
                                    f"({api_message(response)})")
-                if status not in RETRY_STATUSES:
+                if status not in POST_RETRY_STATUSES:
                     message = api_message(response)
                     if status >= 500 or 300 <= status < 400:
                         self._log.warning("http.unknown_outcome", method="POST", path=path,

@@ -505,10 +505,11 @@ class _Engine:
     def _decide(self, row: PlannedRow) -> tuple[Settlement, Outcome] | None:
         """None: post it. Otherwise what to record and report instead."""
         prior = self.journal.prior(row.fingerprint)
-        source = row.ref.source
-        same = [p for p in prior if p.done and p.ref.source == source]
+        same = [p for p in prior if _covers(p, row)]
         if same:
             earlier = same[-1]
+            if not earlier.done and earlier.ref_row is not None:  # skipped: its covering row
+                earlier = self.journal.row(earlier.ref_row) or earlier
             return self._skip(row, earlier, f"already posted in run {earlier.run_id}, "
                                             f"{earlier.ref.describe()}")
         pending = [p for p in prior if p.state in PENDING_STATES]
@@ -802,6 +803,20 @@ def readback_filters(kind: Kind, payload: dict[str, Any], key: str = "") -> list
     if key.startswith("case:"):
         filters.append({**base, "case": key.removeprefix("case:")})
     return filters
+
+
+def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
+    """Whether an earlier journal row with the same fingerprint already stands for this row.
+
+    It does when it comes from the same place — the same file content, sheet and row, or the
+    same file name, sheet and row (the file was edited and run again) — and is done, or was
+    skipped there because another done row covers it. ``--allow-duplicates`` never re-posts
+    such a row: it only lets an identical row from a different place through.
+    """
+    here = (earlier.ref.source == row.ref.source
+            or (earlier.ref.file_name, earlier.ref.sheet, earlier.ref.row)
+            == (row.file_name, row.sheet, row.row))
+    return here and (earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
 
 
 def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool:

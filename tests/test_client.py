@@ -473,3 +473,35 @@ def test_requests_carry_headers_body_and_session_cookies(monkeypatch: pytest.Mon
         assert headers["Accept"] == "application/json"
     assert h1["Content-Type"] == "application/json" and "Content-Type" not in h3
     assert "Cookie" not in h1 and h2["Cookie"] == "lb=node-7" and h3["Cookie"] == "lb=node-7"
+
+
+def test_gateway_504_after_the_request_is_unknown_not_resent(tmp_path: Any) -> None:
+    """A 502/504 from a gateway may follow a stored record: the POST is not repeated blindly."""
+    import http.server
+
+    seen: list[str] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.path)
+            self.send_response(504)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = Config(api_url=f"http://127.0.0.1:{server.server_port}", access_token="t",
+                        max_attempts=4, backoff_base=0.01)
+        with ApiClient(config) as client:
+            result = client.post(PAYMENTS, payment_body())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.outcome, result.http_status, result.attempts) == ("unknown", 504, 1)
+    assert seen == ["/creditor--payments"]

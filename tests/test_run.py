@@ -293,3 +293,21 @@ def test_refused_login_exits_3_and_retry_posts_the_rows(
     cli(["retry", first["run_id"], "--report-dir", str(tmp_path / "r2")], env=env)
     assert report(tmp_path / "r2")["rows"][0]["status"] == "completed"
     assert stored_references(sandbox) == Counter({"L1": 1})
+
+
+def test_allow_duplicates_never_reposts_rows_of_an_edited_file(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """Fix one row of a file and run it again, even with --allow-duplicates: the rows already
+    posted from that file are not posted a second time."""
+    env = env_for(sandbox, tmp_path / "state")
+    good = [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "E1"]
+    source = write_csv(tmp_path / "payments.csv", [
+        good, [CREDITOR, OPEN_CASE.id, "", "EUR", "11", BANK_DATE, "E2"]])
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    write_csv(source, [good, [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "E2"]])
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r2")], env=env)
+    cli(["run", str(source), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")],
+        env=env)
+    assert stored_references(sandbox) == Counter({"E1": 1, "E2": 1})
+    assert [r["reason"] for r in report(tmp_path / "r3")["rows"]] == ["already_posted"] * 2
