@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -73,6 +73,9 @@ from importer.journal import (
     RowRecord,
     RowRef,
     Settlement,
+)
+from importer.journal import (
+    now as journal_now,
 )
 from importer.kinds import KINDS, Kind
 
@@ -375,7 +378,7 @@ class _Engine:
             if _age_seconds(rec.updated) > self.tuning.settled_age:
                 delays = (0.0,)
             record, conclusive, why = self._read_back(kind, rec.payload, rec.case_key,
-                                                      delays)
+                                                      delays, sent_after=rec.created)
             where = f"row left {rec.state.replace('_', ' ')} by run {rec.run_id}"
             if record is not None:
                 settled = self._from_record(kind, record, written=False,
@@ -556,6 +559,7 @@ class _Engine:
         attempts = 0
         posts_left = 1 + self.tuning.extra_posts
         lost: list[str] = []
+        sent_at = journal_now()  # the journal's clock: in_flight was committed just before
         while True:
             posts_left -= 1
             try:
@@ -589,7 +593,8 @@ class _Engine:
             rlog.warning("row.outcome_unknown", http_status=result.http_status,
                          detail=result.message)
             record, conclusive, why = self._read_back(row.kind, row.payload, row.case_key,
-                                                      self.tuning.readback_delays)
+                                                      self.tuning.readback_delays,
+                                                      sent_after=sent_at)
             if record is not None:
                 settled = self._from_record(row.kind, record, written=False, attempts=attempts,
                                             http_status=result.http_status)
@@ -738,12 +743,16 @@ class _Engine:
     # -- read-back ----------------------------------------------------------------------------
 
     def _read_back(self, kind: Kind, payload: dict[str, Any], key: str,
-                   delays: tuple[float, ...]) -> tuple[dict[str, Any] | None, bool, str]:
+                   delays: tuple[float, ...], sent_after: str | None = None
+                   ) -> tuple[dict[str, Any] | None, bool, str]:
         """Look for the record a lost POST may have stored (see :func:`readback_filters`).
 
         Every try runs the filters in order until one finds a match the journal does not
-        already own. "Not stored" is concluded only when, on the last try, the main filter
-        answered and no fallback filter failed for a transient reason.
+        already own and that Amili created after the POST could have been sent
+        (``sent_after``, the journal's time of the row, less :data:`CLOCK_SKEW` for the two
+        clocks): an identical record entered earlier by other means is not ours to claim.
+        The newest such record is taken. "Not stored" is concluded only when, on the last
+        try, the main filter answered and no fallback filter failed for a transient reason.
 
         Returns:
             (record or None, conclusive, why): conclusive is True when "None" means "not
@@ -770,10 +779,33 @@ class _Engine:
                 candidates = [r for r in records if matches(kind, payload, r) and r.get("_id")]
                 if candidates:
                     known = self.journal.known_ids(str(r["_id"]) for r in candidates)
-                    fresh = [r for r in candidates if str(r["_id"]) not in known]
+                    fresh = [r for r in candidates if str(r["_id"]) not in known
+                             and _created_after(r, sent_after)]
                     if fresh:
-                        return fresh[0], True, ""
+                        return max(fresh, key=_created_key), True, ""
         return None, conclusive, why
+
+
+CLOCK_SKEW = timedelta(hours=1)  # generous: a missed record would be posted twice
+
+
+def _created_after(record: dict[str, Any], sent_after: str | None) -> bool:
+    """Whether Amili created the record after our POST could have been sent (unknown: yes)."""
+    created = _instant(record.get("_created"))
+    if sent_after is None or not isinstance(created, datetime):
+        return True
+    try:
+        sent = datetime.fromisoformat(sent_after)
+    except ValueError:
+        return True
+    if sent.tzinfo is None or created.tzinfo is None:
+        return True
+    return created >= sent - CLOCK_SKEW
+
+
+def _created_key(record: dict[str, Any]) -> float:
+    created = _instant(record.get("_created"))
+    return created.timestamp() if isinstance(created, datetime) and created.tzinfo else 0.0
 
 
 def readback_filters(kind: Kind, payload: dict[str, Any], key: str = "") -> list[dict[str, Any]]:
