@@ -106,30 +106,31 @@ def apply_outcomes(chunks: Sequence[Checked], plan: Plan, outcomes: Iterable[Out
     """Write each outcome into its report-frame row.
 
     The row's final status is the worse of its validation status and the API's (a validation
-    warning stays a warning when Amili completes the row); messages are joined.
+    warning stays a warning when Amili completes the row); messages are joined. Columns are
+    written whole, once per chunk.
     """
+    by_chunk: dict[int, list[tuple[int, Outcome]]] = {}
     for outcome in outcomes:
         number, position = plan.places[outcome.index]
+        by_chunk.setdefault(number, []).append((position, outcome))
+    for number, items in by_chunk.items():
         frame = chunks[number].frame
-        _object_columns(frame)
-        before = frame.iat[position, _col(frame, "status")]
-        status = outcome.status
-        if before == "warning" and SEVERITY.get(status, 2) < SEVERITY["warning"]:
-            status = "warning"
-        values: dict[str, Any] = {
-            "status": status,
-            "reason": _join(",", frame.iat[position, _col(frame, "reason")],
-                            outcome.reason),
-            "message": _join("; ", frame.iat[position, _col(frame, "message")],
-                             outcome.message),
-            "amili_id": outcome.amili_id,
-            "settled_amount": outcome.settled_amount,
-            "case_reference_number": outcome.case_reference_number,
-            "http_status": outcome.http_status,
-            "attempts": outcome.attempts,
-        }
-        for column, value in values.items():
-            frame.iat[position, _col(frame, column)] = value
+        columns = {c: frame[c].to_numpy(dtype=object, copy=True)
+                   for c in ("status", "reason", "message", *RESULT_COLUMNS)}
+        for position, outcome in items:
+            status = outcome.status
+            if (columns["status"][position] == "warning"
+                    and SEVERITY.get(status, 2) < SEVERITY["warning"]):
+                status = "warning"
+            columns["status"][position] = status
+            columns["reason"][position] = _join(",", columns["reason"][position], outcome.reason)
+            columns["message"][position] = _join("; ", columns["message"][position],
+                                                 outcome.message)
+            for column in RESULT_COLUMNS:
+                columns[column][position] = getattr(outcome, column)
+        for column, values in columns.items():
+            frame[column] = values
+        frame.attrs["amili_writable"] = True
 
 
 def annotate(chunks: Sequence[Checked], plan: Plan, index: int, reason: str,
