@@ -758,6 +758,10 @@ class _Engine:
             (record or None, conclusive, why): conclusive is True when "None" means "not
             stored"; why says what failed otherwise.
         """
+        by_invoice = not payload.get("case")
+        no_such_case = False
+        if by_invoice and not key.startswith("case:"):
+            key, no_such_case, _ = self._case_of(payload, key)
         filters = readback_filters(kind, payload, key)
         why = "no read-back tried"
         conclusive = False
@@ -770,9 +774,10 @@ class _Engine:
                     records = self.client.find(kind, where)
                 except Exception as exc:
                     # A fallback filter the API refuses outright (e.g. a field it does not
-                    # filter on) cannot find anything; anything else leaves the doubt.
+                    # filter on) cannot find anything; anything else leaves the doubt. The
+                    # case filter of a row named by invoice number is never a mere fallback.
                     refused = isinstance(exc, ApiError) and not isinstance(exc, TransientApiError)
-                    if number == 0 or not refused:
+                    if number == 0 or not refused or "case" in where:
                         why = str(exc) or type(exc).__name__
                         conclusive = False
                     continue
@@ -783,7 +788,29 @@ class _Engine:
                              and _created_after(r, sent_after)]
                     if fresh:
                         return max(fresh, key=_created_key), True, ""
+        if by_invoice and not key.startswith("case:") and not no_such_case:
+            # The record may be stored without the invoice number (only its case): without
+            # the case id, "not found" proves nothing.
+            return None, False, f"the case of invoice {payload.get('invoice_number')!r} could " \
+                                "not be looked up"
         return None, conclusive, why
+
+    def _case_of(self, payload: dict[str, Any], key: str) -> tuple[str, bool, str]:
+        """Look up the case of a row named by invoice number (``GET /cases?where=...``).
+
+        Returns:
+            (case key, no such case, why): ``case:<id>`` when exactly one case matches; the
+            key unchanged with True when none does (a POST for it cannot have been stored).
+        """
+        where = {"debt.invoice_number": payload.get("invoice_number"),
+                 "creditor": payload.get("creditor")}
+        try:
+            cases = self.client.find_cases(where, max_pages=1)
+        except Exception as exc:
+            return key, False, str(exc) or type(exc).__name__
+        if len(cases) == 1 and cases[0].get("_id"):
+            return f"case:{str(cases[0]['_id']).lower()}", False, ""
+        return key, not cases, f"{len(cases)} cases match the invoice number"
 
 
 CLOCK_SKEW = timedelta(hours=1)  # generous: a missed record would be posted twice
