@@ -206,7 +206,7 @@ class _Tally:
         if "amount" not in frame:
             return
         raw = frame["amount"]
-        num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+        num = _numbers(raw)
         with np.errstate(invalid="ignore"):
             cents = np.rint(num * 100)
             # Float cents are exact for validated amounts (at most two decimals, well below
@@ -235,6 +235,17 @@ class _Tally:
         for (_, status), n in self.counts.items():
             totals[status] = totals.get(status, 0) + n
         return _ordered(totals)
+
+
+def _numbers(raw: pd.Series) -> np.ndarray:
+    """The amounts as float64, NaN where empty or not a number."""
+    if raw.dtype == object:
+        try:  # decimal strings (the report frame's amounts): Arrow's cast is ~8x faster
+            return pc.cast(pa.array(raw.to_numpy(), type=pa.string(), from_pandas=True),
+                           pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+    return pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
 
 
 # --------------------------------------------------------------------------- encoder
