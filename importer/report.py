@@ -666,6 +666,8 @@ class ReportWriter:
         self._work = _Worker("report-encoder", 1)
         self._spill_rows = 0
         self._spill_all = True  # still keeping valid rows for the XLSX
+        self._spill_lengths: list[np.ndarray] = []
+        self._spill_ok: list[np.ndarray] = []
         self._left_out = 0
         self._first_json = True
         self._closed = False
@@ -730,6 +732,11 @@ class ReportWriter:
         if keep_all:
             self._io.write(self._spill, csv_bytes)
             self._spill_rows += len(statuses)
+            # Each row's byte length and status: dropping the valid rows later needs no parse.
+            self._spill_lengths.append(np.diff(np.frombuffer(
+                csv_rows.buffers()[1], dtype=np.int64)[csv_rows.offset:
+                                                       csv_rows.offset + len(csv_rows) + 1]))
+            self._spill_ok.append(np.isin(statuses, OK_STATUSES))
             return
         attention = ~np.isin(statuses, OK_STATUSES)
         self._left_out += int((~attention).sum())
@@ -747,19 +754,22 @@ class ReportWriter:
         self._spill_all = False
         self._spill.close()
         kept_path = self._temp("report.xlsx.rows")
-        kept = 0
-        with (open(self._spill_path, encoding="utf-8", newline="") as src,
-              open(kept_path, "w", encoding="utf-8", newline="") as dst):
-            writer = csv.writer(dst, lineterminator="\r\n")
-            for row in csv.reader(src):
-                if row[self._status_index] in OK_STATUSES:
-                    self._left_out += 1
-                else:
-                    writer.writerow(row)
-                    kept += 1
+        lengths = np.concatenate(self._spill_lengths or [np.empty(0, dtype=np.int64)])
+        ok = np.concatenate(self._spill_ok or [np.empty(0, dtype=bool)])
+        self._spill_lengths, self._spill_ok = [], []
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        # Runs of consecutive rows to keep: one read per run (rows needing attention are few).
+        keep = np.flatnonzero(~ok)
+        breaks = np.flatnonzero(np.diff(keep) != 1) + 1
+        with open(self._spill_path, "rb") as src, open(kept_path, "wb") as dst:
+            for run in np.split(keep, breaks) if len(keep) else []:
+                src.seek(int(starts[run[0]]))
+                dst.write(src.read(int(ends[run[-1]] - starts[run[0]])))
+        self._left_out += int(ok.sum())
         self._spill_path.unlink()
         self._spill_path = kept_path
-        self._spill_rows = kept
+        self._spill_rows = len(keep)
         self._spill = open(kept_path, "ab")  # noqa: SIM115
 
     def close(self, files: Sequence[FileSummaryLike], finished: datetime,
