@@ -141,6 +141,50 @@ def test_wrong_weekday_names_the_right_one() -> None:
     assert "is a Fri" in text and "'Fri, 04 Jul 2025 16:20:41 GMT'" in text
 
 
+_RFC_EDGES = [
+    "Thu, 02 Apr 2026 10:22:44 GMT", "Fri, 02 Apr 2026 10:22:44 GMT",
+    "Mon, 30 Feb 2026 12:34:44 GMT", "Thu, 29 Feb 2024 00:00:00 GMT",
+    "Sun, 29 Feb 2024 00:00:00 GMT", "Tue, 01 Mar 1900 00:00:00 GMT",
+    "Thu, 29 Feb 1900 00:00:00 GMT", "Tue, 29 Feb 2000 00:00:00 GMT",
+    "Mon, 27 Jul 2026 24:00:00 GMT", "Mon, 27 Jul 2026 23:59:60 GMT",
+    "Mon, 27 Jul 2026 23:60:00 GMT", "Mon, 01 Jan 0001 00:00:00 GMT",
+    "Sat, 01 Jan 0000 00:00:00 GMT", "Mon, 00 Jan 2026 00:00:00 GMT",
+    "Mon, 31 Apr 2026 12:00:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT",
+    "Wed, 31 Dec 1969 23:59:59 GMT", "mon, 27 Jul 2026 12:00:00 GMT",
+    "Mon, 27 JUL 2026 12:00:00 GMT", "Mon, 27 Jul 2026 12:00:00 gmt",
+    "Mon, 27 Xyz 2026 12:00:00 GMT", "Mon, 7 Jul 2026 12:00:00 GMT",
+    "Mon, 27 Jul 2026 12:00:00 UTC", "2026-07-27", "", "x",
+]
+
+
+def test_dates_whole_column_path_agrees_with_per_value_path() -> None:
+    """A text-only column (read at once as fixed-width bytes) reads like a mixed one."""
+    text_only = normalise.dates(col(*_RFC_EDGES))
+    mixed = normalise.dates(col(*_RFC_EDGES, 1.5))  # a number cell: every value on its own
+    assert text_only.values.tolist() == mixed.values.tolist()[:-1]
+    assert problems(text_only) == {i: p for i, p in problems(mixed).items()
+                                   if i < len(_RFC_EDGES)}
+    assert text_only.typed.astype(str).tolist() == mixed.typed.astype(str).tolist()[:-1]
+    assert text_only.values[3] == "Thu, 29 Feb 2024 00:00:00 GMT"
+    assert problems(text_only)[2][0] == "invalid_date"
+    assert problems(text_only)[1][0] == "wrong_weekday"
+
+
+def test_dates_with_a_nul_character_are_refused() -> None:
+    """A NUL after a canonical date is not a date (the fixed-width reading must not drop it)."""
+    parsed = normalise.dates(col("Mon, 27 Jul 2026 12:00:00 GMT\x00",
+                                 "Mon, 27 Jul 2026 12:00:00 GMT"))
+    assert parsed.values.tolist() == [None, "Mon, 27 Jul 2026 12:00:00 GMT"]
+    assert problems(parsed)[0][0] == "invalid_date"
+
+
+def test_dates_with_non_ascii_digits_read_on_their_own() -> None:
+    """Arabic-Indic digits leave the byte-wise reading; the per-value path reads them."""
+    parsed = normalise.dates(col("Mon, \u0662\u0667 Jul 2026 12:00:00 GMT",
+                                 "Mon, 27 Jul 2026 12:00:00 GMT"))
+    assert parsed.values.tolist() == ["Mon, 27 Jul 2026 12:00:00 GMT"] * 2
+
+
 @pytest.mark.parametrize("raw", ["04/07/2025", "4.7.2025", "4 juli 2025", "45842",
                                  "2025-07-04T16:20", "2025-02-30", "Fri, 04 Jul 2025",
                                  "Fri, 04 Jul 2025 16:20:41 CET",
