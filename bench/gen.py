@@ -15,20 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from importer.kinds import PAYMENTS
+
 # Bump when the generated content changes, so that cached files are not reused.
 GENERATOR_VERSION = 3
 
-PAYMENTS_HEADER = [
-    "creditor",
-    "case",
-    "invoice_number",
-    "currency",
-    "amount",
-    "bank_transaction_date",
-    "client_registration_date",
-    "creditor_payment_reference",
-    "origin",
-]
+PAYMENTS_HEADER = list(PAYMENTS.fields)
 RFC1123 = "%a, %d %b %Y %H:%M:%S GMT"
 # Bank dates span the last 330 days (today: 2026-11 → Dec 2025 to Nov 2026). Not further back:
 # the importer warns about bank dates more than a year old, and a file where half the rows are

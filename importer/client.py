@@ -164,6 +164,20 @@ def _text_snippet(text: str) -> str:
     return " ".join(raw.split())[:120]
 
 
+def _json_object(path: str, response: requests.Response) -> dict[str, Any]:
+    """The JSON object of a 2xx answer to ``GET path``.
+
+    Raises:
+        ApiError: not 2xx, or not a JSON object.
+    """
+    if not 200 <= response.status_code < 300:
+        raise ApiError(f"GET {path}: {api_message(response)}")
+    data = _json_or_none(response)
+    if not isinstance(data, dict):
+        raise ApiError(f"GET {path}: HTTP {response.status_code} answer is not a JSON object")
+    return data
+
+
 def _json_or_none(response: requests.Response) -> Any:
     try:
         return response.json()
@@ -395,13 +409,7 @@ class ApiClient:
         Raises:
             ApiError: not 2xx, or not a JSON object; TransientApiError when retries ran out.
         """
-        response = self._get(path, params)
-        if not 200 <= response.status_code < 300:
-            raise ApiError(f"GET {path}: {api_message(response)}")
-        data = _json_or_none(response)
-        if not isinstance(data, dict):
-            raise ApiError(f"GET {path}: HTTP {response.status_code} answer is not a JSON object")
-        return data
+        return _json_object(path, self._get(path, params))
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -502,14 +510,7 @@ class ApiClient:
 
     def _get_record(self, path: str) -> dict[str, Any] | None:
         response = self._get(path)
-        if response.status_code == 404:
-            return None
-        if not 200 <= response.status_code < 300:
-            raise ApiError(f"GET {path}: {api_message(response)}")
-        data = _json_or_none(response)
-        if not isinstance(data, dict):
-            raise ApiError(f"GET {path}: HTTP {response.status_code} answer is not a JSON object")
-        return data
+        return None if response.status_code == 404 else _json_object(path, response)
 
     def _find(self, path: str, where: dict[str, Any], max_pages: int) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from importer.config import Config
 from importer.errors import UsageError
+
+if TYPE_CHECKING:
+    from importer.journal import Journal, RunRecord
+
+
+def resolve_run_id(reference: str) -> str:
+    """A run id, or a report folder holding report.json (whose run id is taken)."""
+    import json
+
+    report = Path(reference) / "report.json"
+    if report.is_file():
+        with report.open(encoding="utf-8") as handle:
+            return str(json.load(handle)["run_id"])
+    return reference
+
+
+def find_run(journal: Journal, reference: str, config: Config) -> RunRecord:
+    """The journal's record of a run given by id or report folder.
+
+    Raises:
+        UsageError: no such run.
+    """
+    run_id = resolve_run_id(reference)
+    record = journal.run(run_id)
+    if record is None:
+        raise UsageError(f"no run {run_id!r} in the journal at {config.state_dir} "
+                         "(see `amili-import runs`)")
+    return record
 
 
 def _totals(totals: dict[str, object]) -> str:
@@ -43,14 +74,10 @@ def show_lines(config: Config, reference: str) -> list[str]:
         UsageError: no such run in the journal.
     """
     from importer.journal import Journal
-    from importer.pipeline import resolve_run_id
 
-    run_id = resolve_run_id(reference)
     with Journal(config.state_dir) as journal:
-        record = journal.run(run_id)
-        if record is None:
-            raise UsageError(f"no run {run_id!r} in the journal at {config.state_dir} "
-                             "(see `amili-import runs`)")
+        record = find_run(journal, reference, config)
+        run_id = record.run_id
         files = journal.files(run_id)
         counts = journal.counts(run_id)
     finished = record.finished or "never (crashed or still running: the next run reconciles it)"

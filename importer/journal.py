@@ -32,9 +32,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from importer.errors import ImporterError
+
+if TYPE_CHECKING:
+    from importer.read import FileInfo
 
 SCHEMA_VERSION = 1
 JOURNAL_NAME = "journal.sqlite3"
@@ -114,18 +117,6 @@ CREATE INDEX IF NOT EXISTS rows_amili_id ON rows(amili_id);
 
 class JournalError(ImporterError):
     """The journal cannot be opened or written (state directory, permissions, corruption)."""
-
-
-class FileLike(Protocol):
-    """What :meth:`Journal.record_file` reads from a ``read.FileInfo``."""
-
-    path: Path
-    name: str
-    sha256: str
-    size: int
-    kinds: list[str]
-    rows: int
-    rejected: str | None
 
 
 @dataclass(frozen=True)
@@ -431,7 +422,7 @@ class Journal:
             db.execute("UPDATE runs SET report_dir = ? WHERE run_id = ?",
                        (str(report_dir), run_id))
 
-    def record_file(self, run_id: str, info: FileLike) -> None:
+    def record_file(self, run_id: str, info: FileInfo) -> None:
         """Record (or update) one input file of a run: name, path, sha256, kinds, rows."""
         with self.transaction() as db:
             db.execute(

@@ -19,7 +19,7 @@ import structlog
 
 from importer import logs
 from importer.config import Config
-from importer.errors import ApiError, ExitCode, FileRejected, ImporterError, UsageError
+from importer.errors import ApiError, ExitCode, FileRejected, ImporterError
 from importer.journal import new_run_id
 from importer.kinds import kind_by_name
 
@@ -109,14 +109,11 @@ def retry_run(reference: str, config: Config, options: RunOptions) -> ExitCode:
     Returns:
         The new run's exit code.
     """
+    from importer.history import find_run
     from importer.journal import FAILED, IN_FLIGHT, UNKNOWN, Journal
 
-    run_id = resolve_run_id(reference)
     with Journal(config.state_dir) as journal:
-        earlier = journal.run(run_id)
-        if earlier is None:
-            raise UsageError(f"no run {run_id!r} in the journal at {config.state_dir} "
-                             "(see `amili-import runs`)")
+        run_id = find_run(journal, reference, config).run_id
         rows = [r for r in journal.rows(run_id)
                 if r.state in (FAILED, UNKNOWN, IN_FLIGHT) or (r.retryable and not r.done)]
     with _Run(config, Mode.RUN, replace(options, retry_of=run_id)) as run:
@@ -372,17 +369,6 @@ def _argv() -> list[str]:
     """The command line for the journal: flags only carry names and paths, never secrets
     (tokens and keys come from the environment or the config file)."""
     return [Path(sys.argv[0]).name, *sys.argv[1:]]
-
-
-def resolve_run_id(reference: str) -> str:
-    """A run id, or a report folder holding report.json."""
-    import json
-
-    report = Path(reference) / "report.json"
-    if report.is_file():
-        with report.open(encoding="utf-8") as handle:
-            return str(json.load(handle)["run_id"])
-    return reference
 
 
 def _retry_frame(rows: list[RowRecord], outcomes: list[Outcome]) -> pd.DataFrame:

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,8 @@ import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from importer.read import FileInfo
 
 # Above this many rows the Rows sheet of report.xlsx keeps only rows that are not
 # valid/completed (a finance person needs the problems; report.csv has everything).
@@ -63,19 +65,6 @@ _SUB_BATCH = 25_000  # rows encoded at a time: bounds the transient text to ~25 
 _TMP_PREFIX = ".amili-tmp-"
 HEAD_RESERVE = 256 * 1024  # bytes kept at the start of report.json for the keys before rows
 COPY_BELOW = 64 * 1024 * 1024  # smaller reports are copied behind their head (no blank room)
-
-
-class FileSummaryLike(Protocol):
-    """What the report needs from ``read.FileInfo`` (kept structural: no import cycle)."""
-
-    path: Path
-    name: str
-    sha256: str
-    size: int
-    kinds: list[str]
-    rows: int
-    rejected: str | None
-    notes: list[str]
 
 
 def default_frame_columns() -> tuple[str, ...]:
@@ -772,7 +761,7 @@ class ReportWriter:
         self._spill_rows = len(keep)
         self._spill = open(kept_path, "ab")  # noqa: SIM115
 
-    def close(self, files: Sequence[FileSummaryLike], finished: datetime,
+    def close(self, files: Sequence[FileInfo], finished: datetime,
               extra: dict[str, Any] | None = None) -> Summary:
         """Write report.json, report.csv and report.xlsx into place and summarise the run.
 
@@ -877,7 +866,7 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _file_entry(info: FileSummaryLike) -> dict[str, Any]:
+def _file_entry(info: FileInfo) -> dict[str, Any]:
     return {"name": info.name, "path": str(info.path), "sha256": info.sha256, "size": info.size,
             "kinds": list(info.kinds), "rows": info.rows, "rejected": info.rejected,
             "notes": list(info.notes)}
