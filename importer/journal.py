@@ -416,12 +416,6 @@ class Journal:
                 (finished or now(), int(exit_code), json.dumps(totals, default=str), run_id),
             )
 
-    def set_report_dir(self, run_id: str, report_dir: Path | str) -> None:
-        """Record where a run's report was written (when known only later)."""
-        with self.transaction() as db:
-            db.execute("UPDATE runs SET report_dir = ? WHERE run_id = ?",
-                       (str(report_dir), run_id))
-
     def record_file(self, run_id: str, info: FileInfo) -> None:
         """Record (or update) one input file of a run: name, path, sha256, kinds, rows."""
         with self.transaction() as db:

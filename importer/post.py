@@ -279,30 +279,6 @@ def preview(rows: list[PlannedRow], journal: Journal, config: Config) -> list[Ou
     return out
 
 
-def reconcile_pending(
-    client: ApiClient, journal: Journal, run_id: str, config: Config, log: Any = None,
-    tuning: Tuning | None = None,
-) -> list[RowRecord]:
-    """Read back rows left ``in_flight``/``unknown`` by earlier runs and record what is found.
-
-    Found in Amili → the row gets the record's status and id; provably absent → ``failed``
-    (safe to post again); read-back impossible → ``unknown`` (tried again next run).
-
-    Args:
-        client: the API client.
-        journal: the journal.
-        run_id: the current run (its own rows are not touched).
-        config: concurrency is read from it.
-        log: a structlog logger.
-        tuning: read-back spacing.
-
-    Returns:
-        The reconciled rows as they are now in the journal.
-    """
-    engine = _Engine(client, journal, run_id, config, log, None, None, tuning)
-    return engine.reconcile()
-
-
 # --- the engine ----------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ import queue
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -163,10 +163,6 @@ def _money(amount: Decimal) -> str:
     return f"{amount:,.2f}".replace(",", " ")
 
 
-def _pair(key: Any) -> tuple[str, str]:
-    return str(key[0]), str(key[1])
-
-
 class _Tally:
     """Counts and exact amount sums per (kind, status), fed chunk by chunk."""
 
@@ -249,10 +245,6 @@ _CSV_SPECIAL = '",\r\n'
 
 def _lit(text: str) -> pa.Scalar:
     return pa.scalar(text, _LS)
-
-
-def _any(mask: pa.Array) -> bool:
-    return bool(pc.any(mask).as_py())
 
 
 def _any_of(text: pa.Array, scan: _Bytes, needles: str, *, at_start: bool = False) -> pa.Array:
@@ -660,8 +652,6 @@ class ReportWriter:
         self._left_out = 0
         self._first_json = True
         self._closed = False
-        status_index = self.columns.index("status")
-        self._status_index = status_index
 
     def _temp(self, name: str) -> Path:
         path = _temp_path(self.directory, name)
@@ -924,14 +914,3 @@ def _safe_reimport(value: Any) -> str:
     return escape_formula(text)
 
 
-def iter_report_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Read the rows of a report.json back (tests and tools; loads the file whole).
-
-    Args:
-        path: a report.json.
-
-    Returns:
-        An iterator over the row objects.
-    """
-    with open(path, encoding="utf-8") as f:
-        yield from json.load(f)["rows"]

@@ -20,12 +20,6 @@ if TYPE_CHECKING:
     from importer.report import Summary
 
 MONEY_FORMAT = "#,##0.00"
-STATUS_COLOURS = {  # Excel's own Good / Neutral / Bad fills and fonts
-    "valid": ("C6EFCE", "006100"),
-    "completed": ("C6EFCE", "006100"),
-    "warning": ("FFEB9C", "9C5700"),
-    "error": ("FFC7CE", "9C0006"),
-}
 WIDTHS = {"file": 22, "sheet": 14, "row": 7, "kind": 13, "status": 11, "reason": 26,
           "message": 60, "creditor": 26, "case": 26, "invoice_number": 16, "currency": 9,
           "amount": 14, "settled_amount": 14, "bank_transaction_date": 30,

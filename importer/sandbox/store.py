@@ -659,16 +659,3 @@ def _registration_issues(doc: Any) -> dict[str, Any]:
     return issues
 
 
-def reason_codes() -> dict[str, str]:
-    """Our locale keys and what they mean (Amili's own list is not public)."""
-    return {
-        "creditor_payment.payment_settled": "the whole amount was applied",
-        "creditor_payment.overpayment": "more than remained: the rest was not applied",
-        "creditor_payment.case_closed": "the case is closed or cancelled: nothing applied",
-        "creditor_crediting.crediting_settled": "the whole amount was applied",
-        "creditor_crediting.overcrediting": "more than remained: the rest was not applied",
-        "creditor_crediting.case_closed": "the case is closed or cancelled: nothing applied",
-        "creditor_cancellation.case_cancelled": "the open case is now cancelled",
-        "creditor_cancellation.case_already_closed": "the case was already closed or cancelled",
-    }
-
