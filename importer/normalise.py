@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -438,14 +438,28 @@ def _amount_text(text: str) -> tuple[str | None, Problem | None]:
     return f"{sign}{whole.lstrip('0') or '0'}.{decimals.ljust(2, '0')}", None
 
 
-def _amount_cell(value: Any) -> tuple[str | None, Problem | None]:
+T = TypeVar("T")
+
+
+def _cell(value: Any, text: Callable[[str], tuple[T | None, Problem | None]],
+          typed: Callable[[Any], tuple[T | None, Problem | None]]
+          ) -> tuple[T | None, Problem | None]:
+    """Parse one cell: an empty cell is nothing, a cell that is no value (formula without a
+    result, Excel error, oversized text) is its problem, text goes to ``text``, typed cells
+    (numbers, dates) to ``typed``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None, None
     special = _special(value)
     if special is not None:
         return None, special
-    if type(value) is str:
-        return _amount_text(value)
+    return text(value) if type(value) is str else typed(value)
+
+
+def _amount_cell(value: Any) -> tuple[str | None, Problem | None]:
+    return _cell(value, _amount_text, _amount_typed)
+
+
+def _amount_typed(value: Any) -> tuple[str | None, Problem | None]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None, _not_a_cell_type(value, "an amount", _WRITE, "invalid_amount")
     if isinstance(value, int):
@@ -607,13 +621,10 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
 
 
 def _date_cell(value: Any) -> tuple[datetime | None, Problem | None]:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None, None
-    special = _special(value)
-    if special is not None:
-        return None, special
-    if type(value) is str:
-        return _date_text(value)
+    return _cell(value, _date_text, _date_typed)
+
+
+def _date_typed(value: Any) -> tuple[datetime | None, Problem | None]:
     if isinstance(value, datetime):
         # An Excel date cell has no time zone; it is taken as GMT (a date alone is midnight).
         moment = value.to_pydatetime() if isinstance(value, pd.Timestamp) else value

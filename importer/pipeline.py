@@ -95,7 +95,7 @@ def execute(paths: list[Path], config: Config, mode: Mode, options: RunOptions) 
     """
     with _Run(config, mode, options) as run:
         files, tables = open_files(paths, config, options)
-        return run.finish(files, tables, lambda chunks: run.post(chunks, files))
+        return run.finish(files, tables, run.post)
 
 
 def retry_run(reference: str, config: Config, options: RunOptions) -> ExitCode:
@@ -132,8 +132,10 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
     """
     from importer.inbox import InboxFileResult
     from importer.journal import Journal
+    from importer.read import FileInfo, hash_file
+
     options = options or RunOptions(report_dir=report_dir, run_id=report_dir.name, quiet=True)
-    digest = sha256_file(path)
+    digest, size = hash_file(path)
     with Journal(config.state_dir) as journal:
         earlier = journal.file_seen(digest)
     # Only content processed completely (exit 0) is skipped whole: after an outage or with rows
@@ -141,9 +143,8 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
     if earlier is not None and earlier.exit_code == ExitCode.OK:
         message = (f"{path.name}: the same content (sha256 {digest[:12]}…) was already "
                    f"processed in run {earlier.run_id}; nothing posted")
+        info = FileInfo(path=path, name=path.name, sha256=digest, size=size, notes=[message])
         with _Run(config, Mode.RUN, options) as run:
-            info = _rejected_info(path, "")
-            info.rejected, info.notes = None, [message]
             result = run.finish([info], [], lambda chunks: {"duplicate_of": earlier.run_id})
         return InboxFileResult(ExitCode.OK, result.run_id, result.summary.totals, message,
                                duplicate=True)
@@ -154,8 +155,7 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
         raise ApiError(f"{path.name}: could not post ({result.extra['could_not_run']}); report "
                        f"in {result.report_dir}")
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
-    return InboxFileResult(result.exit_code, result.run_id, result.summary.totals,
-                           rejected or result.extra.get("could_not_run", ""))
+    return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected)
 
 
 class _Run:
@@ -166,7 +166,6 @@ class _Run:
         self.started = datetime.now(UTC)
         self.run_id = options.run_id or new_run_id(self.started)
         self.report_dir = options.report_dir or config.state_dir / "runs" / self.run_id
-        self.posts = mode is Mode.RUN
         self.log: Any = structlog.get_logger()
         self._stack = ExitStack()
         self.journal: Journal | None = None
@@ -197,7 +196,7 @@ class _Run:
         from importer.journal import Journal
         from importer.lock import RunLock
 
-        if self.posts:
+        if self.mode is Mode.RUN:
             from importer.client import ApiClient, check_api_url
 
             check_api_url(self.config)  # a config error stops the run before any reading
@@ -258,7 +257,7 @@ class _Run:
                       rejected=[f.name for f in files if f.rejected])
         return RunResult(self.run_id, self.mode, self.report_dir, code, files, summary, extra)
 
-    def post(self, chunks: list[Checked], files: list[FileInfo]) -> dict[str, Any]:
+    def post(self, chunks: list[Checked]) -> dict[str, Any]:
         """Plan the chunks' valid rows; post them (run) or check them against the journal."""
         from importer.plan import apply_outcomes, make_plan, mark_validated
 
@@ -333,14 +332,12 @@ class _Run:
         from importer.post import preview
 
         assert self.journal is not None
-        skipped = 0
-        for row, outcome in zip(plan.rows, preview(plan.rows, self.journal, self.config),
-                                strict=True):
-            if outcome is not None:
-                skipped += 1
-                annotate(chunks, plan, row.index, outcome.reason or "not_posted",
-                         f"would not be posted: {outcome.message}")
-        return {"planned": len(plan.rows) - skipped, "would_not_post": skipped}
+        notes = [(row.index, outcome.reason or "not_posted",
+                  f"would not be posted: {outcome.message}")
+                 for row, outcome in zip(plan.rows, preview(plan.rows, self.journal, self.config),
+                                         strict=True) if outcome is not None]
+        annotate(chunks, plan, notes)
+        return {"planned": len(plan.rows) - len(notes), "would_not_post": len(notes)}
 
     def _write_failed_rows(self, chunks: list[Checked]) -> None:
         from importer.plan import failed_rows
@@ -422,21 +419,13 @@ def open_files(paths: list[Path], config: Config,
 
 def _rejected_info(path: Path, reason: str) -> FileInfo:
     """A FileInfo for a file rejected whole (its hash too, when it can be read)."""
-    from importer.read import FileInfo
+    from importer.read import FileInfo, hash_file
 
     try:
-        digest, size = sha256_file(path), path.stat().st_size
+        digest, size = hash_file(path)
     except OSError:
         digest, size = "", 0
     return FileInfo(path=path, name=path.name, sha256=digest, size=size, rejected=reason)
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 hex digest of a file's content."""
-    import hashlib
-
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Checked]:

@@ -106,58 +106,66 @@ def apply_outcomes(chunks: Sequence[Checked], plan: Plan, outcomes: Iterable[Out
     """Write each outcome into its report-frame row.
 
     The row's final status is the worse of its validation status and the API's (a validation
-    warning stays a warning when Amili completes the row); messages are joined. Columns are
-    written whole, once per chunk.
+    warning stays a warning when Amili completes the row); messages are joined.
     """
-    by_chunk: dict[int, list[tuple[int, Outcome]]] = {}
+    updates = []
     for outcome in outcomes:
         number, position = plan.places[outcome.index]
-        by_chunk.setdefault(number, []).append((position, outcome))
-    for number, items in by_chunk.items():
         frame = chunks[number].frame
-        columns = {c: frame[c].to_numpy(dtype=object, copy=True)
-                   for c in ("status", "reason", "message", *RESULT_COLUMNS)}
-        for position, outcome in items:
-            status = outcome.status
-            if (columns["status"][position] == "warning"
-                    and SEVERITY.get(status, 2) < SEVERITY["warning"]):
-                status = "warning"
-            columns["status"][position] = status
-            columns["reason"][position] = _join(",", columns["reason"][position], outcome.reason)
-            columns["message"][position] = _join("; ", columns["message"][position],
-                                                 outcome.message)
-            for column in RESULT_COLUMNS:
-                columns[column][position] = getattr(outcome, column)
-        for column, values in columns.items():
-            frame[column] = values
-        frame.attrs["amili_writable"] = True
+        before = frame["status"].iat[position]
+        status = outcome.status
+        if before == "warning" and SEVERITY.get(status, 2) < SEVERITY["warning"]:
+            status = "warning"
+        updates.append(((number, position), {
+            "status": status,
+            "reason": _join(",", frame["reason"].iat[position], outcome.reason),
+            "message": _join("; ", frame["message"].iat[position], outcome.message),
+            **{column: getattr(outcome, column) for column in RESULT_COLUMNS},
+        }))
+    _write(chunks, updates)
 
 
-def annotate(chunks: Sequence[Checked], plan: Plan, index: int, reason: str,
-             message: str) -> None:
-    """Set the reason and message of one planned row (its status stays)."""
-    number, position = plan.places[index]
-    frame = chunks[number].frame
-    _object_columns(frame)
-    frame.iat[position, _col(frame, "reason")] = reason
-    frame.iat[position, _col(frame, "message")] = message
+def annotate(chunks: Sequence[Checked], plan: Plan,
+             notes: Iterable[tuple[int, str, str]]) -> None:
+    """Set the reason and message of planned rows, given as (index, reason, message); their
+    status stays."""
+    _write(chunks, [(plan.places[index], {"reason": reason, "message": message})
+                    for index, reason, message in notes])
 
 
 def mark_validated(chunks: Sequence[Checked], plan: Plan) -> None:
     """In ``run`` mode every planned row gets an outcome; unplanned valid rows (in rejected
     files) are marked as not posted so that no row claims more than is known."""
     planned = set(plan.places)
+    updates = []
     for number, chunk in enumerate(chunks):
-        frame = chunk.frame
-        _object_columns(frame)
-        for position in map(int, frame["status"].isin(POSTABLE).to_numpy().nonzero()[0]):
-            if (number, position) in planned:
-                continue
-            frame.iat[position, _col(frame, "status")] = "error"
-            frame.iat[position, _col(frame, "reason")] = "file_rejected"
-            frame.iat[position, _col(frame, "message")] = (
-                f"not posted: the file {chunk.table.file.name} was rejected whole "
-                f"({chunk.table.file.rejected})")
+        info = chunk.table.file
+        for position in map(int, chunk.frame["status"].isin(POSTABLE).to_numpy().nonzero()[0]):
+            if (number, position) not in planned:
+                updates.append(((number, position), {
+                    "status": "error", "reason": "file_rejected",
+                    "message": f"not posted: the file {info.name} was rejected whole "
+                               f"({info.rejected})"}))
+    _write(chunks, updates)
+
+
+def _write(chunks: Sequence[Checked],
+           updates: Iterable[tuple[tuple[int, int], dict[str, Any]]]) -> None:
+    """Write cells, given as ((chunk number, position), {column: value}), a whole column at a
+    time once per chunk: the validator may share one array between empty columns, so a cell
+    is never written in place."""
+    grouped: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for (number, position), values in updates:
+        grouped.setdefault(number, []).append((position, values))
+    for number, items in grouped.items():
+        frame = chunks[number].frame
+        names = dict.fromkeys(name for _, values in items for name in values)
+        columns = {name: frame[name].to_numpy(dtype=object, copy=True) for name in names}
+        for position, values in items:
+            for name, value in values.items():
+                columns[name][position] = value
+        for name, array in columns.items():
+            frame[name] = array
 
 
 def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None],
@@ -182,21 +190,6 @@ def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None],
             row["error_message"] = _text(record.get("message"))
             bucket.append(row)
     return out
-
-
-def _col(frame: pd.DataFrame, name: str) -> int:
-    """The position of a column (frame columns are unique)."""
-    return int(frame.columns.get_loc(name))  # type: ignore[arg-type]
-
-
-def _object_columns(frame: pd.DataFrame) -> None:
-    """Give each writable column its own object array (the validator may share one array
-    between empty columns, so writing one cell in place would write them all)."""
-    if frame.attrs.get("amili_writable"):
-        return
-    for column in ("status", "reason", "message", *RESULT_COLUMNS):
-        frame[column] = frame[column].to_numpy(dtype=object, copy=True)
-    frame.attrs["amili_writable"] = True
 
 
 def _plain(value: Any) -> Any:
