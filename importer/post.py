@@ -737,7 +737,7 @@ class _Engine:
         by_invoice = not payload.get("case")
         no_such_case = False
         if by_invoice and not key.startswith("case:"):
-            key, no_such_case, _ = self._case_of(payload, key)
+            key, no_such_case = self._case_of(payload, key)
         filters = readback_filters(kind, payload, key)
         why = "no read-back tried"
         conclusive = False
@@ -771,22 +771,22 @@ class _Engine:
                                 "not be looked up"
         return None, conclusive, why
 
-    def _case_of(self, payload: dict[str, Any], key: str) -> tuple[str, bool, str]:
+    def _case_of(self, payload: dict[str, Any], key: str) -> tuple[str, bool]:
         """Look up the case of a row named by invoice number (``GET /cases?where=...``).
 
         Returns:
-            (case key, no such case, why): ``case:<id>`` when exactly one case matches; the
-            key unchanged with True when none does (a POST for it cannot have been stored).
+            (case key, no such case): ``case:<id>`` when exactly one case matches; the key
+            unchanged with True when none does (a POST for it cannot have been stored).
         """
         where = {"debt.invoice_number": payload.get("invoice_number"),
                  "creditor": payload.get("creditor")}
         try:
             cases = self.client.find_cases(where, max_pages=1)
-        except Exception as exc:
-            return key, False, str(exc) or type(exc).__name__
+        except Exception:
+            return key, False  # the lookup failed: "not found" later proves nothing
         if len(cases) == 1 and cases[0].get("_id"):
-            return f"case:{str(cases[0]['_id']).lower()}", False, ""
-        return key, not cases, f"{len(cases)} cases match the invoice number"
+            return f"case:{str(cases[0]['_id']).lower()}", False
+        return key, not cases
 
 
 CLOCK_SKEW = timedelta(hours=1)  # generous: a missed record would be posted twice
