@@ -390,22 +390,26 @@ class _Engine:
         workers = max(1, min(self.config.concurrency, len(queues)))
         self.log.info("post.start", rows=len(rows), cases=len(queues), workers=workers)
 
-        # A fixed set of workers takes whole case queues in file order (one future per
-        # worker, not per case: a file with 100 000 cases must not mean 100 000 futures).
-        waiting = deque(queues.values())
+        # A fixed set of workers (one future per worker, not per case: a file with 100 000
+        # cases must not mean 100 000 futures) takes one row at a time from the case first in
+        # line, then puts that case back at the end of the line: a case's rows go one at a
+        # time in file order, and every case with rows left can be worked on until the end,
+        # so the last rows are not left to a few workers while the others stand idle.
+        line = deque(deque(positions) for positions in queues.values())
         take = threading.Lock()
 
         def worker() -> None:
             while not self.stop.is_set():
                 with take:
-                    if not waiting:
+                    if not line:  # the cases left are all in other workers' hands
                         return
-                    positions = waiting.popleft()
-                for position in positions:
-                    if self.stop.is_set():
-                        return
-                    outcomes[position] = self._post_one(rows[position])
-                    self._report(outcomes[position])
+                    case = line.popleft()
+                position = case.popleft()
+                outcomes[position] = self._post_one(rows[position])
+                self._report(outcomes[position])
+                if case:
+                    with take:
+                        line.append(case)
 
         pool = ThreadPoolExecutor(workers, thread_name_prefix="post")
         told = False
