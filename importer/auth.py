@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +31,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from importer.apitime import parse_instant
 from importer.config import Config
 from importer.errors import ApiError, ConfigError
 
@@ -253,7 +253,9 @@ def _find_token(data: dict[str, Any], token_field: str | None) -> tuple[str | No
             if isinstance(scope.get(name), str) and scope[name]:
                 return scope[name], scope
     for scope in scopes:
-        strings = [k for k, v in scope.items() if isinstance(v, str) and v
+        # A token is long and has no spaces; "ok" or "Logged in" is a message, not a token.
+        strings = [k for k, v in scope.items() if isinstance(v, str) and len(v) >= 16
+                   and not any(c.isspace() for c in v)
                    and not k.startswith("_") and k not in LIFETIME_FIELDS]
         if len(strings) == 1:
             return scope[strings[0]], scope
@@ -278,19 +280,15 @@ def _epoch(value: Any) -> float | None:
     number = _number(value)
     if number is not None:
         return number / 1000 if number > 1e12 else number  # milliseconds, if that large
-    if isinstance(value, str):
-        try:
-            return parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return None
+    moment = parse_instant(value)  # RFC 1123 or ISO 8601
+    return moment.timestamp() if moment is not None else None
 
 
 def _lifetime(data: dict[str, Any], token: str, now: float) -> float | None:
     seconds = _number(data.get("expires_in"))
     if seconds is not None:
         return seconds
-    for name in ("expires", "exp"):
+    for name in ("expires", "exp", "expires_at", "expiry"):
         when = _epoch(data.get(name))
         if when is not None:
             return when - now

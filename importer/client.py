@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import structlog
@@ -58,7 +58,8 @@ class PostResult:
     """What became of one POST.
 
     Attributes:
-        outcome: ``created`` (2xx with a JSON body), ``rejected`` (4xx: not stored),
+        outcome: ``created`` (2xx: stored; ``body`` None when it held no JSON object),
+            ``rejected`` (4xx: not stored),
             ``unknown`` (the answer was lost after the request may have reached the server:
             read timeout, connection dropped mid-answer, 500 — read back before re-sending),
             ``failed`` (transient failures exhausted; nothing stored, safe to retry later).
@@ -333,12 +334,12 @@ class ApiClient:
             else:
                 status = response.status_code
                 if 200 <= status < 300:
+                    # A 2xx means stored, whatever its body: never sent again.
                     answer = _json_or_none(response)
-                    if isinstance(answer, dict):
-                        return PostResult("created", status, answer, attempts, f"HTTP {status}")
-                    return PostResult("unknown", status, None, attempts,
-                                      f"HTTP {status} without a readable JSON body; the record "
-                                      "was probably stored: read it back")
+                    return PostResult("created", status,
+                                      answer if isinstance(answer, dict) else None, attempts,
+                                      f"HTTP {status}" if isinstance(answer, dict) else
+                                      f"HTTP {status} without a JSON object in the answer")
                 if status == 401 and not renewed:
                     # 401 means the request was refused before anything was stored.
                     self.auth.invalidate(token)
@@ -375,7 +376,7 @@ class ApiClient:
         Raises:
             ApiError: any other refusal; TransientApiError when retries ran out.
         """
-        return self._get_record(f"{kind.endpoint}/{record_id}")
+        return self._get_record(f"{kind.endpoint}/{quote(record_id, safe='')}")
 
     def find(self, kind: Kind, where: dict[str, Any], max_pages: int = 10) -> list[dict[str, Any]]:
         """Records matching an Eve ``where`` filter, following pages (100 per page).
@@ -518,19 +519,23 @@ class ApiClient:
         for page in range(1, max_pages + 1):
             envelope = self.get_page(path, {"where": where_json, "max_results": PAGE_SIZE,
                                             "page": page})
-            batch = [i for i in envelope.get("_items") or [] if isinstance(i, dict)]
+            listed = envelope.get("_items")
+            if not isinstance(listed, list):
+                # An answer we cannot read must never pass for "nothing stored".
+                raise ApiError(f"GET {path}: the answer holds no _items list (keys: "
+                               f"{', '.join(sorted(map(str, envelope))[:8]) or 'none'})")
+            batch = [i for i in listed if isinstance(i, dict)]
             items.extend(batch)
-            meta = envelope.get("_meta")
-            meta = meta if isinstance(meta, dict) else {}
-            total, size = meta.get("total"), meta.get("max_results")
-            # The server may cap the page size below ours; trust _meta when it is there.
-            size = size if isinstance(size, int) and size > 0 else PAGE_SIZE
+            meta, links = envelope.get("_meta"), envelope.get("_links")
+            total = meta.get("total") if isinstance(meta, dict) else None
+            # The end is never inferred from a page's size (a server may cap it below ours
+            # and still echo ours): an empty page, the total reached, or no "next" link.
             if not batch:
                 return items
-            if isinstance(total, int):
-                if len(items) >= total or page * size >= total:
+            if isinstance(total, int) and not isinstance(total, bool):
+                if len(items) >= total:
                     return items
-            elif len(batch) < size:
+            elif isinstance(links, dict) and "next" not in links:
                 return items
         # A partial list would let a read-back conclude "not stored" when it was: say so instead.
         raise ApiError(f"GET {path}: more than {len(items)} records match "

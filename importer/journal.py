@@ -199,20 +199,23 @@ class RowRecord:
     @property
     def done(self) -> bool:
         """Stored by Amili with a known outcome: must never be posted again."""
-        return is_done(self.state, self.amili_id)
+        return is_done(self.state, self.amili_id, self.http_status)
 
 
-def is_done(state: str, amili_id: str | None) -> bool:
+def is_done(state: str, amili_id: str | None, http_status: int | None = None) -> bool:
     """Whether a row in this state is known to exist in Amili (posting it again would double it).
 
     Args:
         state: the journal state.
         amili_id: the record's ``_id`` if known.
+        http_status: the POST's last HTTP status.
 
     Returns:
-        True for completed/warning, and for error with an Amili id (stored with status error).
+        True for completed/warning, and for error with an Amili id or a 2xx answer (stored
+        with status error; a 2xx whose answer named no record still means stored).
     """
-    return state in (COMPLETED, WARNING) or (state == ERROR and amili_id is not None)
+    return state in (COMPLETED, WARNING) or (state == ERROR and (
+        amili_id is not None or (http_status is not None and 200 <= http_status < 300)))
 
 
 @dataclass
@@ -636,7 +639,8 @@ _ROW_COLUMNS = (
     " case_reference_number, status_reason_locale, message, ref_row, created, updated")
 _INSERT_ROW = f"INSERT INTO rows ({_ROW_COLUMNS})"
 # The rows that decide whether a fingerprint may be posted (see Journal.prior).
-_PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND amili_id IS NOT NULL))")
+_PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND"
+          " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299)))")
 _CLAIM_ROW = (f"{_INSERT_ROW} SELECT " + ", ".join("?" * 23)
               + f" WHERE NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR})")
 

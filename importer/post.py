@@ -13,7 +13,11 @@ journal (``importer.journal``):
    source may post it once); pending anywhere → not posted (reported retryable).
 3. **Write-ahead.** ``in_flight`` is committed before the POST, the outcome after it.
 4. **Lost answers are read back**, never blindly re-sent: a POST is repeated only after the
-   read-back shows that nothing was stored, at most ``Tuning.extra_posts`` times.
+   read-back shows that nothing was stored, at most ``Tuning.extra_posts`` times. Whatever the
+   read-back cannot read (a list without ``_items``, an amount or date in a form not
+   understood, a record it cannot fetch whole) leaves the outcome unknown: never "absent".
+   A 2xx is proof of storage even when its answer names no record: such a row is never sent
+   again (its id is looked for by read-back; not found, ``stored_without_id``).
 5. **Status.** From the 201 when it carries ``status``; otherwise the id and the 201's
    provisional status are journaled at once and the status is read back by id after the
    posting (in parallel; up to 100 ids per ``where={"_id": {"$in": [...]}}`` query, any id
@@ -22,7 +26,8 @@ journal (``importer.journal``):
 
 Ordering and concurrency: rows with the same ``case_key`` are posted one at a time in the order
 given (a payment that closes a case must land before the next one for that case); different
-cases run in parallel, one worker per case queue, up to ``config.concurrency`` workers.
+cases run in parallel, up to ``config.concurrency`` workers, each taking one row at a time
+from the case first in line and putting that case back at the end of the line.
 
 Why 8 workers by default (``Config.concurrency``): Amili publishes no rate limits, so we stay
 polite; with a typical 20-50 ms round trip, 8 requests in flight give 160-400 rows/s, which
@@ -34,7 +39,8 @@ Report statuses and reasons written back per row (:class:`Outcome`):
 
 ``completed``  Amili applied it (``reason`` None, or ``already_posted`` when skipped)
 ``warning``    Amili stored it with status warning (``api_warning``), or gave a status value
-               we do not know / none at all (``status_unknown``)
+               we do not know / none at all (``status_unknown``), or answered 2xx without
+               naming the record, which the read-back then did not find (``stored_without_id``)
 ``error``      ``api_error`` (stored with status error), ``api_rejected`` (422/404, nothing
                stored), and the retryable ones: ``retry_exhausted``, ``outcome_unknown``,
                ``not_posted`` (the run stopped first), ``api_unusable`` (login failed)
@@ -51,15 +57,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from importer.apitime import parse_instant
 from importer.errors import ApiError, TransientApiError
 from importer.journal import (
     COMPLETED,
@@ -559,7 +565,9 @@ class _Engine:
                                   f"({type(exc).__name__}: {exc}); read back on the next run")
             attempts += result.attempts
             if result.outcome == "created":
-                return self._created(row.kind, result, attempts)
+                if result.body is not None and record_id(result.body):
+                    return self._created(row.kind, result, attempts)
+                return self._stored_without_id(row, result, attempts, sent_at, rlog)
             if result.outcome == "rejected":
                 return Settlement(ERROR, reason="api_rejected", http_status=result.http_status,
                                   attempts=attempts, message=f"rejected by Amili: "
@@ -594,6 +602,32 @@ class _Engine:
                                   f"({lost[-1]}); read back: nothing was stored, safe to retry")
             rlog.info("row.repost", posts_done=len(lost))
             self.journal.repost(journal_id)
+
+    def _stored_without_id(self, row: PlannedRow, result: PostResult, attempts: int,
+                           sent_at: str, rlog: Any) -> Settlement:
+        """A 2xx whose answer names no record: stored, so never sent again; its id and status
+        are looked for by read-back. Not found, the row stays done (warning, or error as the
+        answer said) with the HTTP status that proves it was stored."""
+        body = result.body or {}
+        record, _, why = self._read_back(row.kind, row.payload, row.case_key,
+                                         self.tuning.readback_delays, sent_after=sent_at)
+        if record is not None:
+            settled = self._from_record(row.kind, {**body, **record}, written=False,
+                                        attempts=attempts, http_status=result.http_status)
+            settled.message = _join(f"{result.message} naming no record; found in Amili by "
+                                    "read-back", settled.message)
+            rlog.info("row.read_back_found", amili_id=settled.amili_id)
+            return settled
+        settled = self._from_record(row.kind, body, written=True, attempts=attempts,
+                                    http_status=result.http_status)
+        if settled.state == COMPLETED:
+            settled.state, settled.reason = WARNING, "stored_without_id"
+        settled.message = _join(
+            f"Amili answered {result.message}: stored, but the answer names no record and the "
+            f"read-back did not find it{_paren(why)}; not sent again: check it in Amili",
+            settled.message if settled.reason != "status_unknown" else None)
+        rlog.warning("row.stored_without_id", http_status=result.http_status, detail=why or None)
+        return settled
 
     def _created(self, kind: Kind, result: PostResult, attempts: int) -> Settlement:
         """The settlement for a 201: final when it carries ``status``; otherwise provisional
@@ -646,7 +680,7 @@ class _Engine:
             else:
                 wanted = {i.lower() for i in ids}
                 for record in records:
-                    key = str(record.get("_id") or "").lower()
+                    key = (record_id(record) or "").lower()
                     if key in wanted:
                         found.setdefault(key, record)
         for item in batch:
@@ -670,7 +704,9 @@ class _Engine:
 
     def _settle_status(self, item: _StatusTodo, record: dict[str, Any] | None,
                        note: str | None) -> None:
-        info = {**(record or {}), **{k: v for k, v in item.body.items() if v is not None}}
+        # The record read now is fresher than the 201: its fields win; the 201 still gives
+        # what a record read by GET does not carry (Eve's _status, the id).
+        info = {**item.body, **{k: v for k, v in (record or {}).items() if v is not None}}
         settled = self._from_record(item.kind, info, written=True,
                                     attempts=item.outcome.attempts,
                                     http_status=item.outcome.http_status)
@@ -712,10 +748,9 @@ class _Engine:
             message = ("Amili stored the record but gave no processing status "
                        f"(_status {info.get('_status')!r}, {kind.status_field} {kind_status!r}); "
                        "check it in Amili")
-        amili_id = info.get("_id")
         return Settlement(
             state, reason=reason, http_status=http_status, attempts=attempts,
-            amili_id=str(amili_id) if amili_id else None,
+            amili_id=record_id(info),
             settled_amount=_decimal_text(info.get("settled_amount")),
             case_reference_number=_text(info.get("case_reference_number")),
             status_reason_locale=_text(locale), message=message)
@@ -761,19 +796,51 @@ class _Engine:
                         why = str(exc) or type(exc).__name__
                         conclusive = False
                     continue
-                candidates = [r for r in records if matches(kind, payload, r) and r.get("_id")]
-                if candidates:
-                    known = self.journal.known_ids(str(r["_id"]) for r in candidates)
-                    fresh = [r for r in candidates if str(r["_id"]) not in known
+                candidates, unsure = self._compare(kind, payload, records)
+                if candidates or unsure:
+                    known = self.journal.known_ids(record_id(r) or "" for r in
+                                                   candidates + unsure)
+                    fresh = [r for r in candidates if record_id(r) not in known
                              and _created_after(r, sent_after)]
                     if fresh:
                         return max(fresh, key=_created_key), True, ""
+                    if any(record_id(r) not in known and _created_after(r, sent_after)
+                           for r in unsure):
+                        # A record that may be this row's but cannot be compared: "not
+                        # stored" cannot be concluded, and nothing is sent again.
+                        why = (f"Amili holds record {record_id(unsure[0])} that may be this "
+                               "row's, but its amount or dates could not be compared")
+                        conclusive = False
         if by_invoice and not key.startswith("case:") and not no_such_case:
             # The record may be stored without the invoice number (only its case): without
             # the case id, "not found" proves nothing.
             return None, False, f"the case of invoice {payload.get('invoice_number')!r} could " \
                                 "not be looked up"
         return None, conclusive, why
+
+    def _compare(self, kind: Kind, payload: dict[str, Any], records: list[dict[str, Any]]
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Split the records a filter found into (matching, cannot tell); the rest differ.
+
+        A list answer may leave fields out (an Eve projection): such a record is read whole
+        by its id before it is judged.
+        """
+        same: list[dict[str, Any]] = []
+        unsure: list[dict[str, Any]] = []
+        for record in records:
+            rid = record_id(record)
+            if rid is None:
+                continue
+            verdict = matches(kind, payload, record)
+            if verdict is None:
+                with suppress(Exception):  # unread, it stays "cannot tell"
+                    record = self.client.get(kind, rid) or record
+                verdict = matches(kind, payload, record)
+            if verdict:
+                same.append(record)
+            elif verdict is None:
+                unsure.append(record)
+        return same, unsure
 
     def _case_of(self, payload: dict[str, Any], key: str) -> tuple[str, bool]:
         """Look up the case of a row named by invoice number (``GET /cases?where=...``).
@@ -785,11 +852,12 @@ class _Engine:
         where = {"debt.invoice_number": payload.get("invoice_number"),
                  "creditor": payload.get("creditor")}
         try:
-            cases = self.client.find_cases(where, max_pages=1)
+            cases = self.client.find_cases(where, max_pages=2)  # see _cases_of_invoices
         except Exception:
             return key, False  # the lookup failed: "not found" later proves nothing
-        if len(cases) == 1 and cases[0].get("_id"):
-            return f"case:{str(cases[0]['_id']).lower()}", False
+        case_id = record_id(cases[0]) if len(cases) == 1 else None
+        if case_id:
+            return f"case:{case_id.lower()}", False
         return key, not cases
 
 
@@ -798,21 +866,16 @@ CLOCK_SKEW = timedelta(hours=1)  # generous: a missed record would be posted twi
 
 def _created_after(record: dict[str, Any], sent_after: str | None) -> bool:
     """Whether Amili created the record after our POST could have been sent (unknown: yes)."""
-    created = _instant(record.get("_created"))
-    if sent_after is None or not isinstance(created, datetime):
-        return True
-    try:
-        sent = datetime.fromisoformat(sent_after)
-    except ValueError:
-        return True
-    if sent.tzinfo is None or created.tzinfo is None:
+    created = parse_instant(record.get("_created"))
+    sent = parse_instant(sent_after)
+    if created is None or sent is None:
         return True
     return created >= sent - CLOCK_SKEW
 
 
 def _created_key(record: dict[str, Any]) -> float:
-    created = _instant(record.get("_created"))
-    return created.timestamp() if isinstance(created, datetime) and created.tzinfo else 0.0
+    created = parse_instant(record.get("_created"))
+    return created.timestamp() if created is not None else 0.0
 
 
 def readback_filters(kind: Kind, payload: dict[str, Any], key: str = "") -> list[dict[str, Any]]:
@@ -858,11 +921,12 @@ def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
     return here and (earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
 
 
-def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool:
+def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool | None:
     """Whether a stored record is what this payload would have created.
 
     Every field sent must be equal where the record has it (amounts as decimals, dates as
-    instants, ids case-insensitively); amount kinds need the record's amount.
+    instants in RFC 1123 or ISO 8601, ids case-insensitively); amount kinds need the
+    record's amount.
 
     Args:
         kind: the row's kind.
@@ -870,26 +934,44 @@ def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool
         record: one record from the API.
 
     Returns:
-        True when the record matches.
+        True when it matches, False when a field differs, None when it cannot be told (the
+        amount missing, or an amount or date the API wrote in a form not understood).
     """
+    verdict: bool | None = True
     if kind.amount and record.get("amount") is None:
-        return False
+        verdict = None
     for name, sent in payload.items():
         if sent is None or name not in record or record[name] is None:
             continue
         stored = record[name]
         if name == "amount":
-            if _decimal(sent) != _decimal(stored):
+            theirs = _decimal(stored)
+            if theirs is None:
+                verdict = None
+            elif _decimal(sent) != theirs:
                 return False
         elif name in kind.dates:
-            if _instant(sent) != _instant(stored):
+            theirs_at = parse_instant(stored)
+            if theirs_at is None:
+                verdict = None
+            elif parse_instant(sent) != theirs_at:
                 return False
         elif name in ID_FIELDS:
-            if str(sent).lower() != str(stored).lower():
+            if (record_id({"_id": stored}) or "").lower() != str(sent).lower():
                 return False
         elif str(sent).strip() != str(stored).strip():
             return False
-    return True
+    return verdict
+
+
+def record_id(record: dict[str, Any]) -> str | None:
+    """A record's ``_id`` as text; Mongo's extended JSON ``{"$oid": "..."}`` unwrapped."""
+    value = record.get("_id")
+    if isinstance(value, dict):
+        value = value.get("$oid")
+    if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+        return str(value).strip()
+    return None
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -917,13 +999,6 @@ def _decimal_text(value: Any) -> str | None:
         return None if value is None else str(value)
     number = _decimal(value)
     return format(number, "f") if number is not None else str(value)
-
-
-def _instant(value: Any) -> Any:
-    try:
-        return parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
-        return str(value).strip()
 
 
 def _text(value: Any) -> str | None:

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,16 @@ def test_login_answer_token_field_and_lifetime() -> None:
 
 
 def test_login_answer_expiry_forms() -> None:
-    """expires as RFC 1123 date or epoch, exp, and a JWT token's own exp all give a lifetime."""
+    """expires as RFC 1123 date or epoch, exp, expires_at in ISO 8601, expiry, and a JWT
+    token's own exp all give a lifetime."""
     now = 1_750_000_000.0
     date = formatdate(now + 300, usegmt=True)  # "Sun, 15 Jun 2025 15:11:40 GMT"
     assert parse_login_answer(answer({"token": "t", "expires": date}), None, now).lifetime == 300
     assert parse_login_answer(answer({"key": "t", "expires": now + 90}), None, now).lifetime == 90
     assert parse_login_answer(answer({"token": "t", "exp": now + 45}), None, now).lifetime == 45
+    iso = datetime.fromtimestamp(now + 120, UTC).isoformat()
+    assert parse_login_answer(answer({"token": "t", "expires_at": iso}), None, now).lifetime == 120
+    assert parse_login_answer(answer({"token": "t", "expiry": now + 75}), None, now).lifetime == 75
     token = jwt.encode({"exp": int(now) + 200}, "k" * 32, algorithm="HS256")
     assert parse_login_answer(answer({"token": token}), None, now).lifetime == 200
 
@@ -206,9 +211,14 @@ def test_login_answer_other_shapes() -> None:
     nested = parse_login_answer(answer({"_status": "OK", "data": {"accessToken": "n1",
                                                                   "expires_in": 60}}), None, now)
     assert (nested.token, nested.lifetime) == ("n1", 60.0)
-    only = parse_login_answer(answer({"_status": "OK", "session": "s1", "expires": now + 30}),
+    session = "sess-0123456789abcdef"
+    only = parse_login_answer(answer({"_status": "OK", "session": session, "expires": now + 30}),
                               None, now)
-    assert (only.token, only.lifetime) == ("s1", 30.0)
+    assert (only.token, only.lifetime) == (session, 30.0)
+    # A short or spaced string is a message, not a token: the nested one is taken.
+    wrapped = parse_login_answer(answer({"message": "ok", "result": {"value": session}}),
+                                 None, now)
+    assert wrapped.token == session
     dotted = parse_login_answer(answer({"result": {"value": "d1"}}), "result.value", now)
     assert dotted.token == "d1"
     with pytest.raises(ApiError, match="fields seen"):

@@ -470,7 +470,13 @@ def test_matches_compares_values_not_spelling() -> None:
     assert not matches(PAYMENTS, body, {**record, "amount": 100.51})
     assert not matches(PAYMENTS, body, {**record, "bank_transaction_date":
                                         "Thu, 04 Sep 2025 08:00:00 GMT"})
-    assert not matches(PAYMENTS, body, {k: v for k, v in record.items() if k != "amount"})
+    assert matches(PAYMENTS, body, {k: v for k, v in record.items() if k != "amount"}) is None
+    # ISO 8601 in the answer is the same instant; what cannot be read cannot be told.
+    assert matches(PAYMENTS, body, {**record, "bank_transaction_date": "2025-09-03T08:00:00Z"})
+    assert matches(PAYMENTS, body, {**record, "bank_transaction_date": "3/9/2025"}) is None
+    assert matches(PAYMENTS, body, {**record, "amount": "n/a"}) is None
+    assert matches(PAYMENTS, body, {**record, "amount": "n/a", "creditor_payment_reference":
+                                    "R2"}) is False
 
 
 def test_preview_and_retry_rows(sandbox: RunningSandbox, tmp_path: Path,

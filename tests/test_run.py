@@ -185,8 +185,12 @@ def test_faults_still_give_every_row_exactly_once(
     box = make_sandbox(cases=cases, fail_503=0.15, fail_429=0.1, retry_after=0,
                        fail_500_after_store=0.1, drop_after_store=0.1, seed=11)
     source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 4))
+    # A quarter of all attempts fail before storing: with the default 6 attempts, one row in
+    # ~4000 would run out of them (an honest "error, retryable"); 12 make that ~1 in 10^7.
+    (tmp_path / "c.toml").write_text("max_attempts = 12\nbackoff_base = 0.01\n",
+                                     encoding="utf-8")
     cli(["run", str(source), "--concurrency", "6", "--report-dir", str(tmp_path / "o")],
-        env=env_for(box, tmp_path / "state"))
+        env=env_for(box, tmp_path / "state") | {"AMILI_CONFIG": str(tmp_path / "c.toml")})
     rows = report(tmp_path / "o")["rows"]
     assert len(rows) == 48 and {r["status"] for r in rows} == {"completed"}
     assert stored_references(box) == Counter({f"REF-{i}-{n}": 1 for i in range(12)

@@ -1,0 +1,148 @@
+"""A small Amili stand-in for the answers the docs allow but our sandbox does not give.
+
+Amili's docs leave open how dates are written in answers, whether a list projects fields
+away, how pages are capped and announced, and what a 201 carries. The sandbox answers one way;
+this server (real HTTP on loopback, standard library only) answers the other ways, each set by
+a knob on ``Variant``, so the client and the posting engine are tested against both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Variant:
+    """How this server answers; the defaults are Eve's own behaviour."""
+
+    iso_dates: bool = False  # dates in answers as ISO 8601 instead of RFC 1123
+    projection: tuple[str, ...] | None = None  # list items keep only these fields (and _*)
+    page_cap: int = 25  # a page never holds more than this...
+    meta: str = "eve"  # "eve": _meta with the capped max_results; "none": no _meta, no _links
+    items_key: str = "_items"  # the list envelope's key for the records
+    answer: str = "meta"  # 201 body: "meta" (Eve), "empty", "oid" ({"$oid"}), "no_id"
+    status: str = "completed"  # the stored record's status (and the 201's, for "no_id")
+    lose: list[str] = field(default_factory=list)  # per POST, in order: "drop" after storing
+
+
+class _State:
+    def __init__(self, variant: Variant) -> None:
+        self.variant = variant
+        self.records: list[dict[str, Any]] = []
+        self.posts = 0
+        self.lock = threading.Lock()
+        self.ids = itertools.count(0x68B82422D6FD1D378F180000)
+
+
+def _stamp(rfc: str, variant: Variant) -> str:
+    return parsedate_to_datetime(rfc).isoformat() if variant.iso_dates else rfc
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: _State
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, obj: Any = None, raw: bytes | None = None) -> None:
+        body = raw if raw is not None else json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        parts = url.path.strip("/").split("/")
+        v = self.state.variant
+        if len(parts) == 2:  # one record by id: always whole
+            found = [r for r in self.state.records if r["_id"] == parts[1]]
+            if found:
+                return self._send(200, _public(found[0]))
+            return self._send(404, {"_status": "ERR", "_error": {"code": 404,
+                                                                 "message": "Not Found"}})
+        where = json.loads(query.get("where", "{}"))
+        items = [r for r in self.state.records if r["_resource"] == parts[0]
+                 and all(r.get(k) == w for k, w in where.items())]
+        page = int(query.get("page", 1))
+        size = min(int(query.get("max_results", 25)), v.page_cap)
+        chunk = [_public(r) for r in items[(page - 1) * size:page * size]]
+        if v.projection is not None:
+            chunk = [{k: x for k, x in r.items() if k in v.projection or k.startswith("_")}
+                     for r in chunk]
+        envelope: dict[str, Any] = {v.items_key: chunk}
+        if v.meta == "eve":
+            envelope["_meta"] = {"page": page, "max_results": size, "total": len(items)}
+        self._send(200, envelope)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        v = self.state.variant
+        now = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+        with self.state.lock:
+            self.state.posts += 1
+            lost = v.lose.pop(0) if v.lose else None
+            rid = format(next(self.state.ids), "x")
+            record = {**body, "_id": rid, "_created": _stamp(now, v), "_updated": _stamp(now, v),
+                      "_resource": self.path.strip("/"), "status": v.status,
+                      "_payment_status": v.status}
+            for name in ("bank_transaction_date", "client_registration_date"):
+                if name in record:
+                    record[name] = _stamp(record[name], v)
+            self.state.records.append(record)
+        if lost == "drop":
+            self.connection.shutdown(2)
+            self.connection.close()
+            return
+        answer: dict[str, Any] = {"_id": rid, "_created": now, "_updated": now, "_etag": "e1",
+                                  "_status": "OK"}
+        if v.answer == "empty":
+            return self._send(201, raw=b"")
+        if v.answer == "oid":
+            answer["_id"] = {"$oid": rid}
+        if v.answer == "no_id":
+            answer = {"_status": "OK", "status": v.status}
+        self._send(201, answer)
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "_resource"}
+
+
+class DocServer:
+    """The server on a free loopback port, in a thread: ``url``, ``records``, ``posts``."""
+
+    def __init__(self, variant: Variant) -> None:
+        self.state = _State(variant)
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.state.records
+
+    @property
+    def posts(self) -> int:
+        return self.state.posts
+
+    def add(self, resource: str, record: dict[str, Any]) -> None:
+        """Store a record as if posted earlier by other means."""
+        self.state.records.append({**record, "_resource": resource})
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,130 @@
+"""Answers Amili's docs allow but the sandbox does not give: exactly once still holds.
+
+A doc-following server may write dates in ISO 8601, project fields out of lists, cap pages
+without saying so, use another list envelope, or answer a 201 without a usable id. Where the
+read-back cannot tell, the row must be left "unknown", never posted a second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from doc_server import DocServer, Variant
+from test_post import fingerprint
+
+from importer.client import ApiClient
+from importer.config import Config
+from importer.journal import Journal
+from importer.kinds import PAYMENTS
+from importer.post import Outcome, PlannedRow, Tuning, case_key, post_rows
+
+CREDITOR = "674dbeb208847b9501cc9138"
+CASE = "68678eda88b9226bb78d7169"
+RESOURCE = "creditor--payments"
+FAST = Tuning(readback_delays=(0.0,), extra_posts=2)
+
+
+def body(amount: float = 100.0, ref: str | None = "PAY-1") -> dict[str, Any]:
+    out: dict[str, Any] = {"creditor": CREDITOR, "case": CASE, "currency": "SEK",
+                           "amount": amount, "origin": "creditor_system",
+                           "bank_transaction_date": "Fri, 04 Jul 2025 16:20:41 GMT"}
+    if ref is not None:
+        out["creditor_payment_reference"] = ref
+    return out
+
+
+def row(payload: dict[str, Any], number: int = 2) -> PlannedRow:
+    return PlannedRow(index=number, file_name="payments.csv", file_sha256="b" * 64, sheet=None,
+                      row=number, kind=PAYMENTS, payload=payload,
+                      fingerprint=fingerprint(PAYMENTS, payload), case_key=case_key(payload))
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    servers: list[DocServer] = []
+
+    def start(variant: Variant) -> DocServer:
+        servers.append(DocServer(variant))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def post(server: DocServer, tmp_path: Path, rows: list[PlannedRow],
+         run_id: str = "r1") -> list[Outcome]:
+    config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
+                    backoff_base=0.01, backoff_max=0.02, read_timeout=5.0)
+    with Journal(tmp_path / "state") as journal, ApiClient(config) as client:
+        journal.start_run(run_id, "run")
+        return post_rows(rows, client, journal, run_id, config, structlog.get_logger(),
+                         tuning=FAST, handle_signals=False)
+
+
+def test_iso_dates_in_answers_are_matched(serve: Any, tmp_path: Path) -> None:
+    """The answer to the POST is lost; the record read back writes its dates in ISO 8601."""
+    server = serve(Variant(iso_dates=True, lose=["drop"]))
+    [out] = post(server, tmp_path, [row(body())])
+    assert (out.status, server.posts, len(server.records)) == ("completed", 1, 1)
+    assert "found in Amili by read-back" in out.message
+
+
+def test_a_projected_list_is_read_whole_by_id(serve: Any, tmp_path: Path) -> None:
+    """The list leaves the amount out: the candidate is read by id before it is judged."""
+    server = serve(Variant(projection=("creditor", "case", "creditor_payment_reference"),
+                           lose=["drop"]))
+    [out] = post(server, tmp_path, [row(body())])
+    assert (out.status, server.posts, len(server.records)) == ("completed", 1, 1)
+    assert out.amili_id == server.records[0]["_id"]
+
+
+@pytest.mark.parametrize("meta", ["eve", "none"])
+def test_capped_pages_are_all_read(serve: Any, tmp_path: Path, meta: str) -> None:
+    """30 earlier payments on the case, pages of 25, with or without _meta: the lost row's
+    record sits on page 2 and is found, not posted again."""
+    server = serve(Variant(page_cap=25, meta=meta, lose=["drop"]))
+    for n in range(30):
+        server.add(RESOURCE, {**body(amount=1.0 + n, ref=None), "_id": f"{n:024x}",
+                              "status": "completed"})
+    [out] = post(server, tmp_path, [row(body(ref=None))])
+    assert (out.status, server.posts, len(server.records)) == ("completed", 1, 31)
+
+
+def test_an_unreadable_list_leaves_the_row_unknown(serve: Any, tmp_path: Path) -> None:
+    """A list envelope without _items proves nothing: the row is not posted again."""
+    server = serve(Variant(items_key="items", lose=["drop"]))
+    [out] = post(server, tmp_path, [row(body())])
+    assert (out.status, out.reason, out.retryable) == ("error", "outcome_unknown", True)
+    assert "no _items list" in out.message
+    assert (server.posts, len(server.records)) == (1, 1)
+
+
+def test_an_empty_201_is_stored_and_found(serve: Any, tmp_path: Path) -> None:
+    """A 201 with no body means stored: the id comes from the read-back, no second POST."""
+    server = serve(Variant(answer="empty", iso_dates=True))
+    [out] = post(server, tmp_path, [row(body())])
+    assert (out.status, out.amili_id, server.posts) == ("completed", server.records[0]["_id"], 1)
+
+
+def test_an_object_id_in_extended_json_is_unwrapped(serve: Any, tmp_path: Path) -> None:
+    """``{"_id": {"$oid": "..."}}``: the id is the text inside, and its status is read by it."""
+    server = serve(Variant(answer="oid"))
+    [out] = post(server, tmp_path, [row(body())])
+    assert (out.status, out.amili_id) == ("completed", server.records[0]["_id"])
+
+
+def test_a_201_without_id_is_never_posted_again(serve: Any, tmp_path: Path) -> None:
+    """A 201 saying "error" without an id, and a read-back that cannot list: the row is
+    reported as the answer said, and a second run does not post it again (a 2xx is proof)."""
+    server = serve(Variant(answer="no_id", status="error", items_key="items"))
+    [first] = post(server, tmp_path, [row(body())])
+    assert (first.status, first.http_status, first.amili_id) == ("error", 201, None)
+    assert "not sent again" in first.message
+    [second] = post(server, tmp_path, [row(body())], run_id="r2")
+    assert second.reason == "already_posted" and not second.posted
+    assert (server.posts, len(server.records)) == (1, 1)
