@@ -215,6 +215,11 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
         info.notes.append(f"header on row {header_row}; the rows above it are read as titles "
                           "and ignored")
     below = [cells for number, cells in records if number > header_row]
+    for number, cells in records:
+        # Values past the header's last cell: a value split by an unquoted delimiter (a
+        # decimal comma in a comma-separated file), so every cell after it is shifted.
+        if number > header_row and any(v.strip() for v in cells[len(header):]):
+            raise FileRejected(name, _too_many(number, len(cells), len(header), header_row))
     width = max([len(header)] + [len(cells) for cells in below])
     header = header + [""] * (width - len(header))
     last_named = max(i for i, text in enumerate(header) if text)
@@ -288,13 +293,18 @@ def _headerless(row: int, column: int, value: str, header_row: int) -> str:
             f"(header row {header_row}); give the column a header or remove the value")
 
 
+def _too_many(row: int, cells: int, columns: int, header_row: int) -> str:
+    return (f"row {row} has {cells} cells, more than the {columns} columns of the header "
+            f"(row {header_row}); check for an unquoted delimiter in a value (e.g. a decimal "
+            "comma in a comma-separated file: quote the value, or save with ';')")
+
+
 def _parser_message(message: str, header_row: int) -> str:
     """Say what pandas' tokenizer error means in the user's terms."""
     match = _TOO_MANY.search(message)
     if match:
         expected, row, saw = match.groups()
-        return (f"row {row} has {saw} cells, more than the {expected} columns of the header "
-                f"(row {header_row}); check for an unquoted delimiter in a value")
+        return _too_many(int(row), int(saw), int(expected), header_row)
     if "EOF inside string" in message:
         return "a quoted value is never closed (a \" without its pair); check the quotes"
     return f"cannot be parsed as CSV: {message.strip()}"

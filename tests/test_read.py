@@ -248,6 +248,17 @@ def test_headerless_and_trailing_columns(tmp_path: Path) -> None:
     assert any("column_7" in n for n in info.notes)
 
 
+def test_values_past_the_header_rejected(tmp_path: Path) -> None:
+    """A row longer than the header (a decimal comma in a comma file shifts every cell after
+    it) rejects the file, naming the row; blank extra cells are harmless."""
+    text = f"{HEADER}\n{CRED},A,SEK,1,d,,\n{CRED},B,SEK,100,50,d\n"
+    with pytest.raises(FileRejected, match=r"row 3 has 6 cells, more than the 5 columns.*"
+                                           r"decimal comma"):
+        read(write(tmp_path, "payments.csv", text))
+    _, (table,) = read(write(tmp_path, "payments.csv", f"{HEADER}\n{CRED},A,SEK,1,d,,\n"))
+    assert len(rows(table)) == 1
+
+
 def test_too_many_cells_rejected_with_row(tmp_path: Path) -> None:
     """A row with more cells than the header (beyond the sniffed sample) names its row."""
     body = "".join(f"{CRED},I{i},SEK,1,d\n" for i in range(3000))
