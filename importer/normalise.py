@@ -392,8 +392,9 @@ _CANONICAL_AMOUNTS = re.compile(
     r"(?:(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}\n)*+(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}")
 _CANONICAL_AMOUNT = re.compile(r"(?:[1-9][0-9]{0,11}|0)[.,][0-9]{2}")
 _ODD_AMOUNT_LINE = re.compile(r"^(?!(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}$)", re.MULTILINE)
-_GROUPED = re.compile(r"(\d{1,3})((?:[ \u00a0\u202f\u2009]\d{3})+)([.,]\d+)?")
-_PLAIN = re.compile(r"(\d+)(?:[.,](\d+))?")
+# re.ASCII: \d is 0-9 only (Python's \d, float() and Decimal() also take ١٢٣ or １２３).
+_GROUPED = re.compile(r"(\d{1,3})((?:[ \u00a0\u202f\u2009]\d{3})+)([.,]\d+)?", re.ASCII)
+_PLAIN = re.compile(r"(\d+)(?:[.,](\d+))?", re.ASCII)
 _WRITE = "write the amount with digits and at most two decimals, e.g. 1234,50 or 1234.50"
 
 
@@ -533,15 +534,16 @@ def amounts(raw: pd.Series) -> Parsed:
 
 _RFC = re.compile(
     r"(?P<wd>[A-Za-z]{3}), (?P<d>\d{1,2}) (?P<mon>[A-Za-z]{3}) (?P<y>\d{4}) "
-    r"(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2}) (?P<tz>GMT|UTC|UT|Z|[+-]\d{4})", re.IGNORECASE)
+    r"(?P<H>\d{2}):(?P<M>\d{2}):(?P<S>\d{2}) (?P<tz>GMT|UTC|UT|Z|[+-]\d{4})",
+    re.IGNORECASE | re.ASCII)
 _RFC_CANONICAL = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    r"\d{4} \d\d:\d\d:\d\d GMT")
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+    r"\d{4} \d\d:\d\d:\d\d GMT", re.ASCII)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _ISO_DATETIME = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
-    r"(?P<tz>Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE)
-_LOCAL_DATE = re.compile(r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}")
+    r"(?P<tz>Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE | re.ASCII)
+_LOCAL_DATE = re.compile(r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}", re.ASCII)
 _DATE_FORMS = ("write RFC 1123 in GMT (Fri, 04 Jul 2025 16:20:41 GMT) or ISO 8601 "
                "(2025-07-04 or 2025-07-04T16:20:41Z)")
 
@@ -614,7 +616,7 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
     if _LOCAL_DATE.fullmatch(t):
         return None, Problem("invalid_date", "is not an accepted date form (the order of day "
                              f"and month cannot be told); {_DATE_FORMS}")
-    if re.fullmatch(r"\d+([.,]\d+)?", t):
+    if re.fullmatch(r"\d+([.,]\d+)?", t, re.ASCII):
         return None, Problem("invalid_date", "is a number, not a date (an Excel serial "
                              f"date?); format the cells as dates, or {_DATE_FORMS}")
     return None, Problem("invalid_date", f"is not a date in an accepted form; {_DATE_FORMS}")

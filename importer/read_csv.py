@@ -13,7 +13,7 @@ import io
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from importer.errors import FileRejected, UsageError
 from importer.read import (
@@ -249,14 +249,16 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions:
         info = table.file
         internal = [f"p{i}" for i in range(width)]
         kept = dict(zip(positions, table.columns, strict=True))
-        reader = pd.read_csv(
-            info.path, sep=delimiter, header=None, names=internal, skiprows=table.header_row,
-            dtype=object, keep_default_na=False, na_filter=False, skip_blank_lines=False,
-            index_col=False, chunksize=chunk_rows, engine="c", encoding=encoding,
-            encoding_errors="strict", quotechar='"', doublequote=True)
         first_row = table.header_row + 1
         strip = np.frompyfunc(str.strip, 1, 1)
         try:
+            # Inside the try: pandas may tokenise the first rows already here.
+            reader = pd.read_csv(
+                info.path, sep=delimiter, header=None, names=internal,
+                skiprows=table.header_row, dtype=object, keep_default_na=False,
+                na_filter=False, skip_blank_lines=False, index_col=False, chunksize=chunk_rows,
+                engine="c", encoding=encoding, encoding_errors="strict", quotechar='"',
+                doublequote=True)
             with reader:
                 for chunk in reader:
                     # Plain object arrays: pandas' own .str.strip / != are 3-6x slower here.
@@ -268,6 +270,7 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions:
                         values = strip(chunk[column].to_numpy())
                         filled = values != ""
                         if index in kept:
+                            _swallowed(info.name, kept[index], values, rows, delimiter)
                             cells[kept[index]] = values
                             keep |= filled
                         elif filled.any():
@@ -288,6 +291,26 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions:
     return chunks
 
 
+def _swallowed(name: str, column: str, values: Any, rows: Any, delimiter: str) -> None:
+    """Reject a value that runs over several lines and holds the delimiter: the mark of a
+    quote that is not closed where it should be, so that the rows after it were read as part
+    of this value (they would vanish from the import without a word).
+
+    Raises:
+        FileRejected: naming the row and the column.
+    """
+    text = "".join(values)
+    if "\n" not in text and "\r" not in text:
+        return
+    for value, row in zip(values, rows, strict=True):
+        if ("\n" in value or "\r" in value) and delimiter in value:
+            raise FileRejected(name, (
+                f"row {row}, column {column}: the value runs over several lines and holds "
+                f"the delimiter {'tab' if delimiter == chr(9) else repr(delimiter)}: a quote "
+                "is probably not closed where it should be, so the rows after it were read "
+                "into this value; check the quotes"))
+
+
 def _headerless(row: int, column: int, value: str, header_row: int) -> str:
     return (f"row {row}, column {column}: value {value[:40]!r} in a column without a header "
             f"(header row {header_row}); give the column a header or remove the value")
@@ -306,5 +329,8 @@ def _parser_message(message: str, header_row: int) -> str:
         expected, row, saw = match.groups()
         return _too_many(int(row), int(saw), int(expected), header_row)
     if "EOF inside string" in message:
-        return "a quoted value is never closed (a \" without its pair); check the quotes"
+        start = re.search(r"starting at row (\d+)", message)
+        where = f"row {int(start.group(1)) + header_row}: " if start else ""
+        return (f"{where}a quoted value is never closed (a \" without its pair), so the rest "
+                "of the file would be read as one value; check the quotes")
     return f"cannot be parsed as CSV: {message.strip()}"

@@ -843,6 +843,9 @@ class ReportWriter:
         from importer.report_xlsx import write_report_xlsx
 
         temp = self._temp("report.xlsx")
+        # A report cell is as long as its input cell (a 200 000-character value is reported,
+        # then refused); the csv module's default cap of 128 KiB per field would stop here.
+        csv.field_size_limit(2**31 - 1)
         with open(self._spill_path, encoding="utf-8", newline="") as spill:
             write_report_xlsx(temp, head, summary, self.columns, csv.reader(spill),
                               truncated=not self._spill_all, limit=self._limit)

@@ -321,8 +321,13 @@ def _filled(n: int, value: Any) -> np.ndarray:
 def shown(value: Any, limit: int = 60) -> str:
     """A cell's value for a message: as read, control characters escaped, long text cut."""
     text = normalise.display(value)
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = _CONTROL.sub(lambda m: _escaped(ord(m.group())), text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _escaped(code: int) -> str:
+    # \x0a for the usual ones, \u2028 beyond: "\x2028" would read as "\x20" then "28".
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def _safe(message: str) -> str:

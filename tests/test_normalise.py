@@ -178,11 +178,16 @@ def test_dates_with_a_nul_character_are_refused() -> None:
     assert problems(parsed)[0][0] == "invalid_date"
 
 
-def test_dates_with_non_ascii_digits_read_on_their_own() -> None:
-    """Arabic-Indic digits leave the byte-wise reading; the per-value path reads them."""
+def test_digits_are_ascii_only() -> None:
+    """Digits of other scripts (Arabic-Indic, full-width) are not read as 0-9, in dates as in
+    amounts (Python's float() and Decimal() would take them): an error, never a guess."""
     parsed = normalise.dates(col("Mon, \u0662\u0667 Jul 2026 12:00:00 GMT",
                                  "Mon, 27 Jul 2026 12:00:00 GMT"))
-    assert parsed.values.tolist() == ["Mon, 27 Jul 2026 12:00:00 GMT"] * 2
+    assert parsed.values.tolist() == [None, "Mon, 27 Jul 2026 12:00:00 GMT"]
+    amounts = normalise.amounts(col("\u0661\u0662\u0663", "\uff11\uff12\uff13",
+                                    "1 \u0662\u0663\u0664,50", "123"))
+    assert amounts.values.tolist() == [None, None, None, "123.00"]
+    assert {code for code, _ in problems(amounts).values()} == {"invalid_amount"}
 
 
 @pytest.mark.parametrize("raw", ["04/07/2025", "4.7.2025", "4 juli 2025", "45842",

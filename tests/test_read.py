@@ -173,6 +173,33 @@ def test_quoted_multiline_field_is_one_row(tmp_path: Path) -> None:
     assert [r["_row"] for r in got] == [2, 3]
 
 
+def test_unclosed_quote_names_its_row(tmp_path: Path) -> None:
+    """A quote never closed, on the first data row or far down, rejects the file naming the
+    row where the quoted value starts."""
+    first = f'{HEADER}\n{CRED},"I1,SEK,1,d\n{CRED},I2,SEK,1,d\n'
+    _, (table,) = read(write(tmp_path, "payments.csv", first))
+    with pytest.raises(FileRejected, match=r"row 2: a quoted value is never closed"):
+        rows(table)
+    body = "".join(f"{CRED},I{i},SEK,1,d\n" for i in range(3000))
+    late = f'{HEADER}\n{body}{CRED},"IX,SEK,1,d\n{CRED},I2,SEK,1,d\n'
+    _, (table,) = read(write(tmp_path, "payments.csv", late))
+    with pytest.raises(FileRejected, match=r"row 3002: a quoted value is never closed"):
+        rows(table)
+
+
+def test_quote_closed_rows_later_rejects_the_file(tmp_path: Path) -> None:
+    """A quote closed a few lines down swallows the rows between into one value: when that
+    value holds the delimiter, the file is rejected naming the row and the column."""
+    header = HEADER.replace(",", ";") + ";Kommentar"
+    text = (f'{header}\n{CRED};I1;SEK;10,00;d;"Kunden sa: betalar\n'
+            f"{CRED};I2;SEK;20,00;d;andra\n{CRED};I3;SEK;30,00;d;tredje\" klart\n"
+            f"{CRED};I4;SEK;40,00;d;ok\n")
+    _, (table,) = read(write(tmp_path, "payments.csv", text))
+    with pytest.raises(FileRejected, match=r"row 2, column Kommentar: the value runs over "
+                                           r"several lines and holds the delimiter ';'"):
+        rows(table)
+
+
 def test_chunk_boundaries_keep_row_numbers(tmp_path: Path) -> None:
     """Small chunks with blank rows between still number every row as the file does."""
     lines = [HEADER]

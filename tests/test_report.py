@@ -277,3 +277,19 @@ def test_failed_rows_file_round_trip(tmp_path: Path) -> None:
     assert tables[0].columns == [*columns, "error_reason", "error_message"]
     again = write_failed_rows(tmp_path / "again.csv", [back[0]], tables[0].columns)
     assert list(read_csv(again)[0]) == [*columns, "error_reason", "error_message"]
+
+
+def test_a_huge_cell_is_reported_in_every_file(tmp_path: Path) -> None:
+    """A 200 000-character input cell (refused by validation) is written whole to the JSON
+    and the CSV, and cut to Excel's 32 767 characters in the XLSX."""
+    huge = "x" * 200_000
+    summary = write(tmp_path, [frame([{"status": "error", "reason": "too_long"}],
+                                     {"ref": [huge]})], ["ref"])
+    assert summary.totals == {"error": 1}
+    data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert data["rows"][0]["input:ref"] == huge
+    csv.field_size_limit(2**31 - 1)
+    assert read_csv(tmp_path / "report.csv")[0]["input:ref"] == huge
+    header, rows = xlsx_rows(tmp_path / "report.xlsx")
+    cell = rows[0][header.index("input:ref")]
+    assert len(cell) <= 32_767 and cell.endswith("(cut; see CSV)")
