@@ -357,3 +357,21 @@ def test_through_a_real_swedish_csv(tmp_path: Path) -> None:
     assert out["message"][2].startswith("same as row 2")
     assert out["input:Betalningsref"][0] == "Över"
     assert info.name == "payments-2025-07.csv"
+
+
+def test_long_numbers_in_number_cells_are_refused() -> None:
+    """An OCR or invoice number of 16+ digits in a number cell has lost digits in Excel: an
+    error asking for a Text column, never sent in scientific notation or rounded."""
+    tab = table(PAYMENTS, ("creditor", "invoice_number", "currency", "amount",
+                           "bank_transaction_date", "creditor_payment_reference"),
+                sheet="payments")
+    base = {"creditor": CREDITOR, "currency": "SEK", "amount": 10.0,
+            "bank_transaction_date": datetime(2025, 7, 4)}
+    rows = [{**base, "invoice_number": 7350000000001234567.0, "creditor_payment_reference": "a"},
+            {**base, "invoice_number": "INV-2", "creditor_payment_reference": 1234567890123456},
+            {**base, "invoice_number": 123456789012345.0, "creditor_payment_reference": "c"}]
+    out = Checker(tab, Config(), NOW).check(chunk(tab, rows))
+    assert out["status"].tolist() == ["error", "error", "valid"]
+    assert "Excel keeps only 15 digits" in out["message"][0]
+    assert "Excel keeps only 15 digits" in out["message"][1]
+    assert out["invoice_number"][2] == "123456789012345"
