@@ -435,13 +435,16 @@ def _rejected_info(path: Path, reason: str) -> FileInfo:
 def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Checked]:
     """Validate every chunk of every table; a file rejected mid-read stops its own tables only."""
     from importer.plan import Checked
-    from importer.validate import Checker
+    from importer.validate import Checker, Duplicates
 
     log = structlog.get_logger()
+    # One duplicate index per file and kind: a row repeated on another sheet is found too.
+    duplicates: dict[tuple[str, str], Duplicates] = {}
     for table in tables:
         if table.file.rejected:
             continue
-        checker = Checker(table, config, now)
+        shared = duplicates.setdefault((str(table.file.path), table.kind.name), Duplicates())
+        checker = Checker(table, config, now, shared)
         try:
             for chunk in table.chunks():
                 frame = checker.check(chunk)

@@ -398,6 +398,22 @@ class _Issues:
 # The checker
 
 
+class Duplicates:
+    """The row keys seen so far in one file and kind, over all its sheets: each key's hash,
+    with the row and sheet that had it first (sorted by hash, for a vectorised lookup)."""
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.int64)
+        self.rows = np.empty(0, dtype=np.int64)
+        self.sheets = np.empty(0, dtype=np.int64)  # positions in sheet_names
+        self.sheet_names: list[str | None] = []
+
+    def sheet_number(self, sheet: str | None) -> int:
+        if sheet not in self.sheet_names:
+            self.sheet_names.append(sheet)
+        return self.sheet_names.index(sheet)
+
+
 class Checker:
     """Validates the chunks of one table, keeping what it needs to find duplicate rows.
 
@@ -405,9 +421,12 @@ class Checker:
         table: the table being read (kind, headers, file name, sheet).
         config: ``default_creditor`` and ``send_account`` are read from it.
         now: the run's time; bank transaction dates after it are errors.
+        duplicates: shared by the tables of one file and kind (a workbook's sheets), so that
+            a row repeated on another sheet is found too; a fresh one when None.
     """
 
-    def __init__(self, table: Table, config: Config, now: datetime) -> None:
+    def __init__(self, table: Table, config: Config, now: datetime,
+                 duplicates: Duplicates | None = None) -> None:
         self.table = table
         self.kind: Kind = table.kind
         self.config = config
@@ -419,9 +438,7 @@ class Checker:
                             and self.kind.amount)
         self.errors_schema, self.warnings_schema = _schemas(self.kind.name, self.now,
                                                             self.account)
-        # Duplicates: a sorted array of row-key hashes and the first row that had each.
-        self._seen = np.empty(0, dtype=np.int64)
-        self._first = np.empty(0, dtype=np.int64)
+        self._dups = duplicates if duplicates is not None else Duplicates()
         self._note_read_only()
 
     def _note_read_only(self) -> None:
@@ -600,24 +617,32 @@ class Checker:
         hashes = np.fromiter(map(hash, zip(*key, strict=True)), dtype=np.int64, count=len(ok))
         unique, first_index, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         ok_rows = rows if every else rows[ok]
+        seen = self._dups
+        here = seen.sheet_number(self.table.sheet)
         first_row = ok_rows[first_index]
-        at = np.searchsorted(self._seen, unique)
-        clipped = np.minimum(at, max(len(self._seen) - 1, 0))
-        earlier = (at < len(self._seen)) & (self._seen[clipped] == unique) if len(self._seen) \
-            else np.zeros(len(unique), dtype=bool)
-        if len(self._seen):
-            first_row = np.where(earlier, self._first[clipped], first_row)
+        first_sheet = np.full(len(unique), here, dtype=np.int64)
+        at = np.searchsorted(seen.hashes, unique)
+        clipped = np.minimum(at, max(len(seen.hashes) - 1, 0))
+        earlier = (at < len(seen.hashes)) & (seen.hashes[clipped] == unique) \
+            if len(seen.hashes) else np.zeros(len(unique), dtype=bool)
+        if len(seen.hashes):
+            first_row = np.where(earlier, seen.rows[clipped], first_row)
+            first_sheet = np.where(earlier, seen.sheets[clipped], first_sheet)
         new = ~earlier
-        self._seen = np.insert(self._seen, at[new], unique[new])
-        self._first = np.insert(self._first, at[new], first_row[new])
+        seen.hashes = np.insert(seen.hashes, at[new], unique[new])
+        seen.rows = np.insert(seen.rows, at[new], first_row[new])
+        seen.sheets = np.insert(seen.sheets, at[new], first_sheet[new])
         first_of = first_row[inverse.reshape(-1)]
-        dup = np.flatnonzero(first_of != ok_rows)
+        sheet_of = first_sheet[inverse.reshape(-1)]
+        dup = np.flatnonzero((first_of != ok_rows) | (sheet_of != here))
         if not len(dup):
             return
-        where = "" if self.table.sheet is None else f" of sheet {self.table.sheet}"
-        texts = [f"same as row {int(r)}{where} (kind, creditor, case or invoice number, amount, "
-                 "dates and reference are all equal); this row is not posted: delete it, or "
-                 "tell the two apart with a reference" for r in first_of[dup]]
+        names = seen.sheet_names
+        texts = [f"same as row {int(r)}"
+                 + ("" if names[int(k)] is None else f" of sheet {names[int(k)]}")
+                 + " (kind, creditor, case or invoice number, amount, dates and reference are "
+                 "all equal); this row is not posted: delete it, or tell the two apart with a "
+                 "reference" for r, k in zip(first_of[dup], sheet_of[dup], strict=True)]
         issues.add(ok[dup], len(_ORDER) + 1, ERROR, ["duplicate_row"] * len(dup), texts)
 
     # -- the report frame ------------------------------------------------------------------------

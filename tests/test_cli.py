@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 
 import click
 from click.testing import Result
@@ -57,3 +59,35 @@ def test_python_dash_m_runs_the_same_cli() -> None:
     out = subprocess.run([sys.executable, "-m", "importer", "--help"], capture_output=True,
                          text=True, check=True)
     assert "validate" in out.stdout and isinstance(main, click.Group)
+
+
+def test_duplicates_across_sheets_of_one_workbook(cli: Callable[..., Result],
+                                                  tmp_path: Path) -> None:
+    """The same payment on two sheets of one workbook: the later one is a duplicate naming
+    the sheet and row of the first; the same row in another file is not (the journal decides)."""
+    import json
+
+    from openpyxl import Workbook
+
+    header = ["creditor", "invoice_number", "currency", "amount", "bank_transaction_date"]
+    row = ["674dbeb208847b9501cc9138", "INV-1", "SEK", 10, datetime(2025, 11, 3)]
+    book = Workbook()
+    first = book.active
+    assert first is not None
+    first.title = "Payments"
+    second = book.create_sheet("Payments 2")
+    for sheet in (first, second):
+        sheet.append(header)
+        sheet.append(row)
+    book.save(tmp_path / "month.xlsx")
+    book.save(tmp_path / "month-copy.xlsx")
+    cli(["validate", str(tmp_path / "month.xlsx"), str(tmp_path / "month-copy.xlsx"),
+         "--report-dir", str(tmp_path / "r")], expect=ExitCode.ROWS_IN_ERROR,
+        env={"AMILI_STATE_DIR": str(tmp_path / "state")})
+    rows = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["rows"]
+    got = [(r["file"], r["sheet"], r["status"], r["reason"]) for r in rows]
+    assert got == [("month.xlsx", "Payments", "warning", "old_date"),
+                   ("month.xlsx", "Payments 2", "error", "duplicate_row,old_date"),
+                   ("month-copy.xlsx", "Payments", "warning", "old_date"),
+                   ("month-copy.xlsx", "Payments 2", "error", "duplicate_row,old_date")]
+    assert "same as row 2 of sheet Payments " in rows[1]["message"]
