@@ -94,10 +94,14 @@ def _detect_encoding(path: Path, forced: str | None) -> tuple[str, int, str, lis
         skip = 0
         if forced is not None:
             try:
-                codec = codecs.lookup(forced).name
+                info = codecs.lookup(forced)
             except LookupError:
-                raise UsageError(f"--encoding {forced!r} is not an encoding Python knows "
+                info = None
+            # rot13, base64, zlib… are codecs but not text encodings: open() refuses them.
+            if info is None or not getattr(info, "_is_text_encoding", True):
+                raise UsageError(f"--encoding {forced!r} is not a text encoding Python knows "
                                  "(try utf-8, cp1252, utf-16)") from None
+            codec = info.name
             read_as = codec
             if codec == "utf-8" and bom is not None and bom[1] == "utf-8":
                 skip, read_as = len(bom[0]), "utf-8-sig"
