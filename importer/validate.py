@@ -108,6 +108,7 @@ class Rule:
     text: str  # "<what is wrong>; <what to do>"
 
 
+_STILL_POSTED = " (the row is still posted)"
 _MISSING_TODO = {
     "creditor": "fill in the creditor id (24 hex digits); a configured default creditor "
                 "applies only when the file has no creditor column",
@@ -384,6 +385,8 @@ class _Issues:
                 if current >= 0:
                     status[current] = ERROR if worst == 0 else WARNING
                     reason[current] = ",".join(dict.fromkeys(row_codes))
+                    if worst == 0:  # a row in error is not posted: the warnings must not say so
+                        row_texts = [t.replace(_STILL_POSTED, "") for t in row_texts]
                     message[current] = "; ".join(row_texts)
                 if i < 0:
                     break
@@ -594,6 +597,9 @@ class Checker:
         else:
             rule = _RULES.get(check) or Rule(check, ERROR, "failed the check "
                                              f"{check}; correct the value")
+            if check == "amount_positive" and self.kind.name != "payments":
+                rule = Rule(rule.code, ERROR, "is not greater than zero; write a positive "
+                            "amount")
         header = self._name(column)
         issues.add(positions, _ORDER.get(column, len(_ORDER)), rule.severity,
                    [rule.code] * len(positions),

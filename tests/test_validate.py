@@ -204,9 +204,13 @@ def test_warnings_are_still_posted() -> None:
 
 def test_errors_come_before_warnings() -> None:
     """A row with an error and a warning is an error; the error is named first."""
-    out = check([payment(bank_transaction_date="2024-07-01", currency="EUR")])
-    assert out["status"][0] == "error"
+    out = check([payment(bank_transaction_date="2024-07-01", currency="EUR"),
+                 payment(bank_transaction_date="2024-07-01", creditor_payment_reference="R2")])
+    assert out["status"].tolist() == ["error", "warning"]
     assert out["reason"][0] == "invalid_currency,old_date"
+    # A row in error is not posted: its warnings do not say it is.
+    assert "more than a year old" in out["message"][0]
+    assert "still posted" not in out["message"][0] and "still posted" in out["message"][1]
 
 
 def test_texts_checked() -> None:
