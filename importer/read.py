@@ -275,6 +275,18 @@ def build_columns(name: str, where: str, header: list[str], keep: Callable[[int]
         used.add(column)
         positions.append(index)
         columns.append(column)
+    if "bank_transaction_date" in by_field and "bank_transaction_date" not in kind.fields:
+        # The mark of a payment: posted as a crediting or cancellation, the money would be
+        # booked the wrong way.
+        raise FileRejected(name, f"{where}column {by_field['bank_transaction_date']!r} is a "
+                                 f"payments column, but the rows are read as {kind.name}; if "
+                                 "these are payments, pass --kind payments or name the file "
+                                 "(or sheet) after its kind")
+    foreign = [text for text, canon in fields.items()
+               if canon not in kind.fields and canon not in READ_ONLY_FIELDS]
+    if foreign:
+        notes.append(f"{where}column(s) of other kinds, not of {kind.name}: kept in the report, "
+                     "never sent: " + ", ".join(repr(t) for t in foreign))
     missing = [f for f in kind.required if f not in by_field
                and not (f == "creditor" and options.default_creditor)]
     if "case" not in by_field and "invoice_number" not in by_field:

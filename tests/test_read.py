@@ -305,3 +305,15 @@ def test_huge_cell_is_kept(tmp_path: Path) -> None:
         writer.writerow([CRED, "A" * 1_000_000, "SEK", "1", "d"])
     (row,) = rows(read(path)[1][0])
     assert len(row["invoice_number"]) == 1_000_000
+
+
+def test_a_payments_file_read_as_another_kind_is_rejected(tmp_path: Path) -> None:
+    """A bank transaction date column read as creditings (--kind credits on a payments
+    file) would book payments as credit notes: rejected. Other kinds' columns are noted."""
+    path = write(tmp_path, "payments.csv", f"{HEADER}\n{CRED},I1,SEK,1,d\n")
+    with pytest.raises(FileRejected, match="'bank_transaction_date' is a payments column, "
+                                           "but the rows are read as creditings"):
+        read(path, kind=CREDITINGS)
+    cancel = write(tmp_path, "cancellations.csv", f"creditor,case,amount\n{CRED},{'a' * 24},5\n")
+    info, _ = read(cancel)
+    assert any("other kinds, not of cancellations" in n and "'amount'" in n for n in info.notes)
