@@ -274,8 +274,8 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions:
                         values = strip(chunk[column].to_numpy())
                         filled = values != ""
                         if index in kept:
-                            _swallowed(info.name, kept[index], values, rows, delimiter)
-                            cells[kept[index]] = values
+                            cells[kept[index]] = _screen(info.name, kept[index], values, rows,
+                                                         delimiter)
                             keep |= filled
                         elif filled.any():
                             at = int(np.argmax(filled))
@@ -295,24 +295,37 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions:
     return chunks
 
 
-def _swallowed(name: str, column: str, values: Any, rows: Any, delimiter: str) -> None:
-    """Reject a value that runs over several lines and holds the delimiter: the mark of a
-    quote that is not closed where it should be, so that the rows after it were read as part
-    of this value (they would vanish from the import without a word).
+_INERT = ("'=", "'+", "'-", "'@")  # how our reports make formula-like text inert
+
+
+def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str) -> Any:
+    """One column's trimmed cells, screened (one join of the column, Python per cell only
+    where needed).
+
+    - A value that runs over several lines and holds the delimiter is the mark of a quote not
+      closed where it should be, so that the rows after it were read into this value (they
+      would vanish from the import without a word): the file is rejected.
+    - ``'=…``, ``'+…``, ``'-…``, ``'@…`` lose the ``'``: the failed-rows file (and report.csv)
+      write formula-like text that way, and must import again as the original value.
 
     Raises:
         FileRejected: naming the row and the column.
     """
-    text = "".join(values)
-    if "\n" not in text and "\r" not in text:
-        return
-    for value, row in zip(values, rows, strict=True):
-        if ("\n" in value or "\r" in value) and delimiter in value:
-            raise FileRejected(name, (
-                f"row {row}, column {column}: the value runs over several lines and holds "
-                f"the delimiter {'tab' if delimiter == chr(9) else repr(delimiter)}: a quote "
-                "is probably not closed where it should be, so the rows after it were read "
-                "into this value; check the quotes"))
+    text = "\x00" + "\x00".join(values)
+    if "\n" in text or "\r" in text:
+        for value, row in zip(values, rows, strict=True):
+            if ("\n" in value or "\r" in value) and delimiter in value:
+                raise FileRejected(name, (
+                    f"row {row}, column {column}: the value runs over several lines and holds "
+                    f"the delimiter {'tab' if delimiter == chr(9) else repr(delimiter)}: a "
+                    "quote is probably not closed where it should be, so the rows after it "
+                    "were read into this value; check the quotes"))
+    if "\x00'" in text:
+        values = values.copy()
+        for i, value in enumerate(values):
+            if value.startswith(_INERT):
+                values[i] = value[1:]
+    return values
 
 
 def _headerless(row: int, column: int, value: str, header_row: int) -> str:

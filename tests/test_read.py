@@ -317,3 +317,11 @@ def test_a_payments_file_read_as_another_kind_is_rejected(tmp_path: Path) -> Non
     cancel = write(tmp_path, "cancellations.csv", f"creditor,case,amount\n{CRED},{'a' * 24},5\n")
     info, _ = read(cancel)
     assert any("other kinds, not of cancellations" in n and "'amount'" in n for n in info.notes)
+
+
+def test_inert_formula_text_reads_back_as_written(tmp_path: Path) -> None:
+    """Our reports and failed-rows files write '=…, '+…, '-…, '@… so that a spreadsheet does not
+    run them: read again, the ' goes (the value is what was imported); other ' stay."""
+    text = f"{HEADER}\n{CRED},'=INV-1,SEK,1,d\n{CRED},'-7,SEK,1,d\n{CRED},'ABC,SEK,1,d\n"
+    _, (table,) = read(write(tmp_path, "payments.csv", text))
+    assert [r["invoice_number"] for r in rows(table)] == ["=INV-1", "-7", "'ABC"]
