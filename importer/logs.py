@@ -94,10 +94,12 @@ def configure(log_format: str = "auto", run_log: Path | None = None,
     if not as_json:
         processors.append(_console_tee(run_log is not None))
     processors.append(structlog.processors.JSONRenderer(sort_keys=False))
+    # One logger for every caller, so that its lock keeps the posting threads' lines whole.
+    logger = _Logger(_Tee(streams), None)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=lambda *_: _Logger(_Tee(streams), None),
+        logger_factory=lambda *_: logger,
         cache_logger_on_first_use=False,
     )
 
