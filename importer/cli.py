@@ -234,7 +234,8 @@ def _config(ctx: click.Context, options: dict[str, Any]) -> Any:
     names = {"default_creditor", "encoding", "delimiter", "api_url", "concurrency",
              "rate_limit", "allow_duplicates", "allow_http", "inbox_min_age",
              "inbox_require_sidecar"}
-    flags = {k: v for k, v in options.items() if k in names and v not in (None, False)}
+    # A flag left off is None (or False for on/off flags); 0 is a value (--min-age 0).
+    flags = {k: v for k, v in options.items() if k in names and v is not None and v is not False}
     return load_config(root.get("config_file"), state_dir=root.get("state_dir"),
                        log_format=root.get("log_format"), **flags)
 
@@ -260,7 +261,7 @@ def doctor(ctx: click.Context, **options: Any) -> None:
     from importer.doctor import config_sources, run_doctor
 
     root = ctx.find_root().obj or {}
-    given = [k for k, v in options.items() if v not in (None, False)]
+    given = [k for k, v in options.items() if v is not None and v is not False]
     given += [k for k in ("state_dir", "log_format") if root.get(k) is not None]
     sources = config_sources(root.get("config_file"), given)
     sys.exit(int(run_doctor(lambda: _config(ctx, options), sources, click.echo)))

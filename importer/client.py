@@ -309,11 +309,12 @@ class ApiClient:
 
         Raises:
             ApiError: the API cannot be used at all (login refused, token refused after
-                renewal, TLS verification failed); this request was not stored.
+                renewal, TLS verification failed, not one attempt could connect); this
+                request was not stored.
         """
         data = json.dumps(body, default=_json_default, allow_nan=False)
         path = kind.endpoint
-        attempts = failures = 0
+        attempts = failures = unreachable = 0
         renewed = False
         while True:
             token = self.auth.get_valid_token()
@@ -331,6 +332,7 @@ class ApiClient:
                                       f"{what}; the record may or may not have been stored: "
                                       "read it back before sending again")
                 status, retry_after, last = None, None, what
+                unreachable += 1
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -365,6 +367,11 @@ class ApiClient:
             if failures >= self.config.max_attempts:
                 self._log.warning("http.gave_up", method="POST", path=path, attempts=attempts,
                                   status=status, error=last)
+                if unreachable == failures:
+                    # Not one attempt reached the API: it is down or unreachable from here,
+                    # and every other row would wait through the same retries. Stop the run
+                    # (nothing was stored; the rows are posted by the next run).
+                    raise ApiError(f"cannot reach the API: {last} ({attempts} attempts)")
                 return PostResult("failed", status, None, attempts,
                                   f"gave up after {attempts} attempts ({last}); nothing was "
                                   "stored, safe to retry later")

@@ -181,6 +181,10 @@ class Folder(Protocol):
         """Every regular file at the top level (ready or not, sidecars included)."""
         ...
 
+    def current(self, name: str) -> Entry | None:
+        """One top-level file as it is now (size, mtime); None when it is gone."""
+        ...
+
     def prepare(self) -> None:
         """Create ``done/`` and ``failed/`` (and the local report folder) if missing."""
         ...
@@ -213,6 +217,14 @@ class LocalFolder:
         self.directory = Path(directory)
         self.label = str(self.directory)
         self.reports = self.directory / "reports"
+
+    def current(self, name: str) -> Entry | None:
+        """The file as it is now (None when it is gone)."""
+        try:
+            info = os.stat(self.directory / name, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return Entry(name, info.st_size, info.st_mtime)
 
     def scan(self) -> list[Entry]:
         """Every regular file at the top level; symlinks and folders are not input."""
@@ -477,6 +489,19 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         outcome.totals = dict(result.totals)
         outcome.message = result.message
         outcome.duplicate = result.duplicate
+    now = folder.current(entry.name)  # gone: the move below says so
+    if now is not None and (now.size, now.mtime) != (entry.size, entry.mtime):
+        # Rewritten (or replaced) while it ran: what is in the folder now was never read.
+        # Archived, its new rows would never be posted; left in place, the next run reads
+        # it, and the journal skips every row already done.
+        outcome.error = ("the file changed while it was being processed; left in place for "
+                         "the next run (rows already posted are not posted again)")
+        outcome.exit_code = max(outcome.exit_code, ExitCode.ROWS_IN_ERROR)
+        log.warning("inbox.changed_during_run", folder=folder.label, file=entry.name,
+                    run_id=outcome.run_id)
+        _publish_report(folder, outcome)
+        _discard(folder, fetched)
+        return outcome
     sub = "done" if outcome.error is None and (
         outcome.duplicate or outcome.exit_code == ExitCode.OK) else "failed"
     try:
@@ -491,19 +516,24 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         error = f"cannot move to {sub}/: {_one_line(exc)}"
         outcome.error = f"{outcome.error}; {error}" if outcome.error else error
         outcome.exit_code = ExitCode.CANNOT_RUN  # it would run again next time: say so
-    if outcome.report_dir is not None:
-        try:
-            folder.upload(outcome.report_dir, outcome.run_id)
-        except Exception as exc:
-            error = f"cannot upload the report: {_one_line(exc)}"
-            outcome.error = f"{outcome.error}; {error}" if outcome.error else error
-            outcome.exit_code = ExitCode.CANNOT_RUN
+    _publish_report(folder, outcome)
     _discard(folder, fetched)
     log.info("inbox.file", folder=folder.label, file=entry.name, run_id=outcome.run_id,
              exit_code=int(outcome.exit_code), moved_to=outcome.moved_to,
              duplicate=outcome.duplicate, totals=outcome.totals, sha256=outcome.sha256,
              error=outcome.error)
     return outcome
+
+
+def _publish_report(folder: Folder, outcome: FileOutcome) -> None:
+    if outcome.report_dir is None:
+        return
+    try:
+        folder.upload(outcome.report_dir, outcome.run_id)
+    except Exception as exc:
+        error = f"cannot upload the report: {_one_line(exc)}"
+        outcome.error = f"{outcome.error}; {error}" if outcome.error else error
+        outcome.exit_code = ExitCode.CANNOT_RUN
 
 
 def _discard(folder: Folder, fetched: Fetched | None) -> None:

@@ -148,7 +148,15 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
             result = run.finish([info], [], lambda chunks: {"duplicate_of": earlier.run_id})
         return InboxFileResult(ExitCode.OK, result.run_id, result.summary.totals, message,
                                duplicate=True)
+    from importer.post import INTERRUPTED
+
+    INTERRUPTED.clear()
     result = execute([path], config, Mode.RUN, options)
+    if INTERRUPTED.is_set():
+        # Stopped by SIGINT/SIGTERM (systemctl stop, Ctrl-C): stop the drain too, and leave
+        # this file in place; the next run posts what was not reached (the journal skips
+        # every row already done).
+        raise ImporterError(f"{path.name}: stopped by a signal; report in {result.report_dir}")
     if result.extra.get("could_not_run"):
         # The API cannot be used (login or token refused): every later file would fail the same
         # way, so the drain stops and the files stay in the folder for the next run.

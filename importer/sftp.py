@@ -274,6 +274,16 @@ class RemoteInbox:
 
     # -- the Folder interface -------------------------------------------------------------
 
+    def current(self, name: str) -> Entry | None:
+        """One remote file as it is now (size, mtime); None when it is gone."""
+        try:
+            a = self.sftp.stat(self._remote(name))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RemoteError(f"cannot stat {name} in {self.label}: {_reason(exc)}") from None
+        return Entry(name, a.st_size or 0, float(a.st_mtime or 0))
+
     def scan(self) -> list[Entry]:
         """Every regular file at the top level of the remote folder."""
         try:

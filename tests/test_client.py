@@ -206,17 +206,19 @@ def test_rate_limiter_slot_frees_one_window_after_release() -> None:
 # -- transport failures without a server ------------------------------------------------------
 
 
-def test_connection_refused_is_retried_then_failed() -> None:
-    """Nothing listening: the POST is retried max_attempts times and ends "failed", safe to redo."""
+def test_connection_refused_is_retried_then_the_api_is_unusable() -> None:
+    """Nothing listening: the POST is retried max_attempts times; when not one attempt could
+    connect, the API is unusable (ApiError: the run stops instead of waiting through the same
+    retries for every row). Nothing was sent."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = Config(api_url=f"http://127.0.0.1:{port}", access_token="t", max_attempts=3,
                     backoff_base=0.01, backoff_max=0.02)
-    with ApiClient(config) as client:
-        result = client.post(PAYMENTS, {"amount": 1.0})
-    assert result.outcome == "failed" and result.attempts == 3 and result.http_status is None
-    assert "connection refused" in result.message and "safe to retry" in result.message
+    with ApiClient(config) as client, \
+            pytest.raises(ApiError, match=r"cannot reach the API: .*connection refused.*"
+                                          r"\(3 attempts\)"):
+        client.post(PAYMENTS, {"amount": 1.0})
 
 
 # -- against the sandbox ----------------------------------------------------------------------

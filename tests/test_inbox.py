@@ -389,3 +389,22 @@ def test_file_that_cannot_be_moved_is_an_error(tmp_path: Path) -> None:
     assert a.moved_to is None
     assert a.error is not None and a.error.startswith("cannot move to done/: No such file")
     assert summary.exit_code == ExitCode.CANNOT_RUN
+
+
+def test_file_changed_while_processed_stays_in_place(tmp_path: Path) -> None:
+    """A file rewritten while its run was going on is not archived: what is in it now was
+    never read, and the next run takes it (the journal skips rows already done)."""
+    drop(tmp_path, "a.csv", "good")
+    run = FakeRun()
+
+    def rewrite(path: Path, report_dir: Path) -> InboxFileResult:
+        result = run(path, report_dir)
+        path.write_text("good, and three new rows", encoding="utf-8")
+        return result
+
+    summary = process_inbox(tmp_path, FAST, rewrite)
+    [a] = summary.files
+    assert a.moved_to is None and (tmp_path / "a.csv").exists()
+    assert a.error is not None and "changed while it was being processed" in a.error
+    assert summary.exit_code == ExitCode.ROWS_IN_ERROR
+    assert list((tmp_path / "done").iterdir()) == []

@@ -178,3 +178,63 @@ def test_inbox_takes_sidecar_rule_from_config(
     aged(inbox / "payments.csv.done")
     cli(["inbox", str(inbox)], env=env)
     assert sandbox.state.count("creditor--payments") == 1
+
+
+def test_unreachable_api_leaves_files_in_place(cli: Callable[..., Result], tmp_path: Path,
+                                               sandbox: RunningSandbox) -> None:
+    """Nothing listens at the API URL: the first row's retries run out, the run stops (exit 3)
+    and both files stay for the next night, which posts them. --min-age 0 is taken as given."""
+    import socket
+
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    for name, ref in (("payments-a.csv", "U1"), ("payments-b.csv", "U2")):
+        write_csv(inbox / name, [[CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, ref]])
+    (tmp_path / "c.toml").write_text("max_attempts = 2\nbackoff_base = 0.01\n", encoding="utf-8")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    env = env_for(sandbox, tmp_path / "state") | {"AMILI_CONFIG": str(tmp_path / "c.toml")}
+    result = cli(["inbox", str(inbox), "--min-age", "0"], expect=ExitCode.CANNOT_RUN,
+                 env=env | {"AMILI_API_URL": dead})
+    assert "cannot reach the API" in result.stderr
+    assert sorted(p.name for p in inbox.glob("*.csv")) == ["payments-a.csv", "payments-b.csv"]
+    cli(["inbox", str(inbox), "--min-age", "0"], env=env)
+    assert sorted(p.name for p in inbox.glob("*.csv")) == []
+    assert sandbox.state.count("creditor--payments") == 2
+
+
+def test_a_signal_stops_the_drain_and_leaves_the_files(
+        tmp_path: Path, make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """SIGTERM (systemctl stop) while the first file posts: the requests in flight finish, the
+    drain stops (exit 3) and both files stay in the folder; the next run posts the rest, each
+    row once."""
+    import signal
+    from collections import Counter
+
+    from test_run import many_cases, payment_rows, stored_references
+
+    cases = many_cases(4)
+    box = make_sandbox(cases=cases, latency_ms=60)
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    first = [r for r in payment_rows(cases, 6) if r[-1].startswith("REF-")]
+    aged(write_csv(inbox / "payments-1.csv", first))
+    second = [[*r[:-1], r[-1].replace("REF-", "TWO-")] for r in first]
+    aged(write_csv(inbox / "payments-2.csv", second))
+    env = {**os.environ, **env_for(box, tmp_path / "state")}
+    command = [sys.executable, "-m", "importer", "--log-format", "json", "inbox", str(inbox),
+               "--min-age", "1", "--concurrency", "1"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while box.state.count("creditor--payments") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == ExitCode.CANNOT_RUN
+    assert sorted(p.name for p in inbox.glob("*.csv")) == ["payments-1.csv", "payments-2.csv"]
+    assert 0 < box.state.count("creditor--payments") < len(first)
+    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert sorted(p.name for p in inbox.glob("*.csv")) == []
+    assert stored_references(box) == Counter({r[-1]: 1 for r in first + second})
