@@ -910,14 +910,14 @@ def readback_filters(kind: Kind, payload: dict[str, Any], key: str = "") -> list
 def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
     """Whether an earlier journal row with the same fingerprint already stands for this row.
 
-    It does when it comes from the same place — the same file content, sheet and row, or the
-    same file name, sheet and row (the file was edited and run again) — and is done, or was
-    skipped there because another done row covers it. ``--allow-duplicates`` never re-posts
-    such a row: it only lets an identical row from a different place through.
+    It does when it comes from the same file — the same content, or the same file name (the
+    file was edited and run again, and rows below an edit moved up or down) — and is done,
+    or was skipped there because another done row covers it. ``--allow-duplicates`` never
+    re-posts such a row: it only lets an identical row from a different file through (two
+    identical rows in one file are a duplicate that validation already refuses).
     """
-    here = (earlier.ref.source == row.ref.source
-            or (earlier.ref.file_name, earlier.ref.sheet, earlier.ref.row)
-            == (row.file_name, row.sheet, row.row))
+    here = (earlier.ref.file_sha256 == row.file_sha256
+            or earlier.ref.file_name == row.file_name)
     return here and (earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
 
 

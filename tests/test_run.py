@@ -315,3 +315,9 @@ def test_allow_duplicates_never_reposts_rows_of_an_edited_file(
         env=env)
     assert stored_references(sandbox) == Counter({"E1": 1, "E2": 1})
     assert [r["reason"] for r in report(tmp_path / "r3")["rows"]] == ["already_posted"] * 2
+    # A row deleted above them moves the others up: still the same file, still not re-posted.
+    write_csv(source, [[CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "E2"]])
+    cli(["run", str(source), "--allow-duplicates", "--report-dir", str(tmp_path / "r4")],
+        env=env)
+    assert stored_references(sandbox) == Counter({"E1": 1, "E2": 1})
+    assert [r["reason"] for r in report(tmp_path / "r4")["rows"]] == ["already_posted"]
