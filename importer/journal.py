@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS runs (
     retry_of    TEXT,
     pid         INTEGER,
     pid_start   TEXT,
-    host        TEXT
+    host        TEXT,
+    allow_duplicates INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS files (
     id          INTEGER PRIMARY KEY,
@@ -154,6 +155,7 @@ class RunRecord:
     retry_of: str | None
     pid: int | None
     files: int = 0
+    allow_duplicates: bool = False
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,9 @@ class Journal:
             columns = {c[1] for c in db.execute("PRAGMA table_info(runs)")}
             if "pid_start" not in columns:  # journals from before it was recorded
                 db.execute("ALTER TABLE runs ADD COLUMN pid_start TEXT")
+            if "allow_duplicates" not in columns:  # likewise
+                db.execute("ALTER TABLE runs ADD COLUMN allow_duplicates INTEGER NOT NULL "
+                           "DEFAULT 0")
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             version = row[0]
             if version is None:
@@ -389,6 +394,7 @@ class Journal:
         report_dir: Path | str | None = None,
         retry_of: str | None = None,
         started: str | None = None,
+        allow_duplicates: bool = False,
     ) -> None:
         """Record the start of a run (with this process's id, to tell crashed runs apart).
 
@@ -399,14 +405,16 @@ class Journal:
             report_dir: where the run's report goes.
             retry_of: the run this one retries.
             started: ISO time; now if None.
+            allow_duplicates: the run lets identical rows of other files through (its
+                retry does the same).
         """
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (run_id, mode, started, argv, report_dir, retry_of, pid,"
-                " pid_start, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " pid_start, host, allow_duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, mode, started or now(), json.dumps(list(argv)),
                  str(report_dir) if report_dir is not None else None, retry_of, os.getpid(),
-                 process_start(os.getpid()), os.uname().nodename),
+                 process_start(os.getpid()), os.uname().nodename, int(allow_duplicates)),
             )
 
     def finish_run(
@@ -672,6 +680,7 @@ def _run(r: sqlite3.Row) -> RunRecord:
         argv=json.loads(r["argv"] or "[]"), report_dir=r["report_dir"],
         exit_code=r["exit_code"], totals=json.loads(r["totals"] or "{}"),
         retry_of=r["retry_of"], pid=r["pid"], files=int(r["nfiles"] or 0),
+        allow_duplicates=bool(r["allow_duplicates"]),
     )
 
 

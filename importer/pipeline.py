@@ -110,12 +110,26 @@ def retry_run(reference: str, config: Config, options: RunOptions) -> ExitCode:
         The new run's exit code.
     """
     from importer.history import find_run
-    from importer.journal import FAILED, IN_FLIGHT, UNKNOWN, Journal
+    from importer.journal import FAILED, IN_FLIGHT, UNKNOWN, Journal, pid_alive
 
     with Journal(config.state_dir) as journal:
-        run_id = find_run(journal, reference, config).run_id
+        record = find_run(journal, reference, config)
+        run_id = record.run_id
+        if record.finished is None:
+            # Killed (or still going): the rows it never reached are not in the journal, so
+            # a retry would report success and leave them out.
+            state = ("is still running" if pid_alive(record.pid) else
+                     "never finished (it was killed or crashed)")
+            raise ImporterError(
+                f"run {run_id} {state}: `retry` sees only the rows it recorded, not the ones "
+                "it never reached. Run its file(s) again instead (rows already done are "
+                "skipped, rows left in flight are read back first): "
+                + " ".join(record.argv or ["amili-import", "run", "FILE..."]))
         rows = [r for r in journal.rows(run_id)
                 if r.state in (FAILED, UNKNOWN, IN_FLIGHT) or (r.retryable and not r.done)]
+    if record.allow_duplicates:
+        # The original run let identical rows of other files through: so does its retry.
+        config = config.with_overrides(allow_duplicates=True)
     with _Run(config, Mode.RUN, replace(options, retry_of=run_id)) as run:
         return _announce(run.finish_retry(rows), options)
 
@@ -215,7 +229,8 @@ class _Run:
             self._stack.callback(self.client.close)
         self.journal = self._stack.enter_context(Journal(self.config.state_dir))
         self.journal.start_run(self.run_id, self.mode.value, _argv(), self.report_dir,
-                               self.options.retry_of, self.started.isoformat())
+                               self.options.retry_of, self.started.isoformat(),
+                               self.config.allow_duplicates)
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()

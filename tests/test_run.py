@@ -321,3 +321,37 @@ def test_allow_duplicates_never_reposts_rows_of_an_edited_file(
         env=env)
     assert stored_references(sandbox) == Counter({"E1": 1, "E2": 1})
     assert [r["reason"] for r in report(tmp_path / "r4")["rows"]] == ["already_posted"]
+
+
+def test_retry_refuses_a_run_that_never_finished(cli: Callable[..., Result],
+                                                 tmp_path: Path) -> None:
+    """A killed run recorded only the rows it reached: retry says to run its files again
+    instead of reporting success over the rows it never saw."""
+    from importer.journal import Journal
+
+    with Journal(tmp_path / "state") as journal:
+        journal.start_run("killed-run", "run", ["amili-import", "run", "payments.csv"])
+    result = cli(["retry", "killed-run"], expect=ExitCode.CANNOT_RUN,
+                 env={"AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": ""})
+    assert "never finished" in result.output and "amili-import run payments.csv" in result.output
+
+
+def test_retry_keeps_the_runs_allow_duplicates(cli: Callable[..., Result], tmp_path: Path,
+                                               make_sandbox: Callable[..., RunningSandbox]
+                                               ) -> None:
+    """A run with --allow-duplicates whose rows failed for transient reasons: its retry posts
+    the identical row too, as the run itself would have."""
+    box = make_sandbox()
+    env = env_for(box, tmp_path / "state") | {"AMILI_CONFIG": str(tmp_path / "c.toml")}
+    (tmp_path / "c.toml").write_text("max_attempts = 1\n", encoding="utf-8")
+    monday = [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "R1"]
+    cli(["run", str(write_csv(tmp_path / "payments-mon.csv", [monday]))], env=env)
+    box.set_faults(fail_503=1.0, retry_after=0)
+    tuesday = write_csv(tmp_path / "payments-tue.csv", [
+        monday, [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "R2"]])
+    cli(["run", str(tuesday), "--allow-duplicates", "--report-dir", str(tmp_path / "r1")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    box.set_faults(fail_503=0.0)
+    cli(["retry", str(tmp_path / "r1"), "--report-dir", str(tmp_path / "r2")], env=env)
+    assert [r["status"] for r in report(tmp_path / "r2")["rows"]] == ["completed", "completed"]
+    assert stored_references(box) == Counter({"R1": 2, "R2": 1})
