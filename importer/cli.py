@@ -41,9 +41,19 @@ def handle_errors(func: F) -> F:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; rows in flight are reconciled on the next run", ExitCode.CANNOT_RUN)
+        except OSError as exc:  # disk full, permissions, a folder gone: the system's words
+            if debug:
+                raise
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            _fail(f"{exc.strerror or exc}{where}; nothing more was posted, rows in flight are "
+                  "reconciled on the next run", ExitCode.CANNOT_RUN)
         except Exception as exc:  # a bug: one line for the user, the traceback with --debug
             if debug:
                 raise
+            if type(exc).__module__ == "sqlite3":  # the journal: disk full, locked, read-only
+                _fail(f"the journal in the state directory cannot be used ({exc}); nothing "
+                      "more was posted, rows in flight are reconciled on the next run",
+                      ExitCode.CANNOT_RUN)
             _fail(f"unexpected error ({type(exc).__name__}: {exc}); run again with --debug "
                   "for the traceback", ExitCode.CANNOT_RUN)
 

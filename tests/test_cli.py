@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from click.testing import Result
@@ -91,3 +92,28 @@ def test_duplicates_across_sheets_of_one_workbook(cli: Callable[..., Result],
                    ("month-copy.xlsx", "Payments", "warning", "old_date"),
                    ("month-copy.xlsx", "Payments 2", "error", "duplicate_row,old_date")]
     assert "same as row 2 of sheet Payments " in rows[1]["message"]
+
+
+def test_journal_and_system_errors_are_one_clear_line(cli: Callable[..., Result],
+                                                      monkeypatch: Any, tmp_path: Path) -> None:
+    """Disk full in the journal, or an OS error, ends with exit 3 and one line that says what
+    happened (no "unexpected error", no traceback)."""
+    import sqlite3
+
+    from importer import pipeline
+
+    source = tmp_path / "payments.csv"
+    source.write_text("creditor,case,currency,amount,bank_transaction_date\n", encoding="utf-8")
+    for error, expected in ((sqlite3.OperationalError("database or disk is full"),
+                             "the journal in the state directory cannot be used (database or "
+                             "disk is full)"),
+                            (OSError(28, "No space left on device", str(tmp_path / "r")),
+                             f"No space left on device ({tmp_path / 'r'})")):
+        def fail(*args: Any, error: Exception = error, **kwargs: Any) -> Any:
+            raise error
+
+        monkeypatch.setattr(pipeline, "execute", fail)
+        result = cli(["validate", str(source)], expect=ExitCode.CANNOT_RUN,
+                     env={"AMILI_STATE_DIR": str(tmp_path / "state")})
+        assert expected in result.output and "unexpected" not in result.output
+        assert "Traceback" not in result.output
