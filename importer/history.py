@@ -51,17 +51,17 @@ def run_lines(config: Config, limit: int = 20) -> list[str]:
     Returns:
         Lines ready to print (a header first).
     """
-    from importer.journal import Journal
+    from importer.journal import Journal, pid_alive
 
     if not (config.state_dir / "journal.sqlite3").exists():
         return [f"no runs yet (no journal in {config.state_dir})"]
-    with Journal(config.state_dir) as journal:
+    with Journal(config.state_dir, read_only=True) as journal:
         records = journal.runs(limit)
     lines = [f"{'run id':<24} {'started':<20} {'mode':<8} {'files':>5} {'exit':>4}  rows"]
     for r in records:
         code = "-" if r.exit_code is None else str(r.exit_code)
-        if r.finished is None:
-            code = "?"  # never finished: crashed or still running
+        if r.finished is None:  # still running, or killed / crashed
+            code = "run" if pid_alive(r.pid) else "kill"
         lines.append(f"{r.run_id:<24} {r.started[:19]:<20} {r.mode:<8} {r.files:>5} {code:>4}  "
                      f"{_totals(r.totals)}")
     return lines
@@ -73,14 +73,21 @@ def show_lines(config: Config, reference: str) -> list[str]:
     Raises:
         UsageError: no such run in the journal.
     """
-    from importer.journal import Journal
+    from importer.journal import Journal, pid_alive
 
-    with Journal(config.state_dir) as journal:
+    with Journal(config.state_dir, read_only=True) as journal:
         record = find_run(journal, reference, config)
         run_id = record.run_id
         files = journal.files(run_id)
         counts = journal.counts(run_id)
-    finished = record.finished or "never (crashed or still running: the next run reconciles it)"
+    if record.finished:
+        finished = record.finished
+    elif pid_alive(record.pid):
+        finished = f"not yet: still running (pid {record.pid})"
+    else:
+        finished = ("never: the process is gone (killed or crashed). The next run reads back "
+                    "its rows left in flight; rows it never reached are not in the journal: "
+                    "run its files again")
     lines = [
         f"run {record.run_id} ({record.mode})" + (f", retry of {record.retry_of}"
                                                   if record.retry_of else ""),

@@ -288,10 +288,18 @@ class Journal:
     Args:
         state_dir: the state directory (created with mode 0700 if missing).
         path: an explicit database file instead (tests, tools).
+        read_only: only read (``runs``, ``show``): works on a read-only state directory or
+            snapshot, and never creates or upgrades anything.
     """
 
-    def __init__(self, state_dir: Path, path: Path | None = None) -> None:
+    def __init__(self, state_dir: Path, path: Path | None = None,
+                 read_only: bool = False) -> None:
         self.path = path or Path(state_dir) / JOURNAL_NAME
+        self._lock = threading.RLock()
+        self._depth = 0
+        if read_only:
+            self._db = self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a claim (check, then
@@ -301,8 +309,6 @@ class Journal:
             )
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
-        self._lock = threading.RLock()
-        self._depth = 0
         try:
             self._setup()
         except sqlite3.DatabaseError as exc:
@@ -311,6 +317,29 @@ class Journal:
                 f"cannot use the journal {self.path}: {exc} (is the state directory writable, "
                 "and is this an amili-import journal?)"
             ) from None
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A read-only connection; ``immutable`` when even WAL's shared memory cannot be made
+        (a read-only filesystem: then nobody can be writing to it either)."""
+        base = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        for mode in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                db = sqlite3.connect(f"{base}?{mode}", uri=True, timeout=30.0,
+                                     isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            db.row_factory = sqlite3.Row
+            try:
+                db.execute("SELECT max(version) FROM schema_version").fetchone()
+            except sqlite3.Error as exc:
+                db.close()
+                last = exc
+                continue
+            return db
+        raise JournalError(f"cannot read the journal {self.path}: {last} (is this an "
+                           "amili-import journal?)")
 
     def _setup(self) -> None:
         db = self._db
@@ -327,6 +356,12 @@ class Journal:
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
         with self.transaction():
+            tables = {r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "schema_version" not in tables:
+                raise JournalError(
+                    f"{self.path} is not an amili-import journal (it holds the tables "
+                    f"{', '.join(sorted(tables)[:5])}); point --state-dir elsewhere")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -680,7 +715,8 @@ def _run(r: sqlite3.Row) -> RunRecord:
         argv=json.loads(r["argv"] or "[]"), report_dir=r["report_dir"],
         exit_code=r["exit_code"], totals=json.loads(r["totals"] or "{}"),
         retry_of=r["retry_of"], pid=r["pid"], files=int(r["nfiles"] or 0),
-        allow_duplicates=bool(r["allow_duplicates"]),
+        # dict(): a journal opened read-only is not upgraded, and may predate the column.
+        allow_duplicates=bool(dict(r).get("allow_duplicates", 0)),
     )
 
 

@@ -289,3 +289,33 @@ def test_finish_outside_a_transaction_is_committed(journal: Journal) -> None:
         raise RuntimeError("boom")
     assert other.execute("SELECT state FROM rows WHERE id=?", (rid,)).fetchone() == (COMPLETED,)
     other.close()
+
+
+def test_read_only_journal_reads_and_never_writes(tmp_path: Path) -> None:
+    """runs/show open the journal read-only: it reads what is there, writes nothing (a
+    read-only state directory or snapshot works), and does not upgrade an older journal."""
+    with Journal(tmp_path) as journal:
+        journal.start_run("r1", "run", ["amili-import", "run", "p.csv"])
+    with Journal(tmp_path, read_only=True) as reader:
+        [run] = reader.runs()
+        assert run.run_id == "r1" and run.finished is None
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader._db.execute("DELETE FROM runs")
+    missing = tmp_path / "elsewhere"
+    with pytest.raises(JournalError, match="cannot read the journal"):
+        Journal(missing, read_only=True)
+    assert not missing.exists()
+
+
+def test_a_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    """A journal.sqlite3 that is some other program's database is not taken over."""
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.execute("CREATE TABLE invoices (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="is not an amili-import journal.*invoices"):
+        Journal(tmp_path)
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert tables == {"invoices"}

@@ -331,9 +331,13 @@ def test_retry_refuses_a_run_that_never_finished(cli: Callable[..., Result],
 
     with Journal(tmp_path / "state") as journal:
         journal.start_run("killed-run", "run", ["amili-import", "run", "payments.csv"])
-    result = cli(["retry", "killed-run"], expect=ExitCode.CANNOT_RUN,
-                 env={"AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": ""})
+    env = {"AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": ""}
+    result = cli(["retry", "killed-run"], expect=ExitCode.CANNOT_RUN, env=env)
     assert "never finished" in result.output and "amili-import run payments.csv" in result.output
+    # runs and show say so too (this test's own pid counts as gone: the run is not current).
+    [line] = [x for x in cli(["runs"], env=env).output.splitlines() if "killed-run" in x]
+    assert " kill " in line
+    assert "never: the process is gone" in cli(["show", "killed-run"], env=env).output
 
 
 def test_retry_keeps_the_runs_allow_duplicates(cli: Callable[..., Result], tmp_path: Path,
