@@ -214,7 +214,8 @@ class LocalFolder:
     """A drop folder on a local (or mounted) filesystem."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
+        # Absolute: report paths go into the journal, read later from another directory.
+        self.directory = Path(directory).absolute()
         self.label = str(self.directory)
         self.reports = self.directory / "reports"
 
