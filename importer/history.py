@@ -51,7 +51,7 @@ def run_lines(config: Config, limit: int = 20) -> list[str]:
     Returns:
         Lines ready to print (a header first).
     """
-    from importer.journal import Journal, pid_alive
+    from importer.journal import Journal
 
     if not (config.state_dir / "journal.sqlite3").exists():
         return [f"no runs yet (no journal in {config.state_dir})"]
@@ -61,7 +61,7 @@ def run_lines(config: Config, limit: int = 20) -> list[str]:
     for r in records:
         code = "-" if r.exit_code is None else str(r.exit_code)
         if r.finished is None:  # still running, or killed / crashed
-            code = "run" if pid_alive(r.pid) else "kill"
+            code = "run" if r.alive() else "kill"
         lines.append(f"{r.run_id:<24} {r.started[:19]:<20} {r.mode:<8} {r.files:>5} {code:>4}  "
                      f"{_totals(r.totals)}")
     return lines
@@ -73,8 +73,11 @@ def show_lines(config: Config, reference: str) -> list[str]:
     Raises:
         UsageError: no such run in the journal.
     """
-    from importer.journal import Journal, pid_alive
+    from importer.journal import Journal
 
+    if not (config.state_dir / "journal.sqlite3").exists():
+        raise UsageError(f"no run {resolve_run_id(reference)!r}: there is no journal in "
+                         f"{config.state_dir} yet (see `amili-import runs`)")
     with Journal(config.state_dir, read_only=True) as journal:
         record = find_run(journal, reference, config)
         run_id = record.run_id
@@ -82,7 +85,7 @@ def show_lines(config: Config, reference: str) -> list[str]:
         counts = journal.counts(run_id)
     if record.finished:
         finished = record.finished
-    elif pid_alive(record.pid):
+    elif record.alive():
         finished = f"not yet: still running (pid {record.pid})"
     else:
         finished = ("never: the process is gone (killed or crashed). The next run reads back "

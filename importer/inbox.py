@@ -490,13 +490,19 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         outcome.totals = dict(result.totals)
         outcome.message = result.message
         outcome.duplicate = result.duplicate
-    now = folder.current(entry.name)  # gone: the move below says so
+    try:
+        now = folder.current(entry.name)  # gone: the move below says so
+    except Exception as exc:  # cannot tell: the move below meets the same trouble and says so
+        log.warning("inbox.stat_failed", folder=folder.label, file=entry.name,
+                    error=_one_line(exc))
+        now = None
     if now is not None and (now.size, now.mtime) != (entry.size, entry.mtime):
         # Rewritten (or replaced) while it ran: what is in the folder now was never read.
         # Archived, its new rows would never be posted; left in place, the next run reads
         # it, and the journal skips every row already done.
-        outcome.error = ("the file changed while it was being processed; left in place for "
-                         "the next run (rows already posted are not posted again)")
+        changed = ("the file changed while it was being processed; left in place for the "
+                   "next run (rows already posted are not posted again)")
+        outcome.error = f"{outcome.error}; {changed}" if outcome.error else changed
         outcome.exit_code = max(outcome.exit_code, ExitCode.ROWS_IN_ERROR)
         log.warning("inbox.changed_during_run", folder=folder.label, file=entry.name,
                     run_id=outcome.run_id)

@@ -156,6 +156,14 @@ class RunRecord:
     pid: int | None
     files: int = 0
     allow_duplicates: bool = False
+    pid_start: str | None = None  # with pid: tells a reused pid apart
+    host: str | None = None
+
+    def alive(self) -> bool:
+        """Whether the process of this run is still running (on this machine)."""
+        if self.host and self.host != os.uname().nodename:
+            return False  # another machine's run (a copied state dir): not running here
+        return pid_alive(self.pid, self.pid_start)
 
 
 @dataclass(frozen=True)
@@ -311,6 +319,9 @@ class Journal:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
         try:
             self._setup()
+        except JournalError:
+            self._db.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JournalError(
@@ -323,7 +334,11 @@ class Journal:
         (a read-only filesystem: then nobody can be writing to it either)."""
         base = self.path.resolve().as_uri()
         last: sqlite3.Error | None = None
-        for mode in ("mode=ro", "mode=ro&immutable=1"):
+        wal = self.path.with_name(self.path.name + "-wal")
+        # immutable ignores the WAL: only safe when there is none holding commits.
+        modes = ["mode=ro"] + ([] if wal.exists() and wal.stat().st_size else
+                               ["mode=ro&immutable=1"])
+        for mode in modes:
             try:
                 db = sqlite3.connect(f"{base}?{mode}", uri=True, timeout=30.0,
                                      isolation_level=None, check_same_thread=False)
@@ -338,13 +353,21 @@ class Journal:
                 last = exc
                 continue
             return db
-        raise JournalError(f"cannot read the journal {self.path}: {last} (is this an "
-                           "amili-import journal?)")
+        hint = (f"its latest commits are in {wal.name}, which cannot be read without write "
+                "access to the folder" if len(modes) == 1 else
+                "is this an amili-import journal?")
+        raise JournalError(f"cannot read the journal {self.path}: {last} ({hint})")
 
     def _setup(self) -> None:
         db = self._db
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout = 30000")
+        # Before anything changes the file (WAL mode is written into it).
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_version" not in tables:
+            raise JournalError(
+                f"{self.path} is not an amili-import journal (it holds the tables "
+                f"{', '.join(sorted(tables)[:5])}); point --state-dir elsewhere")
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise sqlite3.DatabaseError(f"WAL mode refused (got {mode})")
@@ -356,12 +379,6 @@ class Journal:
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
         with self.transaction():
-            tables = {r[0] for r in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and "schema_version" not in tables:
-                raise JournalError(
-                    f"{self.path} is not an amili-import journal (it holds the tables "
-                    f"{', '.join(sorted(tables)[:5])}); point --state-dir elsewhere")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -715,8 +732,9 @@ def _run(r: sqlite3.Row) -> RunRecord:
         argv=json.loads(r["argv"] or "[]"), report_dir=r["report_dir"],
         exit_code=r["exit_code"], totals=json.loads(r["totals"] or "{}"),
         retry_of=r["retry_of"], pid=r["pid"], files=int(r["nfiles"] or 0),
-        # dict(): a journal opened read-only is not upgraded, and may predate the column.
+        # dict(): a journal opened read-only is not upgraded, and may predate the columns.
         allow_duplicates=bool(dict(r).get("allow_duplicates", 0)),
+        pid_start=dict(r).get("pid_start"), host=dict(r).get("host"),
     )
 
 

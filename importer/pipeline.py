@@ -110,7 +110,7 @@ def retry_run(reference: str, config: Config, options: RunOptions) -> ExitCode:
         The new run's exit code.
     """
     from importer.history import find_run
-    from importer.journal import FAILED, IN_FLIGHT, UNKNOWN, Journal, pid_alive
+    from importer.journal import FAILED, IN_FLIGHT, UNKNOWN, Journal
 
     with Journal(config.state_dir) as journal:
         record = find_run(journal, reference, config)
@@ -118,7 +118,7 @@ def retry_run(reference: str, config: Config, options: RunOptions) -> ExitCode:
         if record.finished is None:
             # Killed (or still going): the rows it never reached are not in the journal, so
             # a retry would report success and leave them out.
-            state = ("is still running" if pid_alive(record.pid) else
+            state = ("is still running" if record.alive() else
                      "never finished (it was killed or crashed)")
             raise ImporterError(
                 f"run {run_id} {state}: `retry` sees only the rows it recorded, not the ones "

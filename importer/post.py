@@ -620,12 +620,13 @@ class _Engine:
             return settled
         settled = self._from_record(row.kind, body, written=True, attempts=attempts,
                                     http_status=result.http_status)
-        if settled.state == COMPLETED:
+        said = settled.message if settled.reason != "status_unknown" else None
+        if settled.state != ERROR:  # an error stays one (a 2xx keeps it done in the journal)
             settled.state, settled.reason = WARNING, "stored_without_id"
-        settled.message = _join(
-            f"Amili answered {result.message}: stored, but the answer names no record and the "
-            f"read-back did not find it{_paren(why)}; not sent again: check it in Amili",
-            settled.message if settled.reason != "status_unknown" else None)
+        looked = f"it could not be read back ({why})" if why else "the read-back did not find it"
+        settled.message = _join(f"Amili answered {result.message}: stored, but the answer names "
+                                f"no record and {looked}; not sent again: check it in Amili",
+                                said)
         rlog.warning("row.stored_without_id", http_status=result.http_status, detail=why or None)
         return settled
 
@@ -671,8 +672,10 @@ class _Engine:
             try:
                 # At most 4 pages: a server that caps pages at 25 still answers in full, one
                 # that ignores the filter is given up on quickly (the ids are read one by one).
+                # One page more than the ids fill: a server that gives no total ends with an
+                # empty page.
                 records = self.client.find(batch[0].kind, {"_id": {"$in": ids}},
-                                           max_pages=-(-len(ids) // 25))
+                                           max_pages=-(-len(ids) // 25) + 1)
             except Exception as exc:  # the single reads below still settle every row
                 if isinstance(exc, ApiError) and not isinstance(exc, TransientApiError):
                     self._batch_reads = False  # refused: no point in asking again

@@ -38,6 +38,7 @@ class _State:
         self.variant = variant
         self.records: list[dict[str, Any]] = []
         self.posts = 0
+        self.gets: list[str] = []
         self.lock = threading.Lock()
         self.ids = itertools.count(0x68B82422D6FD1D378F180000)
 
@@ -66,6 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(url.query))
         parts = url.path.strip("/").split("/")
         v = self.state.variant
+        self.state.gets.append(url.path)
         if len(parts) == 2:  # one record by id: always whole
             found = [r for r in self.state.records if r["_id"] == parts[1]]
             if found:
@@ -74,7 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
                                                                  "message": "Not Found"}})
         where = json.loads(query.get("where", "{}"))
         items = [r for r in self.state.records if r["_resource"] == parts[0]
-                 and all(r.get(k) == w for k, w in where.items())]
+                 and all(r.get(k) in w["$in"] if isinstance(w, dict) and "$in" in w
+                         else r.get(k) == w for k, w in where.items())]
         page = int(query.get("page", 1))
         size = min(int(query.get("max_results", 25)), v.page_cap)
         chunk = [_public(r) for r in items[(page - 1) * size:page * size]]
@@ -138,6 +141,11 @@ class DocServer:
     @property
     def posts(self) -> int:
         return self.state.posts
+
+    @property
+    def gets(self) -> list[str]:
+        """The paths of every GET so far."""
+        return self.state.gets
 
     def add(self, resource: str, record: dict[str, Any]) -> None:
         """Store a record as if posted earlier by other means."""

@@ -128,3 +128,23 @@ def test_a_201_without_id_is_never_posted_again(serve: Any, tmp_path: Path) -> N
     [second] = post(server, tmp_path, [row(body())], run_id="r2")
     assert second.reason == "already_posted" and not second.posted
     assert (server.posts, len(server.records)) == (1, 1)
+
+
+def test_a_201_without_body_that_cannot_be_read_back(serve: Any, tmp_path: Path) -> None:
+    """An empty 201 and a read-back that cannot list: a warning saying so, never re-sent."""
+    server = serve(Variant(answer="empty", items_key="items"))
+    [out] = post(server, tmp_path, [row(body())])
+    assert (out.status, out.reason, out.http_status) == ("warning", "stored_without_id", 201)
+    assert "could not be read back" in out.message and "not sent again" in out.message
+    assert server.posts == 1
+
+
+def test_statuses_are_read_in_batches_without_meta(serve: Any, tmp_path: Path) -> None:
+    """201s without a status, from a server that gives no _meta: the statuses are still read
+    with one filtered list (an empty page ends it), not one GET per record."""
+    server = serve(Variant(meta="none"))
+    rows = [row(body(amount=10.0 + n, ref=f"B-{n}"), n + 2) for n in range(10)]
+    outs = post(server, tmp_path, rows)
+    assert [o.status for o in outs] == ["completed"] * 10
+    by_id = [g for g in server.gets if g.count("/") == 2]
+    assert by_id == [] and len(server.gets) == 2  # the ids' page, then an empty one

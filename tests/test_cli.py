@@ -117,3 +117,11 @@ def test_journal_and_system_errors_are_one_clear_line(cli: Callable[..., Result]
                      env={"AMILI_STATE_DIR": str(tmp_path / "state")})
         assert expected in result.output and "unexpected" not in result.output
         assert "Traceback" not in result.output
+
+
+def test_show_without_a_journal_is_a_usage_error(cli: Callable[..., Result],
+                                                  tmp_path: Path) -> None:
+    """`show RUN` before any run: exit 2 naming the run, not a journal error."""
+    result = cli(["show", "20261122T010203Z-abcdef"], expect=ExitCode.USAGE,
+                 env={"AMILI_STATE_DIR": str(tmp_path / "state")})
+    assert "no run '20261122T010203Z-abcdef'" in result.output

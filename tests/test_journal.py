@@ -317,5 +317,22 @@ def test_a_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
         Journal(tmp_path)
     db = sqlite3.connect(tmp_path / "journal.sqlite3")
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    mode = db.execute("PRAGMA journal_mode").fetchone()[0]
     db.close()
-    assert tables == {"invoices"}
+    assert tables == {"invoices"} and mode == "delete"  # not touched at all
+
+
+def test_a_reused_pid_is_not_a_running_run(tmp_path: Path) -> None:
+    """A run's pid alive again in another process (after a reboot), or a run of another
+    machine: the run is not "still running"."""
+    with Journal(tmp_path) as journal:
+        journal.start_run("old", "run")
+        journal._db.execute("UPDATE runs SET pid = 1, pid_start = 'long ago' WHERE run_id = 'old'")
+        journal.start_run("there", "run")
+        journal._db.execute("UPDATE runs SET pid = 1, host = 'another-host' WHERE run_id = 'there'")
+        journal.start_run("mine", "run")
+        journal._db.execute("UPDATE runs SET pid = 1, pid_start = ? WHERE run_id = 'mine'",
+                            (process_start(1),))
+        runs = {r.run_id: r for r in journal.runs()}
+    assert not runs["old"].alive() and not runs["there"].alive()
+    assert runs["mine"].alive() == (process_start(1) is not None)
