@@ -321,6 +321,8 @@ def _filled(n: int, value: Any) -> np.ndarray:
 
 def shown(value: Any, limit: int = 60) -> str:
     """A cell's value for a message: as read, control characters escaped, long text cut."""
+    if normalise.is_formula_without_value(value):
+        return "=…"  # the formula's text is not kept: say at least that it is one
     text = normalise.display(value)
     text = _CONTROL.sub(lambda m: _escaped(ord(m.group())), text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -262,6 +262,7 @@ def test_excel_cells() -> None:
     assert out["bank_transaction_date"][0] == "Fri, 04 Jul 2025 16:20:41 GMT"
     assert out["status"].tolist() == ["valid", "error"]
     assert out["reason"][1] == "formula_without_value,cell_error"
+    assert "'=…' is a formula without a saved result" in out["message"][1]
     assert out["sheet"].tolist() == ["payments", "payments"]
     assert out["input:Invoice Number"].tolist() == ["103118", "103119"]
     assert out["input:Bank Transaction Date"][0] == "2025-07-04 16:20:41"
