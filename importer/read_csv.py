@@ -275,7 +275,7 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions:
                         filled = values != ""
                         if index in kept:
                             cells[kept[index]] = _screen(info.name, kept[index], values, rows,
-                                                         delimiter)
+                                                         delimiter, width)
                             keep |= filled
                         elif filled.any():
                             at = int(np.argmax(filled))
@@ -298,13 +298,14 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions:
 _INERT = ("'=", "'+", "'-", "'@")  # how our reports make formula-like text inert
 
 
-def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str) -> Any:
+def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str, width: int) -> Any:
     """One column's trimmed cells, screened (one join of the column, Python per cell only
     where needed).
 
-    - A value that runs over several lines and holds the delimiter is the mark of a quote not
-      closed where it should be, so that the rows after it were read into this value (they
-      would vanish from the import without a word): the file is rejected.
+    - A value with a line in it that reads like a whole row (as many delimiters as a row has,
+      less one) is the mark of a quote not closed where it should be, so that the rows after
+      it were read into this value (they would vanish from the import without a word): the
+      file is rejected. A multi-line note with a comma or two in it is not.
     - ``'=…``, ``'+…``, ``'-…``, ``'@…`` lose the ``'``: the failed-rows file (and report.csv)
       write formula-like text that way, and must import again as the original value.
 
@@ -313,13 +314,15 @@ def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str) -> A
     """
     text = "\x00" + "\x00".join(values)
     if "\n" in text or "\r" in text:
+        enough = max(1, width - 2)
         for value, row in zip(values, rows, strict=True):
-            if ("\n" in value or "\r" in value) and delimiter in value:
+            if ("\n" in value or "\r" in value) and any(
+                    line.count(delimiter) >= enough for line in value.splitlines()[1:]):
                 raise FileRejected(name, (
-                    f"row {row}, column {column}: the value runs over several lines and holds "
-                    f"the delimiter {'tab' if delimiter == chr(9) else repr(delimiter)}: a "
-                    "quote is probably not closed where it should be, so the rows after it "
-                    "were read into this value; check the quotes"))
+                    f"row {row}, column {column}: the value runs over several lines that read "
+                    f"like rows (separated by {'tab' if delimiter == chr(9) else repr(delimiter)}"
+                    "): a quote is probably not closed where it should be, so the rows after "
+                    "it were read into this value; check the quotes"))
     if "\x00'" in text:
         values = values.copy()
         for i, value in enumerate(values):

@@ -197,8 +197,14 @@ def test_quote_closed_rows_later_rejects_the_file(tmp_path: Path) -> None:
             f"{CRED};I4;SEK;40,00;d;ok\n")
     _, (table,) = read(write(tmp_path, "payments.csv", text))
     with pytest.raises(FileRejected, match=r"row 2, column Kommentar: the value runs over "
-                                           r"several lines and holds the delimiter ';'"):
+                                           r"several lines that read like rows \(separated by "
+                                           r"';'\)"):
         rows(table)
+    # A multi-line note with a delimiter or two in it, properly quoted, is just a note.
+    note = (f'{header}\n{CRED};I1;SEK;10,00;d;"Storgatan 1; 3 tr\n123 45 Stockholm"\n'
+            f"{CRED};I2;SEK;20,00;d;ok\n")
+    _, (table,) = read(write(tmp_path, "payments.csv", note))
+    assert [r["Kommentar"] for r in rows(table)] == ["Storgatan 1; 3 tr\n123 45 Stockholm", "ok"]
 
 
 def test_chunk_boundaries_keep_row_numbers(tmp_path: Path) -> None:
