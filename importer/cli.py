@@ -41,6 +41,10 @@ def handle_errors(func: F) -> F:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; rows in flight are reconciled on the next run", ExitCode.CANNOT_RUN)
+        except BrokenPipeError:  # `amili-import runs | head`: the reader has had enough
+            # Python's advice: point stdout at devnull so that the exit's flush stays quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(int(ExitCode.OK))
         except OSError as exc:  # disk full, permissions, a folder gone: the system's words
             if debug:
                 raise
@@ -172,7 +176,8 @@ def run(ctx: click.Context, files: tuple[Path, ...], dry_run: bool, **options: A
               help="known_hosts file for sftp:// (default ~/.ssh/known_hosts).")
 @click.option("--accept-new-host-key", is_flag=True,
               help="Trust and record an unknown SSH host key (never a changed one).")
-@click.option("--pickup", help="Remote folder that receives each run's report (sftp://).")
+@click.option("--pickup", help="For an sftp:// inbox: a path on the same server (e.g. "
+              "/pickup) that receives each run's report files.")
 @click.pass_context
 @handle_errors
 def inbox(ctx: click.Context, target: str, min_age: float | None, require_sidecar: bool | None,

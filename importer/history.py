@@ -62,7 +62,8 @@ def run_lines(config: Config, limit: int = 20) -> list[str]:
         code = "-" if r.exit_code is None else str(r.exit_code)
         if r.finished is None:  # still running, or killed / crashed
             code = "run" if r.alive() else "kill"
-        lines.append(f"{r.run_id:<24} {r.started[:19]:<20} {r.mode:<8} {r.files:>5} {code:>4}  "
+        mode = "retry" if r.retry_of else r.mode
+        lines.append(f"{r.run_id:<24} {r.started[:19]:<20} {mode:<8} {r.files:>5} {code:>4}  "
                      f"{_totals(r.totals)}")
     return lines
 

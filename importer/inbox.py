@@ -427,11 +427,12 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
     summary.waiting = sorted(waiting)
     if waiting:
         log.info("inbox.waiting", folder=folder.label, files=waiting)
-    for entry in ready:
+    for position, entry in enumerate(ready):
         try:
             outcome = _drain_one(folder, entry, sidecars_of(entry.name, names), process_one, log)
         except _StopDrain as exc:
             summary.stopped = str(exc)
+            summary.waiting += [e.name for e in ready[position:]]  # left for the next run
             break
         if outcome is None:
             summary.waiting.append(entry.name)

@@ -370,9 +370,9 @@ class _Run:
         from importer.plan import failed_rows
         from importer.report import failed_rows_name, write_failed_rows
 
-        for (name, sheet), (columns, rows) in failed_rows(chunks).items():
-            path = write_failed_rows(self.report_dir / failed_rows_name(name, sheet), rows,
-                                     columns)
+        for (name, sheet, kind), (columns, rows) in failed_rows(chunks).items():
+            path = write_failed_rows(self.report_dir / failed_rows_name(name, sheet, kind),
+                                     rows, columns)
             self.log.info("report.failed_rows", file=name, sheet=sheet, rows=len(rows),
                           path=str(path))
 

@@ -168,21 +168,25 @@ def _write(chunks: Sequence[Checked],
             frame[name] = array
 
 
-def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None],
+def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None, str],
                                                    tuple[list[str], list[dict[str, str]]]]:
     """The rows in error per (file, sheet), with the input's own columns, for re-import.
 
+    Rows Amili stored with status error (``api_error``) are left out: they exist in Amili, so
+    importing them again can only be refused as already posted; they are settled in Amili.
+
     Returns:
-        ``{(file name, sheet): (original headers, [row dicts with error_reason/message])}``.
+        ``{(file name, sheet, kind): (original headers, [row dicts with error_reason/message])}``.
     """
-    out: dict[tuple[str, str | None], tuple[list[str], list[dict[str, str]]]] = {}
+    out: dict[tuple[str, str | None, str], tuple[list[str], list[dict[str, str]]]] = {}
     for chunk in chunks:
         frame = chunk.frame
-        errors = frame[frame["status"] == "error"]
+        stored = frame["reason"].astype(str).str.contains("api_error", regex=False)
+        errors = frame[(frame["status"] == "error") & ~stored]
         if errors.empty:
             continue
         headers = list(chunk.table.columns)
-        key = (chunk.table.file.name, chunk.table.sheet)
+        key = (chunk.table.file.name, chunk.table.sheet, chunk.table.kind.name)
         bucket = out.setdefault(key, (headers, []))[1]
         for _, record in errors.iterrows():
             row = {h: _text(record.get(f"input:{h}")) for h in headers}

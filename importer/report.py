@@ -868,17 +868,24 @@ def _file_entry(info: FileInfo) -> dict[str, Any]:
 # --------------------------------------------------------------------------- failed rows
 
 
-def failed_rows_name(file_name: str, sheet: str | None = None) -> str:
+def failed_rows_name(file_name: str, sheet: str | None = None, kind: str | None = None) -> str:
     """The failed-rows file name for one input file (and worksheet).
 
     Args:
         file_name: the input file's base name.
         sheet: the worksheet name, None for a CSV.
+        kind: the rows' kind; put in front when the name would not tell it (a file read with
+            ``--kind``), so that the failed-rows file imports again without it.
 
     Returns:
-        ``failed-<stem>[-<sheet>].csv`` with characters unsafe in file names replaced.
+        ``failed-[<kind>-]<stem>[-<sheet>].csv`` with characters unsafe in file names replaced.
     """
+    from importer.kinds import kind_from_label
+
     stem = Path(file_name).stem + (f"-{sheet}" if sheet else "")
+    told = kind_from_label(stem)
+    if kind is not None and (told is None or told.name != kind):
+        stem = f"{kind}-{stem}"
     return "failed-" + re.sub(r"[^\w.\- ]+", "_", stem).strip() + ".csv"
 
 

@@ -267,6 +267,10 @@ def test_failed_rows_file_round_trip(tmp_path: Path) -> None:
     name = failed_rows_name("payments nightly.csv", None)
     assert name == "failed-payments nightly.csv"[:-4] + ".csv"
     assert failed_rows_name("month-end.xlsx", "Payments") == "failed-month-end-Payments.csv"
+    # Read with --kind: the name says the kind, so the file imports again without it.
+    assert failed_rows_name("bank-export.csv", None, "payments") == \
+        "failed-payments-bank-export.csv"
+    assert failed_rows_name("payments.csv", None, "payments") == "failed-payments.csv"
     path = write_failed_rows(tmp_path / "failed-payments.csv", rows, columns)
     back = read_csv(path)
     assert list(back[0]) == [*columns, "error_reason", "error_message"]
