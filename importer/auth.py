@@ -31,7 +31,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from importer.apitime import parse_instant
+from importer.answers import parse_instant
 from importer.config import Config
 from importer.errors import ApiError, ConfigError
 

@@ -32,6 +32,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from importer import __version__
+from importer.answers import record_id
 from importer.auth import TokenProvider
 from importer.config import Config
 from importer.errors import ApiError, ConfigError, TransientApiError
@@ -410,6 +411,24 @@ class ApiClient:
     def find_cases(self, where: dict[str, Any], max_pages: int = 10) -> list[dict[str, Any]]:
         """Cases matching an Eve ``where`` filter, e.g. ``{"debt.invoice_number": "103118"}``."""
         return self._find("/cases", where, max_pages)
+
+    def case_ids_of_invoice(self, creditor: Any, invoice_number: Any) -> list[str]:
+        """The ids of the creditor's cases for an invoice number (exactly one is the answer
+        callers hope for; none means no such case).
+
+        Two pages at most: "exactly one" is known even from a server that gives no total
+        (its second page is empty); more cases than that are one answer too many anyway.
+
+        Raises:
+            ApiError: the lookup failed (more than two pages match, refused, retries ran out,
+                or a case without a readable ``_id``: "none" must never be concluded from it).
+        """
+        cases = self.find_cases({"debt.invoice_number": invoice_number, "creditor": creditor},
+                                max_pages=2)
+        ids = [record_id(c) for c in cases]
+        if None in ids:
+            raise ApiError("GET /cases: a case in the answer has no readable _id")
+        return [i for i in ids if i is not None]
 
     def get_page(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """One raw JSON answer of a GET (e.g. a list envelope), retried while transient.

@@ -37,6 +37,12 @@ def find_run(journal: Journal, reference: str, config: Config) -> RunRecord:
     return record
 
 
+def _has_journal(config: Config) -> bool:
+    from importer.journal import JOURNAL_NAME
+
+    return (config.state_dir / JOURNAL_NAME).exists()
+
+
 def _totals(totals: dict[str, object]) -> str:
     return ", ".join(f"{n} {s}" for s, n in totals.items()) or "no rows"
 
@@ -53,7 +59,7 @@ def run_lines(config: Config, limit: int = 20) -> list[str]:
     """
     from importer.journal import Journal
 
-    if not (config.state_dir / "journal.sqlite3").exists():
+    if not _has_journal(config):
         return [f"no runs yet (no journal in {config.state_dir})"]
     with Journal(config.state_dir, read_only=True) as journal:
         records = journal.runs(limit)
@@ -76,7 +82,7 @@ def show_lines(config: Config, reference: str) -> list[str]:
     """
     from importer.journal import Journal
 
-    if not (config.state_dir / "journal.sqlite3").exists():
+    if not _has_journal(config):
         raise UsageError(f"no run {resolve_run_id(reference)!r}: there is no journal in "
                          f"{config.state_dir} yet (see `amili-import runs`)")
     with Journal(config.state_dir, read_only=True) as journal:

@@ -129,11 +129,6 @@ class RowRef:
     sheet: str | None
     row: int
 
-    @property
-    def source(self) -> tuple[str, str | None, int]:
-        """The identity of the row's source: (file sha256, sheet, row)."""
-        return (self.file_sha256, self.sheet, self.row)
-
     def describe(self) -> str:
         """``file X row N`` or ``file X sheet S row N``, for messages."""
         sheet = f" sheet {self.sheet}" if self.sheet else ""
@@ -727,14 +722,15 @@ def _json_default(value: Any) -> Any:
 
 
 def _run(r: sqlite3.Row) -> RunRecord:
+    # A journal opened read-only is not upgraded, and may predate the later columns.
+    later = dict(r)
     return RunRecord(
         run_id=r["run_id"], mode=r["mode"], started=r["started"], finished=r["finished"],
         argv=json.loads(r["argv"] or "[]"), report_dir=r["report_dir"],
         exit_code=r["exit_code"], totals=json.loads(r["totals"] or "{}"),
         retry_of=r["retry_of"], pid=r["pid"], files=int(r["nfiles"] or 0),
-        # dict(): a journal opened read-only is not upgraded, and may predate the columns.
-        allow_duplicates=bool(dict(r).get("allow_duplicates", 0)),
-        pid_start=dict(r).get("pid_start"), host=dict(r).get("host"),
+        allow_duplicates=bool(later.get("allow_duplicates", 0)),
+        pid_start=later.get("pid_start"), host=later.get("host"),
     )
 
 

@@ -341,15 +341,15 @@ def texts(raw: pd.Series, code: str = "invalid_text") -> Parsed:
     bad: list[Any] = list(special)
     for p in np.setdiff1d(cells.others, special):
         value = arr[p]
-        if isinstance(value, int | float) and not isinstance(value, bool) and \
-                math.isfinite(value) and abs(value) >= 1e15:
+        number = isinstance(value, int | float) and not isinstance(value, bool) and \
+            math.isfinite(value)
+        if number and abs(value) >= 1e15:
             # An OCR or invoice number typed into a number cell: Excel kept 15 digits only.
             bad.append(p)
             problems.append(Problem(code, "is a number cell of 16 digits or more: Excel keeps "
                                           "only 15 digits of a number, so the last ones may be "
                                           "lost; format the column as Text and type it again"))
-        elif isinstance(value, int | float) and not isinstance(value, bool) and \
-                math.isfinite(value):
+        elif number:
             out[p] = number_text(value)
         else:
             bad.append(p)

@@ -334,20 +334,15 @@ class _Run:
         single matching case is left out."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from importer.post import record_id
-
         def lookup(pair: tuple[str, str]) -> str | None:
             assert self.client is not None
             try:
-                # Two pages at most: "exactly one" is known even from a server that gives no
-                # total (its second page is empty).
-                cases = self.client.find_cases({"debt.invoice_number": pair[1],
-                                                "creditor": pair[0]}, max_pages=2)
+                ids = self.client.case_ids_of_invoice(*pair)
             except ApiError as exc:
                 self.log.warning("plan.case_lookup_failed", invoice_number=pair[1],
                                  error=str(exc))
                 return None
-            return record_id(cases[0]) if len(cases) == 1 else None
+            return ids[0] if len(ids) == 1 else None
 
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             found = dict(zip(wanted, pool.map(lookup, wanted), strict=True))

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from importer.apitime import parse_instant
+from importer.answers import id_text, parse_instant, record_id
 from importer.errors import ApiError, TransientApiError
 from importer.journal import (
     COMPLETED,
@@ -852,16 +852,14 @@ class _Engine:
             (case key, no such case): ``case:<id>`` when exactly one case matches; the key
             unchanged with True when none does (a POST for it cannot have been stored).
         """
-        where = {"debt.invoice_number": payload.get("invoice_number"),
-                 "creditor": payload.get("creditor")}
         try:
-            cases = self.client.find_cases(where, max_pages=2)  # see _cases_of_invoices
+            ids = self.client.case_ids_of_invoice(payload.get("creditor"),
+                                                  payload.get("invoice_number"))
         except Exception:
             return key, False  # the lookup failed: "not found" later proves nothing
-        case_id = record_id(cases[0]) if len(cases) == 1 else None
-        if case_id:
-            return f"case:{case_id.lower()}", False
-        return key, not cases
+        if len(ids) == 1:
+            return f"case:{ids[0].lower()}", False
+        return key, not ids
 
 
 CLOCK_SKEW = timedelta(hours=1)  # generous: a missed record would be posted twice
@@ -960,21 +958,13 @@ def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool
             elif parse_instant(sent) != theirs_at:
                 return False
         elif name in ID_FIELDS:
-            if (record_id({"_id": stored}) or "").lower() != str(sent).lower():
+            if (id_text(stored) or "").lower() != str(sent).lower():
                 return False
         elif str(sent).strip() != str(stored).strip():
             return False
     return verdict
 
 
-def record_id(record: dict[str, Any]) -> str | None:
-    """A record's ``_id`` as text; Mongo's extended JSON ``{"$oid": "..."}`` unwrapped."""
-    value = record.get("_id")
-    if isinstance(value, dict):
-        value = value.get("$oid")
-    if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
-        return str(value).strip()
-    return None
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from importer.kinds import kind_from_label
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -880,8 +882,6 @@ def failed_rows_name(file_name: str, sheet: str | None = None, kind: str | None 
     Returns:
         ``failed-[<kind>-]<stem>[-<sheet>].csv`` with characters unsafe in file names replaced.
     """
-    from importer.kinds import kind_from_label
-
     stem = Path(file_name).stem + (f"-{sheet}" if sheet else "")
     told = kind_from_label(stem)
     if kind is not None and (told is None or told.name != kind):

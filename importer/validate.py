@@ -143,13 +143,13 @@ _RULES: dict[str, Rule] = {
                              "given; the API takes exactly one: clear one of them"),
     "missing_case_or_invoice": Rule("missing_case_or_invoice", ERROR, "neither case nor "
                                     "invoice number is given; fill in exactly one of them"),
-    "old_date": Rule("old_date", WARNING, "is more than a year old; check the date (the row "
-                     "is still posted)"),
-    "future_registration": Rule("future_date", WARNING, "is in the future; check the date (the "
-                                "row is still posted)"),
+    "old_date": Rule("old_date", WARNING, f"is more than a year old; check the date"
+                     f"{_STILL_POSTED}"),
+    "future_registration": Rule("future_date", WARNING, f"is in the future; check the date"
+                                f"{_STILL_POSTED}"),
     "registered_before_transaction": Rule("registered_before_transaction", WARNING, "is before "
-                                          "the bank transaction date; check both dates (the "
-                                          "row is still posted)"),
+                                          "the bank transaction date; check both dates"
+                                          f"{_STILL_POSTED}"),
 }
 
 
