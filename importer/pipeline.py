@@ -7,6 +7,7 @@ the journal, nothing posted) and ``run`` (post the valid rows exactly once).
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,9 @@ def _announce(result: RunResult, options: RunOptions) -> ExitCode:
             print(line, file=sys.stderr)
         if result.extra.get("could_not_run"):
             print(f"could not post: {result.extra['could_not_run']}", file=sys.stderr)
+        elif result.extra.get("stopped"):
+            print("stopped: rows not reached are 'not_posted'; run the same command again to "
+                  "post them", file=sys.stderr)
     print(result.report_dir)
     return result.exit_code
 
@@ -162,20 +166,17 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
             result = run.finish([info], [], lambda chunks: {"duplicate_of": earlier.run_id})
         return InboxFileResult(ExitCode.OK, result.run_id, result.summary.totals, message,
                                duplicate=True)
-    from importer.post import INTERRUPTED
-
-    INTERRUPTED.clear()
     result = execute([path], config, Mode.RUN, options)
-    if INTERRUPTED.is_set():
-        # Stopped by SIGINT/SIGTERM (systemctl stop, Ctrl-C): stop the drain too, and leave
-        # this file in place; the next run posts what was not reached (the journal skips
-        # every row already done).
-        raise ImporterError(f"{path.name}: stopped by a signal; report in {result.report_dir}")
     if result.extra.get("could_not_run"):
         # The API cannot be used (login or token refused): every later file would fail the same
         # way, so the drain stops and the files stay in the folder for the next run.
         raise ApiError(f"{path.name}: could not post ({result.extra['could_not_run']}); report "
                        f"in {result.report_dir}")
+    if result.extra.get("stopped"):
+        # Stopped by SIGINT/SIGTERM (systemctl stop, Ctrl-C): stop the drain too, and leave
+        # this file in place; the next run posts what was not reached (the journal skips
+        # every row already done).
+        raise ImporterError(f"{path.name}: stopped by a signal; report in {result.report_dir}")
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
     return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected)
 
@@ -306,13 +307,16 @@ class _Run:
         from importer.plan import unify_case_keys
 
         rows = unify_case_keys(rows, self._cases_of_invoices)
+        stop = threading.Event()  # set by SIGINT/SIGTERM, or when the API became unusable
         with _progress(len(rows), self.config) as advance:
             outcomes = post_rows(rows, self.client, self.journal, self.run_id, self.config,
-                                 self.log, advance)
+                                 self.log, advance, stop=stop)
         extra: dict[str, Any] = {"posted": sum(o.posted for o in outcomes)}
         unusable = [o.message for o in outcomes if o.reason == "api_unusable"]
         if unusable:
             extra["could_not_run"] = unusable[0]
+        elif stop.is_set():
+            extra["stopped"] = True
         return outcomes, extra
 
     def _not_posted(self, rows: list[PlannedRow], why: str) -> list[Outcome]:

@@ -1019,11 +1019,6 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-# Set when SIGINT/SIGTERM stopped a posting in this process: a drop-folder drain reads it to
-# stop after the file it was on (and leave that file for the next run).
-INTERRUPTED = threading.Event()
-
-
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set ``stop`` (in-flight requests finish); a second one raises at once.
@@ -1037,7 +1032,6 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         # No logging here: the main thread may hold the log's lock when the signal lands.
-        INTERRUPTED.set()
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()

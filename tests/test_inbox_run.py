@@ -234,6 +234,8 @@ def test_a_signal_stops_the_drain_and_leaves_the_files(
     assert process.wait(timeout=30) == ExitCode.CANNOT_RUN
     assert sorted(p.name for p in inbox.glob("*.csv")) == ["payments-1.csv", "payments-2.csv"]
     assert 0 < box.state.count("creditor--payments") < len(first)
+    [report] = (inbox / "reports").glob("*/report.json")
+    assert json.loads(report.read_text())["stopped"] is True
     final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr[-2000:]
     assert sorted(p.name for p in inbox.glob("*.csv")) == []

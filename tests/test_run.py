@@ -258,6 +258,35 @@ def test_sigkill_at_random_moments_never_doubles_a_row(
                                               for n in range(6)})
 
 
+def test_sigterm_stops_the_run_and_says_how_to_go_on(
+        tmp_path: Path, make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """SIGTERM mid-run: rows in flight finish, the rest are 'not_posted' (exit 1), the report
+    says the run was stopped, and the same command then posts only the rest."""
+    cases = many_cases(2)
+    box = make_sandbox(cases=cases, latency_ms=60)
+    source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 5))
+    env = {**os.environ, **env_for(box, tmp_path / "state")}
+    command = [sys.executable, "-m", "importer", "--log-format", "json", "run", str(source),
+               "--concurrency", "1"]
+    process = subprocess.Popen([*command, "--report-dir", str(tmp_path / "first")], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while box.state.count("creditor--payments") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == ExitCode.ROWS_IN_ERROR, stderr[-2000:]
+    assert "stopped: rows not reached are 'not_posted'" in stderr
+    first = report(tmp_path / "first")
+    assert first["stopped"] is True
+    reasons = Counter(r["reason"] for r in first["rows"] if r["status"] == "error")
+    assert set(reasons) == {"not_posted"} and 0 < reasons["not_posted"] < 10
+    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert stored_references(box) == Counter({f"REF-{i}-{n}": 1 for i in range(2)
+                                              for n in range(5)})
+
+
 def test_jwt_login_is_renewed_mid_run(cli: Callable[..., Result], tmp_path: Path,
                                       make_sandbox: Callable[..., RunningSandbox]) -> None:
     """A run longer than the token's lifetime logs in again (JWT) and completes every row."""
