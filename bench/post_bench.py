@@ -9,9 +9,15 @@ concurrency 16, journal on, against the seeds' naive loop on the same sandbox in
 - Little's bound: at most `concurrency / latency` = 16 / 0.020 s = 800 rows/s can be in flight.
 - Baseline: the seeds' naive loop, one `requests.post(url, json=..., headers=...)` per row (a new
   connection each time), sequential, in its own process, timed over the loop alone.
+- Reference (not a goal): what `requests` itself reaches here, 16 threads sharing one Session
+  (pool of 16), bodies built from the CSV, no journal, no validation, no report; and the round
+  trip of one request at a time on a kept-alive connection, which says how far above the added
+  20 ms this machine's answers come back (the bound that can really be reached is
+  16 / that round trip).
 - Afterwards the sandbox must hold exactly N more payments, each reference once.
 
     python -m bench.post_bench naive URL FILE    # the baseline alone (token from the env)
+    python -m bench.post_bench ceiling URL FILE  # the bare requests client alone
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from bench.run import Proc, Skipped, goal, run_process, tool
 ROWS = 4000
 NAIVE_ROWS = 300
 QUICK_ROWS, QUICK_NAIVE_ROWS = 400, 40
+PROBES = 100  # sequential requests timing the round trip
 CASES = 1000
 CONCURRENCY = 16
 LATENCY_MS = 20.0
@@ -133,13 +140,14 @@ def run_ours(url: str, token: str, file: Path, work: Path) -> Proc:
     return proc
 
 
-def run_naive(url: str, token: str, file: Path, work: Path) -> tuple[Proc, dict[str, Any]]:
-    """The seeds' loop in its own process; returns the process and what the loop reported."""
+def run_loop(which: str, url: str, token: str, file: Path,
+             work: Path) -> tuple[Proc, dict[str, Any]]:
+    """A reference loop (`naive` or `ceiling`) in its own process; the process and its report."""
     root = Path(__file__).resolve().parent.parent
-    proc = run_process([sys.executable, "-m", "bench.post_bench", "naive", url, str(file)],
-                       work / "naive.log", env={"AMILI_ACCESS_TOKEN": token}, cwd=root)
+    proc = run_process([sys.executable, "-m", "bench.post_bench", which, url, str(file)],
+                       work / f"{which}.log", env={"AMILI_ACCESS_TOKEN": token}, cwd=root)
     if proc.exit_code != 0:
-        raise RuntimeError(f"naive loop failed (exit {proc.exit_code}):\n{proc.tail()}")
+        raise RuntimeError(f"{which} loop failed (exit {proc.exit_code}):\n{proc.tail()}")
     return proc, json.loads(Path(proc.log).read_text().strip().splitlines()[-1])
 
 
@@ -163,6 +171,8 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
     ids = [str(c["_id"]) for c in cases]
     ours_file = gen.posting_csv(work, "payments-post.csv", CREDITOR, ids, rows, seed=3)
     naive_file = gen.posting_csv(work, "payments-naive.csv", CREDITOR, ids, naive_rows, seed=4)
+    ceiling_file = gen.posting_csv(work, "payments-ceiling.csv", CREDITOR, ids, rows + PROBES,
+                                   seed=5)
     sandbox = start_sandbox(cases, LATENCY_MS)
     missing: str | None = None
     proc: Proc | None = None
@@ -187,8 +197,11 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
         stored = sampler.count() - before
         window = sampler.window(before, rows)
         naive_before = sampler.count()
-        naive_proc, naive = run_naive(url, token, naive_file.path, work)
+        naive_proc, naive = run_loop("naive", url, token, naive_file.path, work)
         naive_stored = sampler.count() - naive_before
+        ceiling_before = sampler.count()
+        ceiling_proc, ceiling = run_loop("ceiling", url, token, ceiling_file.path, work)
+        ceiling_stored = sampler.count() - ceiling_before
         seen = references(url, token)
     finally:
         sandbox.stop()
@@ -200,12 +213,29 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
         "end_to_end_rows_per_s": naive["rows"] / naive_proc.seconds, "wall_s": naive_proc.seconds,
         "cpu_ms_per_row": 1000 * (naive_proc.cpu_user + naive_proc.cpu_sys) / naive["rows"],
         "peak_rss_mb": naive_proc.peak_rss_mb, "exit": naive_proc.exit_code}]
+    ceiling_rate = ceiling["rows"] / ceiling["seconds"]
+    table.append({
+        "client": f"bare requests (c={CONCURRENCY}, no journal)", "rows": ceiling["rows"],
+        "stored": ceiling_stored - PROBES, "posting_rows_per_s": ceiling_rate,
+        "end_to_end_rows_per_s": None,  # its wall time holds the one-at-a-time probes
+        "wall_s": ceiling_proc.seconds,
+        "cpu_ms_per_row": 1000 * (ceiling_proc.cpu_user + ceiling_proc.cpu_sys)
+        / (ceiling["rows"] + PROBES),
+        "peak_rss_mb": ceiling_proc.peak_rss_mb, "exit": ceiling_proc.exit_code})
     checks = [{"check": "naive loop: HTTP statuses", "value": json.dumps(naive["statuses"]),
-               "ok": naive["statuses"].get("201") == naive["rows"] == naive_stored}]
+               "ok": naive["statuses"].get("201") == naive["rows"] == naive_stored},
+              {"check": "bare requests: HTTP statuses", "value": json.dumps(ceiling["statuses"]),
+               "ok": ceiling["statuses"].get("201") == ceiling["rows"] + PROBES
+               == ceiling_stored}]
+    rtt = ceiling["round_trip_ms"]
+    reachable = CONCURRENCY / (rtt / 1000)
     notes = [f"Little's bound = {CONCURRENCY} / {LATENCY_MS / 1000} s = {bound:.0f} rows/s; "
              "posting rate = rows / (first to last record stored, sampled every 20 ms); "
              "end to end = process start to exit (start-up, validation, journal, report); "
-             "naive: the loop alone"]
+             "naive: the loop alone",
+             f"round trip of one request at a time here (median of {PROBES}, kept-alive "
+             f"connection, 20 ms added): {rtt:.1f} ms, so at most {CONCURRENCY} / {rtt:.1f} ms "
+             f"= {reachable:.0f} rows/s can be reached on this machine"]
     goals = []
     if proc is not None:
         posting_rate = rows / window if window else None
@@ -228,7 +258,9 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
             {"check": f"report totals (expect completed = {rows})", "value": json.dumps(totals),
              "ok": (totals or {}).get("completed") == rows}]
         if posting_rate:
-            notes.append(f"posting rows/s, ours / naive = {posting_rate / naive_rate:.1f}x")
+            notes.append(f"posting rows/s, ours / naive = {posting_rate / naive_rate:.1f}x; "
+                         f"ours / bare requests = {posting_rate / ceiling_rate:.2f}; "
+                         f"bare requests / Little's bound = {ceiling_rate / bound:.3f}")
         notes.append("requests our run made: " + ", ".join(
             f"{k} {v}" for k, v in sorted(requests_made.items())))
         notes.append(f"sandbox (this process) CPU during our run: {sandbox_cpu:.1f} s over "
@@ -270,13 +302,69 @@ def naive_loop(url: str, file: Path, token: str) -> dict[str, Any]:
     return {"rows": len(rows), "seconds": time.perf_counter() - start, "statuses": statuses}
 
 
+def ceiling_loop(url: str, file: Path, token: str) -> dict[str, Any]:
+    """What `requests` alone reaches: after `PROBES` rows one at a time (their median round
+    trip reported), the other rows from 16 threads sharing one Session with a pool of 16;
+    bodies built from the CSV, no journal, no validation, no report.
+
+    Returns:
+        Rows posted by the threads, their seconds, the median round trip (ms), the statuses.
+    """
+    import statistics
+
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    with file.open(newline="", encoding="utf-8") as fh:
+        bodies = [json.dumps({**{k: v for k, v in row.items() if v},
+                              "amount": float(row["amount"])})
+                  for row in csv.DictReader(fh)]
+    statuses: Counter[str] = Counter()
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=CONCURRENCY))
+    headers = {"X-API-Key": token, "Content-Type": "application/json"}
+
+    take = threading.Lock()
+
+    def post(body: str) -> None:
+        answer = session.post(f"{url}/{PAYMENTS}", data=body, headers=headers, timeout=(5, 30))
+        with take:
+            statuses[str(answer.status_code)] += 1
+
+    trips = []
+    for body in bodies[:PROBES]:
+        start = time.perf_counter()
+        post(body)
+        trips.append(time.perf_counter() - start)
+    rest = iter(bodies[PROBES:])
+
+    def worker() -> None:
+        while True:
+            with take:
+                body = next(rest, None)
+            if body is None:
+                return
+            post(body)
+
+    threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    return {"rows": len(bodies) - PROBES, "seconds": seconds, "statuses": statuses,
+            "round_trip_ms": 1000 * statistics.median(trips)}
+
+
 def _main(argv: list[str]) -> int:
     token = os.environ.get("AMILI_ACCESS_TOKEN")
-    if len(argv) != 3 or argv[0] != "naive" or not token:
-        print("usage: AMILI_ACCESS_TOKEN=... python -m bench.post_bench naive URL FILE",
+    loops = {"naive": naive_loop, "ceiling": ceiling_loop}
+    if len(argv) != 3 or argv[0] not in loops or not token:
+        print("usage: AMILI_ACCESS_TOKEN=... python -m bench.post_bench naive|ceiling URL FILE",
               file=sys.stderr)
         return 2
-    print(json.dumps(naive_loop(argv[1].rstrip("/"), Path(argv[2]), token)))
+    print(json.dumps(loops[argv[0]](argv[1].rstrip("/"), Path(argv[2]), token)))
     return 0
 
 
