@@ -53,6 +53,10 @@ class Config:
     max_attempts: int = 6
     backoff_base: float = 0.5
     backoff_max: float = 30.0
+    # A POST whose answer was lost may still be stored this long after it was sent (a backend
+    # that carries on after the gateway gave up): the row is posted again only when a
+    # read-back at that age finds nothing. Keep it above connect_timeout + read_timeout.
+    settle_seconds: float = 60.0
     allow_duplicates: bool = False
     encoding: str | None = None
     delimiter: str | None = None
@@ -78,6 +82,7 @@ ENV = {
     "AMILI_RATE_LIMIT": "rate_limit",
     "AMILI_ALLOW_HTTP": "allow_http",
     "AMILI_INBOX_MIN_AGE": "inbox_min_age",
+    "AMILI_SETTLE_SECONDS": "settle_seconds",
     "AMILI_INBOX_REQUIRE_SIDECAR": "inbox_require_sidecar",
 }
 _TYPES = {f.name: f.type for f in fields(Config)}

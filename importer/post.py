@@ -183,16 +183,14 @@ class Tuning:
     """Knobs of the engine that are not user configuration.
 
     Attributes:
-        readback_delays: seconds to wait before each read-back try after a lost answer;
-            spaced out because a server that timed out may still be storing the record.
-        settled_age: a pending row older than this (seconds) is read back once, without
-            waiting (its request finished long ago).
+        readback_delays: seconds to wait before each read-back try after a lost answer,
+            to find a record stored a moment late without waiting for the full settle time
+            (``Config.settle_seconds``), which "not stored" always waits for.
         extra_posts: how many times a row may be POSTed again after a read-back proved
             that the earlier POST stored nothing.
     """
 
     readback_delays: tuple[float, ...] = (0.0, 0.5, 1.5)
-    settled_age: float = 60.0
     extra_posts: int = 2
 
 
@@ -357,10 +355,12 @@ class _Engine:
                 rlog.error("reconcile.unknown_kind")
                 continue
             delays = self.tuning.readback_delays
-            if _age_seconds(rec.updated) > self.tuning.settled_age:
-                delays = (0.0,)
-            record, conclusive, why = self._read_back(kind, rec.payload, rec.case_key,
-                                                      delays, sent_after=rec.created)
+            if _age_seconds(rec.updated) > self.config.settle_seconds:
+                delays = (0.0,)  # its request is long over: one look is enough
+            # rec.updated: when it was last POSTed (or found unknown), rec.created: the first.
+            record, conclusive, why = self._read_back_settled(
+                kind, rec.payload, rec.case_key, delays, sent_after=rec.created,
+                last_sent=rec.updated, rlog=rlog)
             where = f"row left {rec.state.replace('_', ' ')} by run {rec.run_id}"
             if record is not None:
                 settled = self._from_record(kind, record, written=False,
@@ -548,6 +548,7 @@ class _Engine:
         sent_at = journal_now()  # the journal's clock: in_flight was committed just before
         while True:
             posts_left -= 1
+            last_sent = journal_now()
             try:
                 result = self.client.post(row.kind, row.payload)
             except ApiError as exc:
@@ -580,9 +581,9 @@ class _Engine:
             lost.append(result.message)
             rlog.warning("row.outcome_unknown", http_status=result.http_status,
                          detail=result.message)
-            record, conclusive, why = self._read_back(row.kind, row.payload, row.case_key,
-                                                      self.tuning.readback_delays,
-                                                      sent_after=sent_at)
+            record, conclusive, why = self._read_back_settled(
+                row.kind, row.payload, row.case_key, self.tuning.readback_delays,
+                sent_after=sent_at, last_sent=last_sent, rlog=rlog)
             if record is not None:
                 settled = self._from_record(row.kind, record, written=False, attempts=attempts,
                                             http_status=result.http_status)
@@ -759,6 +760,22 @@ class _Engine:
             status_reason_locale=_text(locale), message=message)
 
     # -- read-back ----------------------------------------------------------------------------
+
+    def _read_back_settled(self, kind: Kind, payload: dict[str, Any], key: str,
+                           delays: tuple[float, ...], *, sent_after: str, last_sent: str,
+                           rlog: Any) -> tuple[dict[str, Any] | None, bool, str]:
+        """:meth:`_read_back`; when it finds nothing, once more when the last POST is
+        ``settle_seconds`` old: only then is "not stored" concluded (a backend may still store
+        a request whose answer was lost). A stop during the wait leaves it inconclusive."""
+        found = self._read_back(kind, payload, key, delays, sent_after=sent_after)
+        record, conclusive, _ = found
+        wait = self.config.settle_seconds - _age_seconds(last_sent)
+        if record is not None or not conclusive or wait <= 0:
+            return found
+        rlog.info("row.settle_wait", seconds=round(wait, 1))
+        if self.stop.wait(wait):
+            return None, False, "the run stopped before the request was old enough to be sure"
+        return self._read_back(kind, payload, key, (0.0,), sent_after=sent_after)
 
     def _read_back(self, kind: Kind, payload: dict[str, Any], key: str,
                    delays: tuple[float, ...], sent_after: str | None = None

@@ -30,7 +30,10 @@ class Variant:
     items_key: str = "_items"  # the list envelope's key for the records
     answer: str = "meta"  # 201 body: "meta" (Eve), "empty", "oid" ({"$oid"}), "no_id"
     status: str = "completed"  # the stored record's status (and the 201's, for "no_id")
-    lose: list[str] = field(default_factory=list)  # per POST, in order: "drop" after storing
+    # Per POST, in order: "drop" the connection after storing; "late": answer 500 at once and
+    # store the record `late_seconds` later (a backend that carries on after the gateway gave up).
+    lose: list[str] = field(default_factory=list)
+    late_seconds: float = 1.0
 
 
 class _State:
@@ -103,7 +106,13 @@ class _Handler(BaseHTTPRequestHandler):
             for name in ("bank_transaction_date", "client_registration_date"):
                 if name in record:
                     record[name] = _stamp(record[name], v)
-            self.state.records.append(record)
+            if lost == "late":
+                threading.Timer(v.late_seconds, self.state.records.append, [record]).start()
+            else:
+                self.state.records.append(record)
+        if lost == "late":
+            return self._send(500, {"_status": "ERR", "_error": {"code": 500,
+                                                                 "message": "Gateway gave up"}})
         if lost == "drop":
             self.connection.shutdown(2)
             self.connection.close()

@@ -7,6 +7,8 @@ read-back cannot tell, the row must be left "unknown", never posted a second tim
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,13 +59,15 @@ def serve() -> Iterator[Any]:
 
 
 def post(server: DocServer, tmp_path: Path, rows: list[PlannedRow],
-         run_id: str = "r1") -> list[Outcome]:
+         run_id: str = "r1", settle: float = 60.0,
+         stop: threading.Event | None = None) -> list[Outcome]:
     config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
-                    backoff_base=0.01, backoff_max=0.02, read_timeout=5.0)
+                    backoff_base=0.01, backoff_max=0.02, read_timeout=5.0,
+                    settle_seconds=settle)
     with Journal(tmp_path / "state") as journal, ApiClient(config) as client:
         journal.start_run(run_id, "run")
         return post_rows(rows, client, journal, run_id, config, structlog.get_logger(),
-                         tuning=FAST, handle_signals=False)
+                         tuning=FAST, handle_signals=False, stop=stop)
 
 
 def test_iso_dates_in_answers_are_matched(serve: Any, tmp_path: Path) -> None:
@@ -148,3 +152,55 @@ def test_statuses_are_read_in_batches_without_meta(serve: Any, tmp_path: Path) -
     assert [o.status for o in outs] == ["completed"] * 10
     by_id = [g for g in server.gets if g.count("/") == 2]
     assert by_id == [] and len(server.gets) == 2  # the ids' page, then an empty one
+
+
+def test_a_record_stored_late_is_waited_for_not_posted_twice(serve: Any, tmp_path: Path) -> None:
+    """The POST gets a 500 and the backend stores the record a second later: the quick
+    read-back finds nothing, but the row is not posted again before its request is settled;
+    the read-back then finds the record."""
+    server = serve(Variant(lose=["late"], late_seconds=1.0))
+    started = time.monotonic()
+    [out] = post(server, tmp_path, [row(body())], settle=2.0)
+    assert (out.status, server.posts, len(server.records)) == ("completed", 1, 1)
+    assert "found in Amili by read-back" in out.message
+    assert time.monotonic() - started >= 1.5
+
+
+def test_nothing_stored_is_posted_again_only_once_settled(serve: Any, tmp_path: Path) -> None:
+    """A 500 that stored nothing (the record never comes): posted again after the settle
+    time, and stored once."""
+    server = serve(Variant(lose=["late"], late_seconds=3600))
+    started = time.monotonic()
+    [out] = post(server, tmp_path, [row(body())], settle=1.0)
+    assert (out.status, server.posts, len(server.records)) == ("completed", 2, 1)
+    assert time.monotonic() - started >= 0.9
+
+
+def test_a_stop_while_waiting_leaves_the_row_unknown(serve: Any, tmp_path: Path) -> None:
+    """Stopped during the settle wait: nothing is posted again, the row stays unknown (read
+    back by the next run), and the stop does not wait out the settle time."""
+    server = serve(Variant(lose=["late"], late_seconds=3600))
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    [out] = post(server, tmp_path, [row(body())], settle=60.0, stop=stop)
+    assert (out.status, out.reason, out.retryable, server.posts) == (
+        "error", "outcome_unknown", True, 1)
+    assert time.monotonic() - started < 10
+
+
+def test_reconcile_waits_for_a_killed_runs_late_record(serve: Any, tmp_path: Path) -> None:
+    """A row a killed run left in flight whose record the backend stores a moment after the
+    next run starts: reconcile waits for the settle time and finds it; nothing is re-sent."""
+    server = serve(Variant())
+    payload = body()
+    with Journal(tmp_path / "state") as journal:
+        journal.start_run("r0", "run")
+        assert journal.claim("r0", row(payload).ref, "payments", row(payload).fingerprint,
+                             case_key(payload), payload)
+    late = {**payload, "_id": "68b82422d6fd1d378f17ffff", "status": "completed",
+            "_created": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())}
+    threading.Timer(1.0, server.add, [RESOURCE, late]).start()
+    [out] = post(server, tmp_path, [row(payload)], run_id="r1", settle=2.0)
+    assert server.posts == 0 and len(server.records) == 1
+    assert (out.status, out.amili_id) == ("completed", "68b82422d6fd1d378f17ffff")

@@ -76,7 +76,8 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 def config_for(sandbox: RunningSandbox, tmp_path: Path, **extra: Any) -> Config:
     values: dict[str, Any] = {"api_url": sandbox.url, "access_token": TOKEN,
                               "state_dir": tmp_path / "state", "backoff_base": 0.01,
-                              "backoff_max": 0.05, "read_timeout": 10.0}
+                              "backoff_max": 0.05, "read_timeout": 10.0,
+                              "settle_seconds": 0.0}  # the settle wait has tests of its own
     values.update(extra)
     return Config(**values)
 

@@ -229,7 +229,10 @@ def test_sigkill_at_random_moments_never_doubles_a_row(
     cases = many_cases(10)
     box = make_sandbox(cases=cases, latency_ms=40)
     source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 6))
-    env = {**os.environ, **env_for(box, tmp_path / "state"), "AMILI_LOG_FORMAT": "json"}
+    # Rows killed before their POST left are "not stored" only once their request is settled:
+    # 2 s here instead of the default minute.
+    env = {**os.environ, **env_for(box, tmp_path / "state"), "AMILI_LOG_FORMAT": "json",
+           "AMILI_SETTLE_SECONDS": "2"}
     command = [sys.executable, "-m", "importer", "--log-format", "json", "run", str(source),
                "--concurrency", "4"]
     rng = random.Random(5)
