@@ -196,7 +196,12 @@ def display(value: Any) -> str:
     if isinstance(value, int | float):
         return number_text(value)
     if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
+        # An Excel date cell has no time zone and is read as GMT: shown so, the text (in the
+        # failed-rows file, say) imports again as the same instant; midnight as the date alone.
+        if value.tzinfo is None and not (value.hour or value.minute or value.second
+                                         or value.microsecond):
+            return value.date().isoformat()
+        return value.isoformat(sep=" ") + ("Z" if value.tzinfo is None else "")
     if isinstance(value, date):
         return value.isoformat()
     return str(value)

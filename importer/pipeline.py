@@ -369,10 +369,10 @@ class _Run:
         from importer.plan import failed_rows
         from importer.report import failed_rows_name, write_failed_rows
 
-        for (name, sheet, kind), (columns, rows) in failed_rows(chunks).items():
+        for (name, sheet, kind), failed in failed_rows(chunks).items():
             path = write_failed_rows(self.report_dir / failed_rows_name(name, sheet, kind),
-                                     rows, columns)
-            self.log.info("report.failed_rows", file=name, sheet=sheet, rows=len(rows),
+                                     failed.rows, failed.headers, failed.delimiter)
+            self.log.info("report.failed_rows", file=name, sheet=sheet, rows=len(failed.rows),
                           path=str(path))
 
 

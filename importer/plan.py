@@ -7,7 +7,7 @@ no I/O here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -168,17 +168,22 @@ def _write(chunks: Sequence[Checked],
             frame[name] = array
 
 
-def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None, str],
-                                                   tuple[list[str], list[dict[str, str]]]]:
-    """The rows in error per (file, sheet), with the input's own columns, for re-import.
+@dataclass
+class FailedRows:
+    """The rows in error of one file (or sheet), as the failed-rows file holds them."""
+
+    headers: list[str]  # the input's own, in order
+    rows: list[dict[str, str]] = field(default_factory=list)  # plus error_reason/message
+    delimiter: str = ","  # the input CSV's, so that it opens as the original did
+
+
+def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None, str], FailedRows]:
+    """The rows in error per (file, sheet, kind), with the input's own columns, for re-import.
 
     Rows Amili stored with status error (``api_error``) are left out: they exist in Amili, so
     importing them again can only be refused as already posted; they are settled in Amili.
-
-    Returns:
-        ``{(file name, sheet, kind): (original headers, [row dicts with error_reason/message])}``.
     """
-    out: dict[tuple[str, str | None, str], tuple[list[str], list[dict[str, str]]]] = {}
+    out: dict[tuple[str, str | None, str], FailedRows] = {}
     for chunk in chunks:
         frame = chunk.frame
         stored = frame["reason"].astype(str).str.contains("api_error", regex=False)
@@ -187,12 +192,12 @@ def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None, str],
             continue
         headers = list(chunk.table.columns)
         key = (chunk.table.file.name, chunk.table.sheet, chunk.table.kind.name)
-        bucket = out.setdefault(key, (headers, []))[1]
+        bucket = out.setdefault(key, FailedRows(headers, [], chunk.table.file.delimiter or ","))
         for _, record in errors.iterrows():
             row = {h: _text(record.get(f"input:{h}")) for h in headers}
             row["error_reason"] = _text(record.get("reason"))
             row["error_message"] = _text(record.get("message"))
-            bucket.append(row)
+            bucket.rows.append(row)
     return out
 
 

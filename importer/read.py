@@ -64,6 +64,7 @@ class FileInfo:
     rows: int = 0
     rejected: str | None = None
     notes: list[str] = field(default_factory=list)
+    delimiter: str | None = None  # a CSV's (detected or given); None for a workbook
 
 
 @dataclass

@@ -210,6 +210,7 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     else:
         delimiter, how = _sniff(sample, truncated)
     info.notes.append(f"delimiter {'tab' if delimiter == chr(9) else repr(delimiter)} ({how})")
+    info.delimiter = delimiter
     records = _records(sample, delimiter, truncated)
     found = find_header(records)
     if found is None:

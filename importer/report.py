@@ -527,13 +527,15 @@ def _publish(temp: Path, final: Path) -> None:
             os.close(dir_fd)
 
 
-def write_csv_atomically(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Path:
+def write_csv_atomically(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]],
+                         delimiter: str = ",") -> Path:
     """Write a UTF-8 (BOM) CSV through a temp file in the same folder, then rename it.
 
     Args:
         path: the final file.
         header: the header row.
         rows: data rows, already formula-safe.
+        delimiter: the field delimiter.
 
     Returns:
         The path written.
@@ -542,7 +544,7 @@ def write_csv_atomically(path: Path, header: Sequence[str], rows: Iterable[Seque
     temp = _temp_path(path.parent, path.name)
     try:
         with open(temp, "w", encoding="utf-8-sig", newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f, delimiter=delimiter)
             writer.writerow(header)
             writer.writerows(rows)
         _publish(temp, path)
@@ -889,13 +891,15 @@ def failed_rows_name(file_name: str, sheet: str | None = None, kind: str | None 
     return "failed-" + re.sub(r"[^\w.\- ]+", "_", stem).strip() + ".csv"
 
 
-def write_failed_rows(path: Path, rows: list[dict[str, str]], columns: list[str]) -> Path:
+def write_failed_rows(path: Path, rows: list[dict[str, str]], columns: list[str],
+                      delimiter: str = ",") -> Path:
     """Write the rows in error with the input's own columns, ready to fix and import again.
 
     Columns are the input's original headers in their order, then ``error_reason`` and
     ``error_message`` (the importer ignores unknown columns, so the file imports as it
     stands once corrected; a failed-rows file imported again gets fresh ones, not a second
-    pair). UTF-8 with BOM, formula-safe, written atomically.
+    pair). UTF-8 with BOM, the input CSV's delimiter (a Swedish Excel opens a ``;`` file in
+    columns, a ``,`` one in one column), formula-safe, written atomically.
 
     Plain numbers such as ``-100`` or ``+46 70 123`` are left as they are: a spreadsheet reads
     them as numbers, never as formulas, and quoting them would change the value on re-import.
@@ -904,6 +908,7 @@ def write_failed_rows(path: Path, rows: list[dict[str, str]], columns: list[str]
         path: the file to write (see ``failed_rows_name``).
         rows: one dict per row in error, keyed by original header (plus the two extras).
         columns: the input's original headers, in file order.
+        delimiter: the input's (``,`` for a workbook).
 
     Returns:
         The path written.
@@ -911,7 +916,8 @@ def write_failed_rows(path: Path, rows: list[dict[str, str]], columns: list[str]
     own = [c for c in columns if c not in FAILED_EXTRA_COLUMNS]
     header = own + list(FAILED_EXTRA_COLUMNS)
     return write_csv_atomically(path, [escape_formula(h) for h in header],
-                                ([_safe_reimport(row.get(c)) for c in header] for row in rows))
+                                ([_safe_reimport(row.get(c)) for c in header] for row in rows),
+                                delimiter)
 
 
 _PLAIN_NUMBER = re.compile(r"[+-]?\d[\d\s\u00a0.,]*")

@@ -273,9 +273,12 @@ def test_formula_without_value_error_value_and_long_cells() -> None:
 
 
 def test_display_and_as_text() -> None:
-    """Cells are shown as the user sees them: numbers without '.0', dates in ISO form."""
-    raw = col("a", 103118.0, 2.5, True, datetime(2025, 7, 4, 1, 2, 3), date(2025, 7, 4), None)
+    """Cells are shown as the user sees them: numbers without '.0', dates in ISO form (an
+    Excel date-time, read as GMT, with a Z so that the text means the same instant)."""
+    raw = col("a", 103118.0, 2.5, True, datetime(2025, 7, 4, 1, 2, 3), date(2025, 7, 4),
+              datetime(2025, 7, 5), None)
     assert normalise.as_text(raw).tolist() == ["a", "103118", "2.5", "TRUE",
-                                               "2025-07-04 01:02:03", "2025-07-04", ""]
+                                               "2025-07-04 01:02:03Z", "2025-07-04",
+                                               "2025-07-05", ""]
     plain = col("a", "b")
     assert normalise.as_text(plain) is plain

@@ -94,6 +94,59 @@ def test_run_posts_valid_rows_and_reports_every_row(cli: Callable[..., Result], 
     assert list(failed[0])[:len(HEADER)] == HEADER and failed[0]["error_reason"]
 
 
+def test_failed_rows_of_a_workbook_import_again_once_fixed(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A workbook row with a bad amount and real Excel date-time cells: its failed-rows file,
+    with only the amount fixed, imports and posts; the dates mean the same instants."""
+    from datetime import UTC, datetime, timedelta
+
+    from openpyxl import Workbook
+
+    today = datetime.now(UTC).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
+    paid, registered = today - timedelta(days=10, hours=-14, minutes=-30), today - timedelta(3)
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "Payments"
+    sheet.append(["Month-end payments"])
+    sheet.append(HEADER + ["client_registration_date"])
+    sheet.append([CREDITOR, OPEN_CASE.id, "", "SEK", "12 3,4", paid, "WB-1", registered])
+    source = tmp_path / "month-end.xlsx"
+    book.save(source)
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["run", str(source), "--report-dir", str(tmp_path / "first")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    failed = tmp_path / "first" / "failed-month-end-Payments.csv"
+    text = failed.read_text(encoding="utf-8-sig")
+    assert f"{paid:%Y-%m-%d} 14:30:00Z" in text and f",{registered:%Y-%m-%d}," in text
+    failed.write_text(text.replace("12 3,4", "123,40"), encoding="utf-8-sig")
+    cli(["run", str(failed), "--report-dir", str(tmp_path / "again")], env=env)
+    [row] = report(tmp_path / "again")["rows"]
+    assert (row["status"], row["amount"]) == ("completed", 123.4), row["message"]
+    assert row["bank_transaction_date"] == f"{paid:%a, %d %b %Y} 14:30:00 GMT"
+    assert row["client_registration_date"] == f"{registered:%a, %d %b %Y} 00:00:00 GMT"
+    assert stored_references(sandbox) == Counter({"WB-1": 1})
+
+
+def test_failed_rows_of_a_swedish_excel_csv_keep_its_semicolons(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A ';' cp1252 export: the failed-rows file uses ';' too (a Swedish Excel opens it in
+    columns) and imports again once fixed."""
+    source = tmp_path / "payments-sek.csv"
+    lines = [";".join(HEADER), f"{CREDITOR};{OPEN_CASE.id};;SEK;1 234,5x;{BANK_DATE};Återbet-1"]
+    source.write_bytes(("\r\n".join(lines) + "\r\n").encode("cp1252"))
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["run", str(source), "--report-dir", str(tmp_path / "first")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    failed = tmp_path / "first" / "failed-payments-sek.csv"
+    text = failed.read_text(encoding="utf-8-sig")
+    assert text.splitlines()[0] == ";".join([*HEADER, "error_reason", "error_message"])
+    assert ";1 234,5x;" in text and "Återbet-1" in text
+    failed.write_text(text.replace("1 234,5x", "1 234,50"), encoding="utf-8-sig")
+    cli(["run", str(failed), "--report-dir", str(tmp_path / "again")], env=env)
+    [row] = report(tmp_path / "again")["rows"]
+    assert (row["status"], row["amount"]) == ("completed", 1234.5), row["message"]
+
+
 def test_same_file_again_posts_nothing_twice(cli: Callable[..., Result], tmp_path: Path,
                                              sandbox: RunningSandbox) -> None:
     """Running the same file again reports the earlier outcomes and posts nothing."""

@@ -265,7 +265,7 @@ def test_excel_cells() -> None:
     assert "'=…' is a formula without a saved result" in out["message"][1]
     assert out["sheet"].tolist() == ["payments", "payments"]
     assert out["input:Invoice Number"].tolist() == ["103118", "103119"]
-    assert out["input:Bank Transaction Date"][0] == "2025-07-04 16:20:41"
+    assert out["input:Bank Transaction Date"][0] == "2025-07-04 16:20:41Z"
 
 
 def test_messages_never_start_like_a_formula() -> None:
