@@ -643,6 +643,13 @@ class Journal:
         done = [r for r in self.prior(fingerprint) if r.done]
         return done[-1] if done else None
 
+    def status_unknown(self, fingerprints: set[str]) -> list[RowRecord]:
+        """Rows with one of these fingerprints stored in Amili (an id is known) whose status
+        was never read: the 201 carried none and the read-back failed."""
+        rows = self._query("SELECT * FROM rows WHERE reason = ? AND amili_id IS NOT NULL"
+                           " ORDER BY id", ("status_unknown",))
+        return [_row(r) for r in rows if r["fingerprint"] in fingerprints]
+
     def pending(self, exclude_run: str | None = None) -> list[RowRecord]:
         """Rows left ``in_flight``/``unknown`` by runs that are over (finished, or whose
         process is gone): these must be read back before anything is posted.

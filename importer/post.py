@@ -249,6 +249,7 @@ def post_rows(
     guard = _stop_on_signals(engine.stop) if handle_signals else _nothing()
     with guard:
         engine.reconcile()
+        engine.refresh_statuses(rows)
         return engine.post_all(rows)
 
 
@@ -321,6 +322,7 @@ class _Engine:
         self._progress_lock = threading.Lock()
         self._status_todo: list[_StatusTodo] = []  # created rows whose 201 had no status
         self._batch_reads = True  # False once the API refused an "$in" read-back
+        self._reads_down: str | None = None  # why status reads stopped (the API went away)
 
     # -- reconciliation ---------------------------------------------------------------------
 
@@ -385,6 +387,23 @@ class _Engine:
             if now is not None:
                 out.append(now)
         return out
+
+    def refresh_statuses(self, rows: list[PlannedRow]) -> None:
+        """Read again the status of rows of these files that an earlier run stored without
+        learning it (``status_unknown``), so that they are reported with Amili's status."""
+        earlier = self.journal.status_unknown({row.fingerprint for row in rows})
+        for rec in earlier:
+            kind = KINDS.get(rec.kind)
+            if kind is None or not rec.amili_id:
+                continue
+            rlog = self.log.bind(file=rec.ref.file_name, sheet=rec.ref.sheet, row=rec.ref.row,
+                                 kind=rec.kind, earlier_run=rec.run_id, journal_id=rec.id)
+            outcome = Outcome(index=-1, status=WARNING, reason="status_unknown", message="",
+                              attempts=rec.attempts, http_status=rec.http_status)
+            self._status_todo.append(_StatusTodo(kind, rec.amili_id, rec.id, {}, outcome, rlog))
+        if self._status_todo:
+            self.log.info("post.refresh_statuses", rows=len(self._status_todo))
+            self._read_statuses()
 
     # -- posting ----------------------------------------------------------------------------
 
@@ -680,6 +699,8 @@ class _Engine:
             except Exception as exc:  # the single reads below still settle every row
                 if isinstance(exc, ApiError) and not isinstance(exc, TransientApiError):
                     self._batch_reads = False  # refused: no point in asking again
+                elif isinstance(exc, TransientApiError):
+                    self._reads_down = str(exc)  # retries ran out: one by one would too
                 self.log.info("post.status_batch_failed", rows=len(ids), error=str(exc))
             else:
                 wanted = {i.lower() for i in ids}
@@ -697,11 +718,19 @@ class _Engine:
     def _read_status(self, item: _StatusTodo) -> None:
         note = None
         record: dict[str, Any] | None = None
+        if self._reads_down is not None:
+            # Each read would wait through its own retries: the rows keep the 201's status,
+            # and the next run that meets them reads them again.
+            self._settle_status(item, None, "not read back, the API stopped answering "
+                                f"({self._reads_down})")
+            return
         try:
             record = self.client.get(item.kind, item.amili_id)
         except Exception as exc:  # the record exists; its status stays provisional
             note = f"reading the record back failed: {exc}"
             item.log.warning("row.get_failed", amili_id=item.amili_id, error=str(exc))
+            if isinstance(exc, TransientApiError):
+                self._reads_down = str(exc)
         if record is None and note is None:
             note = "the record could not be read back (404)"
         self._settle_status(item, record, note)

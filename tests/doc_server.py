@@ -34,6 +34,7 @@ class Variant:
     # store the record `late_seconds` later (a backend that carries on after the gateway gave up).
     lose: list[str] = field(default_factory=list)
     late_seconds: float = 1.0
+    fail_gets: int = 0  # answer every GET with this HTTP status (0: never)
 
 
 class _State:
@@ -71,6 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = url.path.strip("/").split("/")
         v = self.state.variant
         self.state.gets.append(url.path)
+        if v.fail_gets:
+            return self._send(v.fail_gets, {"_status": "ERR", "_error": {
+                "code": v.fail_gets, "message": "Service Unavailable"}})
         if len(parts) == 2:  # one record by id: always whole
             found = [r for r in self.state.records if r["_id"] == parts[1]]
             if found:

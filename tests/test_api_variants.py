@@ -204,3 +204,32 @@ def test_reconcile_waits_for_a_killed_runs_late_record(serve: Any, tmp_path: Pat
     [out] = post(server, tmp_path, [row(payload)], run_id="r1", settle=2.0)
     assert server.posts == 0 and len(server.records) == 1
     assert (out.status, out.amili_id) == ("completed", "68b82422d6fd1d378f17ffff")
+
+
+def test_status_reads_stop_when_the_api_goes_away(serve: Any, tmp_path: Path) -> None:
+    """The 201s carry no status and every GET then fails: once one read has run out of
+    retries the others are not tried (each would wait through its own); the rows stay
+    stored, their status unknown, and they say why."""
+    server = serve(Variant(fail_gets=503))
+    rows = [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2) for n in range(5)]
+    out = post(server, tmp_path, rows)
+    assert server.posts == 5 and len(server.records) == 5
+    assert {(o.status, o.reason) for o in out} == {("warning", "status_unknown")}
+    assert all("not read back, the API stopped answering" in o.message for o in out)
+    assert len(server.gets) <= 6  # one batch read's attempts, not one set per row
+
+
+def test_a_status_never_read_is_read_by_the_next_run(serve: Any, tmp_path: Path) -> None:
+    """Stored, status unknown (the API went away before it was read); Amili then settles one
+    record as error. Running the file again reads the status: that row is reported error,
+    the other completed, and nothing is posted again."""
+    server = serve(Variant(fail_gets=503))
+    rows = [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2) for n in range(2)]
+    first = post(server, tmp_path, rows)
+    assert {o.reason for o in first} == {"status_unknown"}
+    server.state.variant.fail_gets = 0
+    server.records[1]["status"] = "error"
+    again = post(server, tmp_path, rows, run_id="r2")
+    assert server.posts == 2
+    assert [(o.status, o.reason) for o in again] == [("completed", "already_posted"),
+                                                     ("error", "already_posted")]
