@@ -92,6 +92,10 @@ if TYPE_CHECKING:
 KNOWN_STATUSES = (COMPLETED, WARNING, ERROR)
 # Ids per status read-back query: Eve's max_results ceiling, so one page normally holds them.
 STATUS_BATCH = 100
+# Pages a read-back follows (up to 20 000 records at 100 a page, 5 000 where pages are capped at
+# 25): a case with many payments without a reference must still be read whole, or the row
+# would stay "unknown" run after run. Reading stops at the last page, so this costs only there.
+READBACK_PAGES = 200
 # Ids compare case-insensitively (Mongo ObjectIds are hex).
 ID_FIELDS = ("creditor", "case")
 
@@ -835,7 +839,7 @@ class _Engine:
             conclusive = True
             for number, where in enumerate(filters):
                 try:
-                    records = self.client.find(kind, where)
+                    records = self.client.find(kind, where, max_pages=READBACK_PAGES)
                 except Exception as exc:
                     # A fallback filter the API refuses outright (e.g. a field it does not
                     # filter on) cannot find anything; anything else leaves the doubt. The

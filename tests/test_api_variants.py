@@ -233,3 +233,15 @@ def test_a_status_never_read_is_read_by_the_next_run(serve: Any, tmp_path: Path)
     assert server.posts == 2
     assert [(o.status, o.reason) for o in again] == [("completed", "already_posted"),
                                                      ("error", "already_posted")]
+
+
+def test_a_read_back_reads_a_busy_case_whole(serve: Any, tmp_path: Path) -> None:
+    """300 earlier payments without a reference on the case, pages capped at 25: the answer to
+    the POST is lost and the read-back pages through all of them and finds the record."""
+    server = serve(Variant(lose=["drop"]))
+    for n in range(300):
+        server.add(RESOURCE, {**body(1.0 + n, ref=None), "_id": f"{n:024x}", "status": "completed",
+                              "_created": "Mon, 03 Nov 2025 10:00:00 GMT"})
+    [out] = post(server, tmp_path, [row(body(5000.0, ref=None))])
+    assert (out.status, server.posts) == ("completed", 1), out.message
+    assert "found in Amili by read-back" in out.message
