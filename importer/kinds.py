@@ -124,18 +124,19 @@ def kind_by_name(name: str) -> Kind:
     return KINDS[key]
 
 
+# Words in a file or sheet name that tell its kind, English and Swedish (a finance team's own
+# sheet names: Betalningar, Kreditering, Återkallelser).
+_KIND_WORDS = {"payments": ("payment", "betalning"),
+               "creditings": ("credit", "kredit"),
+               "cancellations": ("cancel", "återkall", "makuler")}
+
+
 def kind_from_label(label: str) -> Kind | None:
     """Tell the kind from a file or worksheet name, or None when it cannot be told.
 
-    The word ``creditor`` is ignored (``creditor-payments.csv`` is payments, not
-    creditings); a name that matches more than one kind is not guessed.
+    The word ``creditor`` (Swedish ``kreditor``) is ignored (``creditor-payments.csv`` is
+    payments, not creditings); a name that matches more than one kind is not guessed.
     """
-    words = re.sub(r"creditor", " ", label.lower())
-    found = set()
-    if "payment" in words:
-        found.add("payments")
-    if "credit" in words:
-        found.add("creditings")
-    if "cancel" in words:
-        found.add("cancellations")
+    words = re.sub(r"[ck]reditor", " ", label.lower())
+    found = {kind for kind, stems in _KIND_WORDS.items() if any(s in words for s in stems)}
     return KINDS[found.pop()] if len(found) == 1 else None

@@ -171,9 +171,12 @@ def kind_for(name: str, label: str, options: ReadOptions, fallback: str | None =
     kind = kind_from_label(label)
     if kind is None and fallback is not None:
         kind = kind_from_label(fallback)
+    if kind is None and fallback is not None:
+        raise FileRejected(name, f"cannot tell the kind from worksheet {label!r}: rename each "
+                                 "data sheet after its kind ('Payments', 'Creditings', "
+                                 "'Cancellations'); --kind would read every sheet as one kind")
     if kind is None:
-        where = f"worksheet {label!r}" if fallback is not None else "the file name"
-        raise FileRejected(name, f"cannot tell the kind from {where}: {NAMING_HINT}")
+        raise FileRejected(name, f"cannot tell the kind from the file name: {NAMING_HINT}")
     return kind
 
 

@@ -96,8 +96,28 @@ def test_sheet_without_kind_holding_data_rejects_file(tmp_path: Path) -> None:
     wb.active.title = "Data"
     wb.active.append(["creditor", "case", "amount"])
     wb.active.append([CRED, CRED, 10])
-    with pytest.raises(FileRejected, match="worksheet 'Data'.*name the file"):
+    with pytest.raises(FileRejected, match="worksheet 'Data'.*rename each data sheet after "
+                       "its kind.*--kind would read every sheet as one kind"):
         open_file(save(wb, tmp_path, "month.xlsx"), ReadOptions())
+
+
+def test_swedish_sheet_names_tell_the_kind(tmp_path: Path) -> None:
+    """Betalningar, Kreditering and Återkallelser are payments, creditings and cancellations;
+    'Kreditor' alone (Swedish for creditor) says nothing."""
+    from importer.kinds import CANCELLATIONS, CREDITINGS, PAYMENTS, kind_from_label
+
+    assert kind_from_label("Betalningar") is PAYMENTS
+    assert kind_from_label("Inbetalningar nov") is PAYMENTS
+    assert kind_from_label("Kreditering") is CREDITINGS
+    assert kind_from_label("Återkallelser") is CANCELLATIONS
+    assert kind_from_label("kreditor-betalningar.csv") is PAYMENTS
+    assert kind_from_label("Kreditor") is None
+    wb = openpyxl.Workbook()
+    wb.active.title = "Betalningar"
+    wb.active.append(PAY_HEADER)
+    wb.active.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
+    _, (table,) = open_file(save(wb, tmp_path, "month.xlsx"), ReadOptions())
+    assert table.kind is PAYMENTS
 
 
 def test_notes_sheet_beside_the_data_is_skipped(tmp_path: Path) -> None:
