@@ -170,13 +170,13 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
     if result.extra.get("could_not_run"):
         # The API cannot be used (login or token refused): every later file would fail the same
         # way, so the drain stops and the files stay in the folder for the next run.
-        raise ApiError(f"{path.name}: could not post ({result.extra['could_not_run']}); report "
+        raise ApiError(f"could not post ({result.extra['could_not_run']}); report "
                        f"in {result.report_dir}")
     if result.extra.get("stopped"):
         # Stopped by SIGINT/SIGTERM (systemctl stop, Ctrl-C): stop the drain too, and leave
         # this file in place; the next run posts what was not reached (the journal skips
         # every row already done).
-        raise ImporterError(f"{path.name}: stopped by a signal; report in {result.report_dir}")
+        raise ImporterError(f"stopped by a signal; report in {result.report_dir}")
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
     return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected)
 
