@@ -63,6 +63,11 @@ def test_inbox_posts_archives_and_reports_each_file(
     assert by_file["payments-bad.csv"]["totals"] == {"error": 1}
     for data in by_file.values():
         assert str(inbox / "reports" / str(data["run_id"])) in result.stdout
+    # The summary names each file's run, and says how to go on from rows in error.
+    bad_run = by_file["payments-bad.csv"]["run_id"]
+    assert "payments-bad.csv: error 1 -> failed/" in result.stderr
+    assert f"[run {bad_run}]" in result.stderr
+    assert f"rows in error: `amili-import show {bad_run}`" in result.stderr
     assert sandbox.state.count("creditor--payments") == 1
 
 
