@@ -277,7 +277,7 @@ def _summary_xml(head: dict[str, Any], summary: Summary, *, truncated: bool, lim
         add(f["name"], f["rows"], ", ".join(f["kinds"]), f["rejected"] or "", f["sha256"],
             "; ".join(f["notes"]))
     add()
-    add("Kind", "Status", "Rows", "Amount (SEK)", style=S_HEADER)
+    add("Kind", "Status", "Rows", "Amount in the files (SEK)", style=S_HEADER)
     keys = sorted(set(summary.counts) | set(summary.amounts),
                   key=lambda k: (k[0], _rank(k[1]), k[1]))
     for kind, status in keys:
@@ -285,6 +285,9 @@ def _summary_xml(head: dict[str, Any], summary: Summary, *, truncated: bool, lim
         lines.append([(kind, 0), (status, S_STATUS.get(status, 0)),
                       (summary.counts.get((kind, status), 0), 0),
                       (amount if amount is not None else None, S_MONEY)])
+    if keys:
+        add("Amounts as written in the files; what Amili applied to each case (e.g. less, for "
+            "an overpayment) is the row's settled_amount on the Rows sheet.")
     add()
     add("Status", "Rows", style=S_HEADER)
     for status, n in summary.totals.items():

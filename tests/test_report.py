@@ -186,6 +186,8 @@ def test_summary_sheet_counts_and_amounts(tmp_path: Path) -> None:
     assert table[("payments", "warning")] == (1, 5.0)
     assert ("cancellations", "valid") in table
     assert any(isinstance(c, str) and "lists all 5 rows" in c for c in cells)
+    assert "Amount in the files (SEK)" in cells
+    assert any(isinstance(c, str) and "settled_amount" in c for c in cells)
     data = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert {"kind": "payments", "status": "valid", "rows": 2, "amount": 0.3} in data["amounts"]
 
