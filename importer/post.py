@@ -676,6 +676,7 @@ class _Engine:
         """
         todo = self._status_todo
         self._status_todo = []
+        self._reads_down = None  # the API may be back since the last round of reads
         if not todo:
             return
         by_kind: dict[str, list[_StatusTodo]] = {}
