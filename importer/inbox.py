@@ -77,6 +77,7 @@ class InboxFileResult:
         message: one human line about the outcome (e.g. why the file was rejected).
         duplicate: the same content (sha256) was already processed; nothing was posted and the
             file goes to ``done/`` whatever ``exit_code`` says.
+        sha256: the content's digest, as the run computed it.
     """
 
     exit_code: ExitCode
@@ -84,6 +85,7 @@ class InboxFileResult:
     totals: dict[str, int] = field(default_factory=dict)
     message: str = ""
     duplicate: bool = False
+    sha256: str | None = None
 
 
 ProcessOne = Callable[[Path, Path], InboxFileResult]
@@ -491,6 +493,7 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         outcome.totals = dict(result.totals)
         outcome.message = result.message
         outcome.duplicate = result.duplicate
+        outcome.sha256 = outcome.sha256 or result.sha256
     try:
         now = folder.current(entry.name)  # gone: the move below says so
     except Exception as exc:  # cannot tell: the move below meets the same trouble and says so

@@ -165,7 +165,7 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
         with _Run(config, Mode.RUN, options) as run:
             result = run.finish([info], [], lambda chunks: {"duplicate_of": earlier.run_id})
         return InboxFileResult(ExitCode.OK, result.run_id, result.summary.totals, message,
-                               duplicate=True)
+                               duplicate=True, sha256=digest)
     result = execute([path], config, Mode.RUN, options)
     if result.extra.get("could_not_run"):
         # The API cannot be used (login or token refused): every later file would fail the same
@@ -178,7 +178,8 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
         # every row already done).
         raise ImporterError(f"stopped by a signal; report in {result.report_dir}")
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
-    return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected)
+    return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected,
+                           sha256=digest)
 
 
 class _Run:

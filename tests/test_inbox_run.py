@@ -71,6 +71,24 @@ def test_inbox_posts_archives_and_reports_each_file(
     assert sandbox.state.count("creditor--payments") == 1
 
 
+def test_inbox_log_names_each_files_content(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """The JSON log's inbox.file event carries the sha256 of a local file, as the report
+    does, so the morning-after reader can tie a log line to a file's content."""
+    import hashlib
+
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    source = aged(write_csv(inbox / "payments-one.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "S1"]]))
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    result = cli(["--log-format", "json", "inbox", str(inbox), "--min-age", "1"],
+                 env=env_for(sandbox, tmp_path / "state"))
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    [event] = [e for e in events if e.get("event") == "inbox.file"]
+    assert event["sha256"] == digest and event["file"] == "payments-one.csv"
+
+
 def test_redropped_identical_file_is_not_posted_again(
         cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
     """A file whose content was already processed goes to done/ with a report saying so."""
