@@ -104,10 +104,11 @@ def show_lines(config: Config, reference: str) -> list[str]:
         f"  started  {record.started}",
         f"  finished {finished}",
         f"  exit     {'-' if record.exit_code is None else record.exit_code}",
-        f"  rows     {_totals(record.totals)}",
+        f"  rows     {_totals(record.totals)} (the report: every row of its files)",
     ]
     if counts:
-        lines.append(f"  journal  {_totals(dict(counts))}")
+        lines.append(f"  posting  {_totals(dict(counts))} (journal states of the rows that went "
+                     "to posting; rows refused by validation are in the report only)")
     for f in files:
         state = f"REJECTED: {f.rejected}" if f.rejected else f"{f.rows} rows"
         lines.append(f"  file     {f.name} ({', '.join(f.kinds) or '-'}; {state}; "

@@ -274,6 +274,8 @@ def test_retry_reposts_transient_failures(cli: Callable[..., Result], tmp_path: 
     assert first["run_id"] in listing and second["run_id"] in listing
     shown = cli(["show", second["run_id"]], env=env).output
     assert f"retry of {first['run_id']}" in shown and str(tmp_path / "r2") in shown
+    assert "rows     2 completed (the report" in shown
+    assert "posting  2 completed (journal states" in shown
 
 
 def test_sigkill_at_random_moments_never_doubles_a_row(
