@@ -300,7 +300,11 @@ class _Provisional(Settlement):
 
 @dataclass
 class _StatusTodo:
-    """A created row whose 201 carried no ``status``: read back after the posting."""
+    """A created row whose 201 carried no ``status``: read back after the posting.
+
+    ``earlier``: a row an earlier run stored (``status_unknown``), read again; its journal
+    entry changes only when the record is read, and it is judged as a record read back.
+    """
 
     kind: Kind
     amili_id: str
@@ -308,6 +312,7 @@ class _StatusTodo:
     body: dict[str, Any]
     outcome: Outcome
     log: Any
+    earlier: bool = False
 
 
 class _Engine:
@@ -404,7 +409,8 @@ class _Engine:
                                  kind=rec.kind, earlier_run=rec.run_id, journal_id=rec.id)
             outcome = Outcome(index=-1, status=WARNING, reason="status_unknown", message="",
                               attempts=rec.attempts, http_status=rec.http_status)
-            self._status_todo.append(_StatusTodo(kind, rec.amili_id, rec.id, {}, outcome, rlog))
+            self._status_todo.append(_StatusTodo(kind, rec.amili_id, rec.id, {}, outcome, rlog,
+                                                 earlier=True))
         if self._status_todo:
             self.log.info("post.refresh_statuses", rows=len(self._status_todo))
             self._read_statuses()
@@ -742,10 +748,14 @@ class _Engine:
 
     def _settle_status(self, item: _StatusTodo, record: dict[str, Any] | None,
                        note: str | None) -> None:
+        if item.earlier and record is None:
+            # Not read again: the journal keeps what it knew (the id above all).
+            item.log.info("row.status_still_unknown", amili_id=item.amili_id, detail=note)
+            return
         # The record read now is fresher than the 201: its fields win; the 201 still gives
         # what a record read by GET does not carry (Eve's _status, the id).
         info = {**item.body, **{k: v for k, v in (record or {}).items() if v is not None}}
-        settled = self._from_record(item.kind, info, written=True,
+        settled = self._from_record(item.kind, info, written=not item.earlier,
                                     attempts=item.outcome.attempts,
                                     http_status=item.outcome.http_status)
         settled.message = _join(settled.message, note)

@@ -245,3 +245,20 @@ def test_a_read_back_reads_a_busy_case_whole(serve: Any, tmp_path: Path) -> None
     [out] = post(server, tmp_path, [row(body(5000.0, ref=None))])
     assert (out.status, server.posts) == ("completed", 1), out.message
     assert "found in Amili by read-back" in out.message
+
+
+def test_a_status_read_that_fails_again_keeps_what_the_journal_knew(
+        serve: Any, tmp_path: Path) -> None:
+    """The next run's read of an unknown status fails too: the earlier row keeps its Amili id
+    (so a third run still reads it), and a record with only _payment_status is then
+    believed, as any record read back is."""
+    server = serve(Variant(fail_gets=503))
+    rows = [row(body(100.0), 2)]
+    [first] = post(server, tmp_path, rows)
+    assert (first.reason, first.amili_id) == ("status_unknown", server.records[0]["_id"])
+    [second] = post(server, tmp_path, rows, run_id="r2")
+    assert (second.status, second.amili_id) == ("warning", server.records[0]["_id"])
+    server.state.variant.fail_gets = 0
+    del server.records[0]["status"]  # only _payment_status: completed is left
+    [third] = post(server, tmp_path, rows, run_id="r3")
+    assert (third.status, third.reason, server.posts) == ("completed", "already_posted", 1)
