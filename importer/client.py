@@ -15,6 +15,7 @@ import json
 import random
 import re
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -298,12 +299,15 @@ class ApiClient:
         self.auth.login()
         self.auth.get_valid_token()
 
-    def post(self, kind: Kind, body: dict[str, Any]) -> PostResult:
+    def post(self, kind: Kind, body: dict[str, Any],
+             on_send: Callable[[], None] | None = None) -> PostResult:
         """POST one record, re-sending only where that cannot create a duplicate.
 
         Args:
             kind: which endpoint.
             body: the JSON body (amounts as numbers; Decimal is accepted).
+            on_send: called just before each attempt goes out (after the rate limiter), so
+                the caller can note when the request was last sent.
 
         Returns:
             The outcome; see :class:`PostResult`.
@@ -321,7 +325,7 @@ class ApiClient:
             token = self.auth.get_valid_token()
             attempts += 1
             try:
-                response = self._once("POST", path, data=data, token=token)
+                response = self._once("POST", path, data=data, token=token, on_send=on_send)
             except _TRANSPORT_ERRORS as exc:
                 if _tls_verification_failed(exc):
                     raise ApiError(self._tls_message(exc)) from None
@@ -455,7 +459,8 @@ class ApiClient:
 
     def _once(self, method: str, path: str, *, params: dict[str, Any] | None = None,
               data: str | None = None, token: str | None = None,
-              headers: dict[str, str] | None = None) -> requests.Response:
+              headers: dict[str, str] | None = None,
+              on_send: Callable[[], None] | None = None) -> requests.Response:
         """Send one request through the rate limiter; no retries here.
 
         The request is prepared here and given to ``Session.send`` (the session's pool,
@@ -482,6 +487,8 @@ class ApiClient:
         prepared.prepare_cookies(self._session.cookies)
         prepared.hooks = default_hooks()
         with self._slot():
+            if on_send is not None:
+                on_send()
             # No redirects: a redirected POST could be re-sent, or turned into a GET.
             return self._session.send(prepared, timeout=self._timeout, allow_redirects=False,
                                       **self._send_settings)

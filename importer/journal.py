@@ -599,6 +599,12 @@ class Journal:
             cur = self._db.execute(_CLAIM_ROW, (*values, *_prior_args(fingerprint)))
             return int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid else None
 
+    def touch(self, row_id: int) -> None:
+        """Note that a row's POST is going out now (``updated``): a later reconcile counts
+        the settle time from the last send, not from when the row was begun."""
+        with self._lock:
+            self._db.execute("UPDATE rows SET updated = ? WHERE id = ?", (now(), row_id))
+
     def repost(self, row_id: int) -> None:
         """Commit ``in_flight`` again before a row is POSTed once more (after a read-back
         showed the earlier POST stored nothing)."""

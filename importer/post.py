@@ -96,6 +96,10 @@ STATUS_BATCH = 100
 # 25): a case with many payments without a reference must still be read whole, or the row
 # would stay "unknown" run after run. Reading stops at the last page, so this costs only there.
 READBACK_PAGES = 200
+# POSTs in a row whose answer was lost and that proved, once settled, to have stored nothing:
+# then the API is failing every POST (a broken deploy answering 500), and each further row
+# would wait out the settle time in vain: the run stops, as when the API cannot be reached.
+LOST_IN_A_ROW = 3
 # Ids compare case-insensitively (Mongo ObjectIds are hex).
 ID_FIELDS = ("creditor", "case")
 
@@ -332,6 +336,7 @@ class _Engine:
         self._status_todo: list[_StatusTodo] = []  # created rows whose 201 had no status
         self._batch_reads = True  # False once the API refused an "$in" read-back
         self._reads_down: str | None = None  # why status reads stopped (the API went away)
+        self._lost_in_a_row = 0  # see LOST_IN_A_ROW; a stored POST sets it back to 0
 
     # -- reconciliation ---------------------------------------------------------------------
 
@@ -575,11 +580,19 @@ class _Engine:
         posts_left = 1 + self.tuning.extra_posts
         lost: list[str] = []
         sent_at = journal_now()  # the journal's clock: in_flight was committed just before
+        noted = [time.monotonic()]  # when the journal's `updated` was last moved on
+
+        def sending() -> None:
+            # A send held up (rate limit, retries after 503/429) moves `updated` on, so a
+            # reconcile after a crash counts the settle time from the last send.
+            if time.monotonic() - noted[0] > 1.0:
+                self.journal.touch(journal_id)
+                noted[0] = time.monotonic()
+
         while True:
             posts_left -= 1
-            last_sent = journal_now()
             try:
-                result = self.client.post(row.kind, row.payload)
+                result = self.client.post(row.kind, row.payload, on_send=sending)
             except ApiError as exc:
                 # The client raises only when the API cannot be used at all (login refused,
                 # TLS); the request was not stored. No point in sending the other rows.
@@ -594,6 +607,8 @@ class _Engine:
                                   attempts=attempts, message=f"unexpected error while posting "
                                   f"({type(exc).__name__}: {exc}); read back on the next run")
             attempts += result.attempts
+            if result.outcome in ("created", "rejected"):
+                self._lost_in_a_row = 0  # the API is handling POSTs
             if result.outcome == "created":
                 if result.body is not None and record_id(result.body):
                     return self._created(row.kind, result, attempts)
@@ -607,6 +622,7 @@ class _Engine:
                                   http_status=result.http_status, attempts=attempts,
                                   message=result.message)
             # unknown (or an outcome this engine does not know: treated as unknown)
+            last_sent = journal_now()  # the lost attempt went out before this, never after
             lost.append(result.message)
             rlog.warning("row.outcome_unknown", http_status=result.http_status,
                          detail=result.message)
@@ -614,6 +630,7 @@ class _Engine:
                 row.kind, row.payload, row.case_key, self.tuning.readback_delays,
                 sent_after=sent_at, last_sent=last_sent, rlog=rlog)
             if record is not None:
+                self._lost_in_a_row = 0
                 settled = self._from_record(row.kind, record, written=False, attempts=attempts,
                                             http_status=result.http_status)
                 settled.message = _join("the answer was lost; found in Amili by read-back",
@@ -623,8 +640,20 @@ class _Engine:
             if not conclusive:
                 return Settlement(UNKNOWN, retryable=True, reason="outcome_unknown",
                                   http_status=result.http_status, attempts=attempts,
-                                  message=f"{result.message}; the read-back failed too ({why}); "
+                                  message=f"{result.message}; not settled by read-back ({why}); "
                                   "it is read back again on the next run or retry")
+            with self._progress_lock:
+                self._lost_in_a_row += 1
+                failing = self._lost_in_a_row >= LOST_IN_A_ROW
+            if failing:
+                self.fatal = (f"{LOST_IN_A_ROW} POSTs in a row lost their answer ({lost[-1]}) "
+                              "and stored nothing")
+                self.stop.set()
+                rlog.error("run.api_unusable", error=self.fatal)
+                return Settlement(FAILED, retryable=True, reason="api_unusable",
+                                  http_status=result.http_status, attempts=attempts,
+                                  message=f"not stored (read back): {self.fatal}; the run "
+                                  "stopped, the next run posts what it did not reach")
             if posts_left <= 0 or self.stop.is_set():
                 return Settlement(FAILED, retryable=True, reason="retry_exhausted",
                                   http_status=result.http_status, attempts=attempts,
@@ -632,6 +661,7 @@ class _Engine:
                                   f"({lost[-1]}); read back: nothing was stored, safe to retry")
             rlog.info("row.repost", posts_done=len(lost))
             self.journal.repost(journal_id)
+            noted[0] = time.monotonic()
 
     def _stored_without_id(self, row: PlannedRow, result: PostResult, attempts: int,
                            sent_at: str, rlog: Any) -> Settlement:

@@ -31,7 +31,8 @@ class Variant:
     answer: str = "meta"  # 201 body: "meta" (Eve), "empty", "oid" ({"$oid"}), "no_id"
     status: str = "completed"  # the stored record's status (and the 201's, for "no_id")
     # Per POST, in order: "drop" the connection after storing; "late": answer 500 at once and
-    # store the record `late_seconds` later (a backend that carries on after the gateway gave up).
+    # store the record `late_seconds` later (a backend that carries on after the gateway gave up);
+    # "busy": 503 with Retry-After: 2, nothing stored.
     lose: list[str] = field(default_factory=list)
     late_seconds: float = 1.0
     fail_gets: int = 0  # answer every GET with this HTTP status (0: never)
@@ -58,9 +59,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def _send(self, code: int, obj: Any = None, raw: bytes | None = None) -> None:
+    def _send(self, code: int, obj: Any = None, raw: bytes | None = None,
+              retry_after: str | None = None) -> None:
         body = raw if raw is not None else json.dumps(obj).encode()
         self.send_response(code)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -103,6 +107,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.posts += 1
             lost = v.lose.pop(0) if v.lose else None
+            if lost == "busy":
+                return self._send(503, {"_status": "ERR", "_error": {
+                    "code": 503, "message": "Service Unavailable"}}, retry_after="2")
             rid = format(next(self.state.ids), "x")
             record = {**body, "_id": rid, "_created": _stamp(now, v), "_updated": _stamp(now, v),
                       "_resource": self.path.strip("/"), "status": v.status,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,55 @@ def test_a_status_read_that_fails_again_keeps_what_the_journal_knew(
     del server.records[0]["status"]  # only _payment_status: completed is left
     [third] = post(server, tmp_path, rows, run_id="r3")
     assert (third.status, third.reason, server.posts) == ("completed", "already_posted", 1)
+
+
+def test_the_settle_time_counts_from_the_attempt_that_was_lost(
+        serve: Any, tmp_path: Path) -> None:
+    """The first attempt gets a 503 with Retry-After: 2; the second, sent 2 s after the row
+    was begun, gets a 500 and is stored a second later. The settle time (1.5 s) counts from
+    that second attempt, not from the start: the record is found, nothing is sent again."""
+    server = serve(Variant(lose=["busy", "late"], late_seconds=1.0))
+    [out] = post(server, tmp_path, [row(body())], settle=1.5)
+    assert (out.status, server.posts, len(server.records)) == ("completed", 2, 1), out.message
+
+
+def test_a_held_up_send_moves_the_journal_time_on(serve: Any, tmp_path: Path) -> None:
+    """A send that goes out more than a second after the row was begun (here after a 503's
+    Retry-After) moves the row's journal time on, so that a reconcile after a crash counts
+    the settle time from that send."""
+    server = serve(Variant(lose=["busy"]))
+    seen: list[tuple[str, str]] = []
+
+    class Watching(ApiClient):
+        def post(self, kind: Any, body: dict[str, Any], on_send: Any = None) -> Any:
+            def spy() -> None:
+                on_send()
+                with Journal(tmp_path / "state", read_only=True) as journal:
+                    [rec] = [r for r in journal.rows("r1")]
+                    seen.append((rec.created, rec.updated))
+            return super().post(kind, body, spy)
+
+    config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
+                    backoff_base=0.01, backoff_max=0.02)
+    with Journal(tmp_path / "state") as journal, Watching(config) as client:
+        journal.start_run("r1", "run")
+        post_rows([row(body())], client, journal, "r1", config, structlog.get_logger(),
+                  tuning=FAST, handle_signals=False)
+    (created, first), (_, second) = seen
+    assert first == created  # sent at once: no extra write
+    gap = datetime.fromisoformat(second) - datetime.fromisoformat(created)
+    assert gap.total_seconds() >= 1.9
+
+
+def test_posts_that_keep_failing_without_storing_stop_the_run(
+        serve: Any, tmp_path: Path) -> None:
+    """Every POST answers 500 and stores nothing: after three lost POSTs proved (once
+    settled) to have stored nothing, the run stops instead of waiting out the settle time
+    for every row; nothing is stored twice and the rows not reached are retryable."""
+    server = serve(Variant(lose=["late"] * 20, late_seconds=3600))
+    rows = [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2) for n in range(4)]
+    out = post(server, tmp_path, rows, settle=0.2)
+    assert server.posts == 3 and server.records == []
+    assert out[0].reason == "api_unusable" and "3 POSTs in a row" in out[0].message
+    assert [o.reason for o in out[1:]] == ["not_posted"] * 3
+    assert all(o.retryable for o in out)

@@ -91,12 +91,12 @@ class CountingClient(ApiClient):
         self.now = 0
         self.peak = 0
 
-    def post(self, kind: Kind, body: dict[str, Any]) -> PostResult:
+    def post(self, kind: Kind, body: dict[str, Any], on_send: Any = None) -> PostResult:
         with self.lock:
             self.now += 1
             self.peak = max(self.peak, self.now)
         try:
-            return super().post(kind, body)
+            return super().post(kind, body, on_send)
         finally:
             with self.lock:
                 self.now -= 1
@@ -370,11 +370,11 @@ class LosingClient(ApiClient):
 
     lost = 0
 
-    def post(self, kind: Kind, body: dict[str, Any]) -> PostResult:
+    def post(self, kind: Kind, body: dict[str, Any], on_send: Any = None) -> PostResult:
         if self.lost == 0:
             self.lost += 1
             return PostResult("unknown", None, None, 1, "connection dropped (simulated)")
-        return super().post(kind, body)
+        return super().post(kind, body, on_send)
 
 
 def test_unknown_not_found_is_posted_again(sandbox: RunningSandbox, tmp_path: Path,
