@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from importer.errors import UsageError
@@ -124,19 +125,30 @@ def kind_by_name(name: str) -> Kind:
     return KINDS[key]
 
 
-# Words in a file or sheet name that tell its kind, English and Swedish (a finance team's own
-# sheet names: Betalningar, Kreditering, Återkallelser).
-_KIND_WORDS = {"payments": ("payment", "betalning"),
-               "creditings": ("credit", "kredit"),
-               "cancellations": ("cancel", "återkall", "makuler")}
+# English stems found anywhere in a file or sheet name ("creditor" removed first).
+_KIND_STEMS = {"payments": "payment", "creditings": "credit", "cancellations": "cancel"}
+# Swedish words, whole words only (a finance team's own sheet names): a stem would also match
+# Betalningsvillkor (terms of payment), Återbetalningar (refunds), Kreditavdelningen.
+_KIND_WORDS_SV = {
+    "payments": {"betalning", "betalningar", "inbetalning", "inbetalningar"},
+    "creditings": {"kreditering", "krediteringar", "kreditnota", "kreditnotor",
+                   "kreditfaktura", "kreditfakturor"},
+    "cancellations": {"återkallelse", "återkallelser", "återkallade", "makulering",
+                      "makuleringar"},
+}
 
 
 def kind_from_label(label: str) -> Kind | None:
     """Tell the kind from a file or worksheet name, or None when it cannot be told.
 
-    The word ``creditor`` (Swedish ``kreditor``) is ignored (``creditor-payments.csv`` is
-    payments, not creditings); a name that matches more than one kind is not guessed.
+    English by stem (``payments-2025-07.csv``, ``Credits``); the word ``creditor`` is ignored
+    (``creditor-payments.csv`` is payments, not creditings). Swedish by whole word
+    (``Betalningar``, ``Kreditering``, ``Återkallelser``). A name that matches more than one
+    kind is not guessed.
     """
-    words = re.sub(r"[ck]reditor", " ", label.lower())
-    found = {kind for kind, stems in _KIND_WORDS.items() if any(s in words for s in stems)}
+    text = unicodedata.normalize("NFC", label).lower()  # macOS file names come decomposed
+    english = text.replace("creditor", " ")
+    words = set(re.findall(r"[^\W\d_]+", text))
+    found = {kind for kind, stem in _KIND_STEMS.items() if stem in english}
+    found |= {kind for kind, names in _KIND_WORDS_SV.items() if words & names}
     return KINDS[found.pop()] if len(found) == 1 else None

@@ -174,7 +174,8 @@ def kind_for(name: str, label: str, options: ReadOptions, fallback: str | None =
     if kind is None and fallback is not None:
         raise FileRejected(name, f"cannot tell the kind from worksheet {label!r}: rename each "
                                  "data sheet after its kind ('Payments', 'Creditings', "
-                                 "'Cancellations'); --kind would read every sheet as one kind")
+                                 "'Cancellations'), or name the file after it; --kind reads "
+                                 "every sheet of the workbook as that one kind")
     if kind is None:
         raise FileRejected(name, f"cannot tell the kind from the file name: {NAMING_HINT}")
     return kind

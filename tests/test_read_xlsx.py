@@ -97,7 +97,7 @@ def test_sheet_without_kind_holding_data_rejects_file(tmp_path: Path) -> None:
     wb.active.append(["creditor", "case", "amount"])
     wb.active.append([CRED, CRED, 10])
     with pytest.raises(FileRejected, match="worksheet 'Data'.*rename each data sheet after "
-                       "its kind.*--kind would read every sheet as one kind"):
+                       "its kind.*name the file after it; --kind reads every sheet"):
         open_file(save(wb, tmp_path, "month.xlsx"), ReadOptions())
 
 
@@ -106,18 +106,32 @@ def test_swedish_sheet_names_tell_the_kind(tmp_path: Path) -> None:
     'Kreditor' alone (Swedish for creditor) says nothing."""
     from importer.kinds import CANCELLATIONS, CREDITINGS, PAYMENTS, kind_from_label
 
+    import unicodedata
+
     assert kind_from_label("Betalningar") is PAYMENTS
     assert kind_from_label("Inbetalningar nov") is PAYMENTS
     assert kind_from_label("Kreditering") is CREDITINGS
     assert kind_from_label("Återkallelser") is CANCELLATIONS
+    assert kind_from_label(unicodedata.normalize("NFD", "återkallelser-juli.csv")) \
+        is CANCELLATIONS
     assert kind_from_label("kreditor-betalningar.csv") is PAYMENTS
-    assert kind_from_label("Kreditor") is None
+    # Words that only contain a kind's word say nothing (terms of payment, refunds, payouts,
+    # the credit department, an instalment plan).
+    for other in ("Kreditor", "Betalningsvillkor", "återbetalningar", "Utbetalningar",
+                  "Kreditavdelningen_2025-07", "Avbetalningsplan", "ackreditering"):
+        assert kind_from_label(other) is None, other
     wb = openpyxl.Workbook()
     wb.active.title = "Betalningar"
     wb.active.append(PAY_HEADER)
     wb.active.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
     _, (table,) = open_file(save(wb, tmp_path, "month.xlsx"), ReadOptions())
     assert table.kind is PAYMENTS
+    # A notes sheet named for terms of payment is still a notes sheet, skipped.
+    notes = wb.create_sheet("Betalningsvillkor")
+    notes["A1"] = "30 dagar netto"
+    info, (table,) = open_file(save(wb, tmp_path, "payments-juli.xlsx"), ReadOptions())
+    assert table.sheet == "Betalningar"
+    assert any("'Betalningsvillkor'" in n for n in info.notes)
 
 
 def test_notes_sheet_beside_the_data_is_skipped(tmp_path: Path) -> None:
