@@ -167,3 +167,5 @@ def _check(config: Config) -> None:
         raise ConfigError("inbox_min_age must be zero or more seconds")
     if config.max_attempts < 1:
         raise ConfigError("max_attempts must be at least 1")
+    if config.settle_seconds < 0:
+        raise ConfigError("settle_seconds must be zero or more seconds")

@@ -641,12 +641,11 @@ def summary_lines(summary: InboxSummary) -> list[str]:
         run = f" [run {f.run_id}]" if f.run_id else ""
         lines.append(f"{f.name}: {what}{where}{run}" + (f"; {f.message}" if f.message else "")
                      + (f"; error: {f.error}" if f.error else ""))
-    failed = [f.run_id for f in summary.files if f.totals.get("error") and f.run_id]
-    if failed:
-        lines.append(f"rows in error: `amili-import show {failed[0]}` says which and why; "
-                     "transient failures go again with `amili-import retry RUN_ID`, data errors "
-                     "are fixed in the failed-*.csv of the run's report folder (see README, "
-                     "'The morning after')")
+    if any(f.totals.get("error") and f.run_id for f in summary.files):
+        lines.append("rows in error: `amili-import show RUN_ID` (the run in brackets) says "
+                     "which and why; transient failures go again with `amili-import retry "
+                     "RUN_ID`, data errors are fixed in the failed-*.csv of the run's report "
+                     "folder (see README, 'The morning after')")
     if summary.stopped:
         lines.append(f"stopped: {summary.stopped}; the remaining files were left in place")
     rows = ", ".join(f"{k} {v}" for k, v in sorted(summary.totals.items())) or "no rows"

@@ -59,6 +59,7 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
         ("colour = 1\n", "unknown setting"),
         ("api_url = \n", "not valid TOML"),
         ('login = "password"\n', "login"),
+        ("settle_seconds = -1\n", "settle_seconds"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
@@ -73,3 +74,11 @@ def test_inbox_settings_from_file_and_environment(tmp_path: Path) -> None:
     config = load_config(path, environ={"AMILI_INBOX_MIN_AGE": "120"})
     assert config.inbox_min_age == 120.0 and config.inbox_require_sidecar is True
     assert load_config(path, environ={}, inbox_require_sidecar=None).inbox_require_sidecar
+
+
+def test_settle_seconds_from_file_and_environment(tmp_path: Path) -> None:
+    """How long a lost POST may still be stored: 60 s unless configured."""
+    assert load_config(write(tmp_path, ""), environ={}).settle_seconds == 60.0
+    path = write(tmp_path, "settle_seconds = 90\n")
+    assert load_config(path, environ={}).settle_seconds == 90.0
+    assert load_config(path, environ={"AMILI_SETTLE_SECONDS": "120"}).settle_seconds == 120.0

@@ -67,7 +67,7 @@ def test_inbox_posts_archives_and_reports_each_file(
     bad_run = by_file["payments-bad.csv"]["run_id"]
     assert "payments-bad.csv: error 1 -> failed/" in result.stderr
     assert f"[run {bad_run}]" in result.stderr
-    assert f"rows in error: `amili-import show {bad_run}`" in result.stderr
+    assert "rows in error: `amili-import show RUN_ID` (the run in brackets)" in result.stderr
     assert sandbox.state.count("creditor--payments") == 1
 
 

@@ -104,9 +104,9 @@ def test_sheet_without_kind_holding_data_rejects_file(tmp_path: Path) -> None:
 def test_swedish_sheet_names_tell_the_kind(tmp_path: Path) -> None:
     """Betalningar, Kreditering and Återkallelser are payments, creditings and cancellations;
     'Kreditor' alone (Swedish for creditor) says nothing."""
-    from importer.kinds import CANCELLATIONS, CREDITINGS, PAYMENTS, kind_from_label
-
     import unicodedata
+
+    from importer.kinds import CANCELLATIONS, CREDITINGS, PAYMENTS, kind_from_label
 
     assert kind_from_label("Betalningar") is PAYMENTS
     assert kind_from_label("Inbetalningar nov") is PAYMENTS
