@@ -337,6 +337,9 @@ class _Engine:
         self._batch_reads = True  # False once the API refused an "$in" read-back
         self._reads_down: str | None = None  # why status reads stopped (the API went away)
         self._lost_in_a_row = 0  # see LOST_IN_A_ROW; a stored POST sets it back to 0
+        # Rows that look alike to a read-back (see look_alike) are never in flight together.
+        self._alike: dict[str, list[Any]] = {}  # key -> [lock, holders]
+        self._alike_guard = threading.Lock()
 
     # -- reconciliation ---------------------------------------------------------------------
 
@@ -345,11 +348,14 @@ class _Engine:
         if not pending:
             return []
         self.log.info("reconcile.start", rows=len(pending))
-        # Rows with one fingerprint go one after another, so two of them can never claim the
-        # same Amili record; different fingerprints are read back in parallel.
+        # Rows that look alike (one fingerprint, or the same payment naming its case once by
+        # id and once by invoice number) go one after another, so two of them can never claim
+        # the same Amili record; the others are read back in parallel.
         groups: dict[str, list[RowRecord]] = {}
         for rec in pending:
-            groups.setdefault(rec.fingerprint, []).append(rec)
+            kind = KINDS.get(rec.kind)
+            key = look_alike(kind, rec.payload) if kind else rec.fingerprint
+            groups.setdefault(key, []).append(rec)
         done: list[RowRecord] = []
         workers = max(1, min(self.config.concurrency, len(groups)))
         with ThreadPoolExecutor(workers, thread_name_prefix="reconcile") as pool:
@@ -487,7 +493,29 @@ class _Engine:
             with self._progress_lock:
                 self.progress(outcome)
 
+    @contextmanager
+    def _alone(self, row: PlannedRow) -> Iterator[None]:
+        """Hold the row's look-alike key: a read-back after a lost answer can then only meet
+        the record of a look-alike row once that row's outcome (and id) is in the journal."""
+        key = look_alike(row.kind, row.payload)
+        with self._alike_guard:
+            entry = self._alike.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        entry[0].acquire()
+        try:
+            yield
+        finally:
+            entry[0].release()
+            with self._alike_guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._alike[key]
+
     def _post_one(self, row: PlannedRow) -> Outcome:
+        with self._alone(row):
+            return self._post_alone(row)
+
+    def _post_alone(self, row: PlannedRow) -> Outcome:
         rlog = self.log.bind(file=row.file_name, sheet=row.sheet, row=row.row, kind=row.kind.name)
         # The check and the write-ahead are one transaction: no other thread or process can
         # begin the same fingerprint in between. The usual case (no earlier row with this
@@ -1011,6 +1039,29 @@ def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
     here = (earlier.ref.file_sha256 == row.file_sha256
             or earlier.ref.file_name == row.file_name)
     return here and (earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
+
+
+def look_alike(kind: Kind, payload: dict[str, Any]) -> str:
+    """What a read-back sees of a row apart from how it names its case (by id or by invoice
+    number): the kind and every other field, values compared as :func:`matches` compares them.
+
+    Two rows with the same key could each take the other's record for their own (a payment
+    entered once by case id, once by invoice number, without a reference), so the engine
+    never has two of them in flight or in reconciliation at once.
+    """
+    parts = [kind.name]
+    for name in sorted(payload):
+        value = payload[name]
+        if name in ("case", "invoice_number") or value is None:
+            continue
+        if name == "amount":
+            value = _decimal(value)
+        elif name in kind.dates:
+            value = parse_instant(value) or value
+        elif name in ID_FIELDS:
+            value = str(value).lower()
+        parts.append(f"{name}={str(value).strip()}")
+    return "\x1f".join(parts)
 
 
 def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool | None:

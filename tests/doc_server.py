@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,8 +33,14 @@ class Variant:
     status: str = "completed"  # the stored record's status (and the 201's, for "no_id")
     # Per POST, in order: "drop" the connection after storing; "late": answer 500 at once and
     # store the record `late_seconds` later (a backend that carries on after the gateway gave up);
-    # "busy": 503 with Retry-After: 2, nothing stored.
+    # "busy": 503 with Retry-After: 2, nothing stored; "slow": stored at once, the 201 sent
+    # `late_seconds` later.
     lose: list[str] = field(default_factory=list)
+    # The same, once, for the POST whose case (or invoice number) is the key.
+    lose_when: dict[str, str] = field(default_factory=dict)
+    # Invoice number -> case id: a record posted by invoice number is stored with its case, as
+    # Amili resolves it.
+    resolve: dict[str, str] = field(default_factory=dict)
     late_seconds: float = 1.0
     fail_gets: int = 0  # answer every GET with this HTTP status (0: never)
 
@@ -107,6 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.posts += 1
             lost = v.lose.pop(0) if v.lose else None
+            marker = body.get("case") or body.get("invoice_number")
+            if lost is None and marker in v.lose_when:
+                lost = v.lose_when.pop(marker)
             if lost == "busy":
                 return self._send(503, {"_status": "ERR", "_error": {
                     "code": 503, "message": "Service Unavailable"}}, retry_after="2")
@@ -117,6 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
             for name in ("bank_transaction_date", "client_registration_date"):
                 if name in record:
                     record[name] = _stamp(record[name], v)
+            if body.get("invoice_number") in v.resolve:
+                record["case"] = v.resolve[body["invoice_number"]]
+                record["case_invoice_number"] = body["invoice_number"]
             if lost == "late":
                 threading.Timer(v.late_seconds, self.state.records.append, [record]).start()
             else:
@@ -124,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
         if lost == "late":
             return self._send(500, {"_status": "ERR", "_error": {"code": 500,
                                                                  "message": "Gateway gave up"}})
+        if lost == "slow":
+            time.sleep(v.late_seconds)
         if lost == "drop":
             self.connection.shutdown(2)
             self.connection.close()

@@ -315,3 +315,20 @@ def test_posts_that_keep_failing_without_storing_stop_the_run(
     assert out[0].reason == "api_unusable" and "3 POSTs in a row" in out[0].message
     assert [o.reason for o in out[1:]] == ["not_posted"] * 3
     assert all(o.retryable for o in out)
+
+
+def test_a_read_back_never_takes_the_record_of_a_look_alike_row(
+        serve: Any, tmp_path: Path) -> None:
+    """One payment entered twice, once by case id and once by invoice number (no reference,
+    the plan could not tie the invoice to the case): the case row's POST gets a 500 (its record
+    stored a second late) while the invoice row's is stored at once, its 201 slow. The case
+    row's read-back must not take the invoice row's record: each row has its own."""
+    server = serve(Variant(lose_when={CASE: "late", "INV-7": "slow"}, late_seconds=1.0,
+                           resolve={"INV-7": CASE}))
+    by_case = body(500.0, ref=None)
+    by_invoice = {k: v for k, v in by_case.items() if k != "case"} | {"invoice_number": "INV-7"}
+    out = post(server, tmp_path, [row(by_case, 2), row(by_invoice, 3)], settle=1.5)
+    time.sleep(1.2)  # a late store of the lost POST would show by now
+    assert [o.status for o in out] == ["completed", "completed"], [o.message for o in out]
+    assert out[0].amili_id != out[1].amili_id
+    assert len(server.records) == 2
