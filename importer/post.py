@@ -337,9 +337,7 @@ class _Engine:
         self._batch_reads = True  # False once the API refused an "$in" read-back
         self._reads_down: str | None = None  # why status reads stopped (the API went away)
         self._lost_in_a_row = 0  # see LOST_IN_A_ROW; a stored POST sets it back to 0
-        # Rows that look alike to a read-back (see look_alike) are never in flight together.
-        self._alike: dict[str, list[Any]] = {}  # key -> [lock, holders]
-        self._alike_guard = threading.Lock()
+        self._alike = _LookAlikes()
 
     # -- reconciliation ---------------------------------------------------------------------
 
@@ -493,26 +491,12 @@ class _Engine:
             with self._progress_lock:
                 self.progress(outcome)
 
-    @contextmanager
-    def _alone(self, row: PlannedRow) -> Iterator[None]:
-        """Hold the row's look-alike key: a read-back after a lost answer can then only meet
-        the record of a look-alike row once that row's outcome (and id) is in the journal."""
-        key = look_alike(row.kind, row.payload)
-        with self._alike_guard:
-            entry = self._alike.setdefault(key, [threading.Lock(), 0])
-            entry[1] += 1
-        entry[0].acquire()
-        try:
-            yield
-        finally:
-            entry[0].release()
-            with self._alike_guard:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._alike[key]
-
     def _post_one(self, row: PlannedRow) -> Outcome:
-        with self._alone(row):
+        # A row whose case is known is in its case's line: only a look-alike row whose case
+        # could not be told (an invoice number the plan could not look up) could take its
+        # record, so that row posts alone among its look-alikes; the others share the key.
+        alone = not row.case_key.startswith("case:")
+        with self._alike.hold(look_alike(row.kind, row.payload), alone):
             return self._post_alone(row)
 
     def _post_alone(self, row: PlannedRow) -> Outcome:
@@ -1039,6 +1023,44 @@ def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
     here = (earlier.ref.file_sha256 == row.file_sha256
             or earlier.ref.file_name == row.file_name)
     return here and (earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
+
+
+class _LookAlikes:
+    """Holds on look-alike keys (see :func:`look_alike`): shared by rows whose case is known,
+    taken alone by a row whose case is not, so that a read-back after a lost answer can meet
+    a look-alike row's record only once that row's outcome (and id) is in the journal. A row
+    waiting to be alone goes before rows that would share, so it is not starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared: dict[str, int] = {}  # key -> rows holding it shared
+        self._alone: set[str] = set()  # keys held alone
+        self._waiting: dict[str, int] = {}  # key -> rows waiting to hold it alone
+
+    @contextmanager
+    def hold(self, key: str, alone: bool) -> Iterator[None]:
+        with self._cond:
+            if alone:
+                self._waiting[key] = self._waiting.get(key, 0) + 1
+                self._cond.wait_for(lambda: key not in self._alone and key not in self._shared)
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
+                self._alone.add(key)
+            else:
+                self._cond.wait_for(lambda: key not in self._alone and key not in self._waiting)
+                self._shared[key] = self._shared.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if alone:
+                    self._alone.discard(key)
+                else:
+                    self._shared[key] -= 1
+                    if not self._shared[key]:
+                        del self._shared[key]
+                self._cond.notify_all()
 
 
 def look_alike(kind: Kind, payload: dict[str, Any]) -> str:
