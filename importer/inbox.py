@@ -78,6 +78,8 @@ class InboxFileResult:
         duplicate: the same content (sha256) was already processed; nothing was posted and the
             file goes to ``done/`` whatever ``exit_code`` says.
         sha256: the content's digest, as the run computed it.
+        stop_after: why the drain stops once this file is archived (a signal arrived after
+            every row of it was posted).
     """
 
     exit_code: ExitCode
@@ -86,6 +88,7 @@ class InboxFileResult:
     message: str = ""
     duplicate: bool = False
     sha256: str | None = None
+    stop_after: str | None = None
 
 
 ProcessOne = Callable[[Path, Path], InboxFileResult]
@@ -105,6 +108,7 @@ class FileOutcome:
     message: str = ""
     error: str | None = None  # an IO or processing error, in one line
     sha256: str | None = None
+    stop_after: str | None = None  # see InboxFileResult.stop_after
 
 
 @dataclass
@@ -436,10 +440,18 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
             summary.stopped = str(exc)
             summary.waiting += [e.name for e in ready[position:]]  # left for the next run
             break
+        except KeyboardInterrupt:  # SIGTERM/Ctrl-C outside the posting: this file stays too
+            summary.stopped = f"{entry.name}: interrupted by a signal"
+            summary.waiting += [e.name for e in ready[position:]]
+            break
         if outcome is None:
             summary.waiting.append(entry.name)
         else:
             summary.files.append(outcome)
+            if outcome.stop_after:
+                summary.stopped = f"{entry.name}: {outcome.stop_after}, after it was archived"
+                summary.waiting += [e.name for e in ready[position + 1:]]
+                break
     summary.duration = round(time.monotonic() - started, 3)
     log.info(
         "inbox.summary",
@@ -494,6 +506,7 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         outcome.message = result.message
         outcome.duplicate = result.duplicate
         outcome.sha256 = outcome.sha256 or result.sha256
+        outcome.stop_after = result.stop_after
     try:
         now = folder.current(entry.name)  # gone: the move below says so
     except Exception as exc:  # cannot tell: the move below meets the same trouble and says so

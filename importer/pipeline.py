@@ -83,9 +83,11 @@ def _announce(result: RunResult, options: RunOptions) -> ExitCode:
             print(line, file=sys.stderr)
         if result.extra.get("could_not_run"):
             print(f"could not post: {result.extra['could_not_run']}", file=sys.stderr)
+        elif result.extra.get("not_reached"):
+            print(f"stopped: {result.extra['not_reached']} row(s) not reached are 'not_posted'; "
+                  "run the same command again to post them", file=sys.stderr)
         elif result.extra.get("stopped"):
-            print("stopped: rows not reached are 'not_posted'; run the same command again to "
-                  "post them", file=sys.stderr)
+            print("stopped after every row was posted: the report is complete", file=sys.stderr)
     print(result.report_dir)
     return result.exit_code
 
@@ -172,14 +174,15 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
         # way, so the drain stops and the files stay in the folder for the next run.
         raise ApiError(f"could not post ({result.extra['could_not_run']}); report "
                        f"in {result.report_dir}")
-    if result.extra.get("stopped"):
-        # Stopped by SIGINT/SIGTERM (systemctl stop, Ctrl-C): stop the drain too, and leave
-        # this file in place; the next run posts what was not reached (the journal skips
-        # every row already done).
+    if result.extra.get("not_reached"):
+        # Stopped by SIGINT/SIGTERM (systemctl stop, Ctrl-C) before every row was posted: stop
+        # the drain too, and leave this file in place; the next run posts what was not
+        # reached (the journal skips every row already done).
         raise ImporterError(f"stopped by a signal; report in {result.report_dir}")
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
     return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected,
-                           sha256=digest)
+                           sha256=digest, stop_after="stopped by a signal"
+                           if result.extra.get("stopped") else None)
 
 
 class _Run:
@@ -243,20 +246,21 @@ class _Run:
         from importer.report import ReportWriter
 
         input_columns = list(dict.fromkeys(c for t in tables for c in t.columns))
-        writer = ReportWriter(self.report_dir, self.run_id, self.mode.value, self.started,
-                              input_columns)
-        checked = _checked(tables, self.config, datetime.now(UTC))
-        extra: dict[str, Any] = {}
-        if self.mode is Mode.VALIDATE:  # streaming: any size in flat memory
-            for chunk in checked:
-                writer.add(chunk.frame)
-        else:
-            chunks = list(checked)
-            extra = post(chunks)
-            for chunk in chunks:
-                writer.add(chunk.frame)
-            self._write_failed_rows(chunks)
-        return self._close(writer, files, extra)
+        # As a context: an error or Ctrl-C before the report is complete removes its temp files.
+        with ReportWriter(self.report_dir, self.run_id, self.mode.value, self.started,
+                          input_columns) as writer:
+            checked = _checked(tables, self.config, datetime.now(UTC))
+            extra: dict[str, Any] = {}
+            if self.mode is Mode.VALIDATE:  # streaming: any size in flat memory
+                for chunk in checked:
+                    writer.add(chunk.frame)
+            else:
+                chunks = list(checked)
+                extra = post(chunks)
+                for chunk in chunks:
+                    writer.add(chunk.frame)
+                self._write_failed_rows(chunks)
+            return self._close(writer, files, extra)
 
     def finish_retry(self, rows: list[RowRecord]) -> RunResult:
         """Post the retryable rows of an earlier run and report them."""
@@ -264,11 +268,11 @@ class _Run:
         from importer.report import ReportWriter
 
         planned = [PlannedRow.from_record(r, i) for i, r in enumerate(rows)]
-        writer = ReportWriter(self.report_dir, self.run_id, "retry", self.started, [])
-        outcomes, extra = self._post_planned(planned)
-        writer.add(_retry_frame(rows, outcomes))
-        extra["retry_of"] = self.options.retry_of
-        return self._close(writer, [], extra)
+        with ReportWriter(self.report_dir, self.run_id, "retry", self.started, []) as writer:
+            outcomes, extra = self._post_planned(planned)
+            writer.add(_retry_frame(rows, outcomes))
+            extra["retry_of"] = self.options.retry_of
+            return self._close(writer, [], extra)
 
     def _close(self, writer: Any, files: list[FileInfo], extra: dict[str, Any]) -> RunResult:
         summary = writer.close(files, datetime.now(UTC), extra)
@@ -316,8 +320,9 @@ class _Run:
         unusable = [o.message for o in outcomes if o.reason == "api_unusable"]
         if unusable:
             extra["could_not_run"] = unusable[0]
-        elif stop.is_set():
+        elif stop.is_set():  # a signal
             extra["stopped"] = True
+            extra["not_reached"] = sum(o.reason == "not_posted" for o in outcomes)
         return outcomes, extra
 
     def _not_posted(self, rows: list[PlannedRow], why: str) -> list[Outcome]:

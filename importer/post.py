@@ -1192,7 +1192,9 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the process was started ignoring (nohup, a shell's background job) stays so.
+    previous = {sig: old for sig in (signal.SIGINT, signal.SIGTERM)
+                if (old := signal.getsignal(sig)) is not signal.SIG_IGN}
 
     def handler(signum: int, frame: Any) -> None:
         # No logging here: the main thread may hold the log's lock when the signal lands.

@@ -265,6 +265,36 @@ def test_run_level_error_stops_and_leaves_files_in_place(tmp_path: Path) -> None
     assert summary.exit_code == ExitCode.CANNOT_RUN
 
 
+def test_a_signal_after_a_file_is_posted_archives_it_then_stops(tmp_path: Path) -> None:
+    """A signal that arrives once every row of a file is posted: that file is archived as
+    usual, the drain stops before the next one (exit 3), which stays for the next run."""
+    drop(tmp_path, "a.csv", mtime=OLD - 10)
+    drop(tmp_path, "b.csv", mtime=OLD)
+
+    def posted_then_signalled(path: Path, report_dir: Path) -> InboxFileResult:
+        return InboxFileResult(ExitCode.OK, report_dir.name, {"completed": 3},
+                               stop_after="stopped by a signal")
+
+    summary = process_inbox(tmp_path, FAST, posted_then_signalled)
+    assert [f.moved_to.split("--")[-1] for f in summary.files if f.moved_to] == ["a.csv"]
+    assert listing(tmp_path)[:1] == ["b.csv"] and summary.waiting == ["b.csv"]
+    assert summary.exit_code == ExitCode.CANNOT_RUN and "after it was archived" in summary.stopped
+
+
+def test_an_interrupt_outside_the_posting_leaves_the_files(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM while a file is read or reported (outside the posting, where it
+    lands as KeyboardInterrupt): the drain ends with its summary, the files stay, exit 3."""
+    drop(tmp_path, "a.csv", mtime=OLD - 10)
+    drop(tmp_path, "b.csv", mtime=OLD)
+
+    def interrupted(path: Path, report_dir: Path) -> InboxFileResult:
+        raise KeyboardInterrupt
+
+    summary = process_inbox(tmp_path, FAST, interrupted)
+    assert listing(tmp_path)[:2] == ["a.csv", "b.csv"]
+    assert summary.exit_code == ExitCode.CANNOT_RUN and "interrupted" in summary.stopped
+
+
 def test_summary_log_line(tmp_path: Path) -> None:
     """One inbox.summary event per drain carries files, rows per status and duration."""
     drop(tmp_path, "a.csv", "good")

@@ -334,7 +334,7 @@ def test_sigterm_stops_the_run_and_says_how_to_go_on(
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == ExitCode.ROWS_IN_ERROR, stderr[-2000:]
-    assert "stopped: rows not reached are 'not_posted'" in stderr
+    assert "row(s) not reached are 'not_posted'; run the same command again" in stderr
     first = report(tmp_path / "first")
     assert first["stopped"] is True
     reasons = Counter(r["reason"] for r in first["rows"] if r["status"] == "error")
@@ -343,6 +343,32 @@ def test_sigterm_stops_the_run_and_says_how_to_go_on(
     assert final.returncode == 0, final.stderr[-2000:]
     assert stored_references(box) == Counter({f"REF-{i}-{n}": 1 for i in range(2)
                                               for n in range(5)})
+
+
+def test_sigterm_while_validating_ends_cleanly(tmp_path: Path) -> None:
+    """SIGTERM while a big file is validated (before any posting): exit 3 with one line, no
+    traceback, and no half-written report left in the report folder."""
+    rows = [[CREDITOR, OPEN_CASE.id, "", "SEK", f"{n % 900 + 1},50", BANK_DATE, f"V-{n}"]
+            for n in range(120_000)]
+    source = write_csv(tmp_path / "payments-big.csv", rows)
+    out = tmp_path / "out"
+    env = {**os.environ, "AMILI_STATE_DIR": str(tmp_path / "state")}
+    process = subprocess.Popen([sys.executable, "-m", "importer", "--log-format", "json",
+                                "validate", str(source), "--report-dir", str(out)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # the run has started: its report folder exists
+        if '"run.start"' in line:
+            break
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=60) == ExitCode.CANNOT_RUN, rest[-2000:]
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert not (out / "report.json").exists()
 
 
 def test_jwt_login_is_renewed_mid_run(cli: Callable[..., Result], tmp_path: Path,
