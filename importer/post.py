@@ -703,12 +703,15 @@ class _Engine:
         return settled
 
     def _created(self, kind: Kind, result: PostResult, attempts: int) -> Settlement:
-        """The settlement for a 201: final when it carries ``status``; otherwise provisional
-        (from ``_status``/the kind's status field) and marked for the status read-back."""
+        """The settlement for a 201: final when it carries ``status``; otherwise marked for
+        the status read-back, and journaled ``status_unknown`` until then (a run killed before
+        the read leaves that, which the next run of the file reads again)."""
         body = result.body or {}
         settled = self._from_record(kind, body, written=True, attempts=attempts,
                                     http_status=result.http_status)
         if body.get("status") is None and settled.amili_id:
+            settled.state, settled.reason = WARNING, "status_unknown"
+            settled.message = "stored; Amili's status is read back after the posting"
             return _Provisional(**settled.__dict__, body=body)
         return settled
 
@@ -797,9 +800,17 @@ class _Engine:
         # The record read now is fresher than the 201: its fields win; the 201 still gives
         # what a record read by GET does not carry (Eve's _status, the id).
         info = {**item.body, **{k: v for k, v in (record or {}).items() if v is not None}}
+        said = item.body.get(item.kind.status_field)
+        if record is None and said == COMPLETED:
+            # A 201's "process status" is not Amili's processing status (a payment to a
+            # closed case is stored 'completed' and settled as an error): unread, not known.
+            del info[item.kind.status_field]
         settled = self._from_record(item.kind, info, written=not item.earlier,
                                     attempts=item.outcome.attempts,
                                     http_status=item.outcome.http_status)
+        if record is None and said == COMPLETED:
+            settled.message = (f"stored (Amili answered {item.kind.status_field} "
+                               "'completed'), but its processing status could not be read")
         settled.message = _join(settled.message, note)
         self.journal.finish(item.journal_id, settled)
         final = _outcome(item.outcome.index, settled, posted=True, journal_id=item.journal_id)

@@ -29,7 +29,9 @@ class Variant:
     page_cap: int = 25  # a page never holds more than this...
     meta: str = "eve"  # "eve": _meta with the capped max_results; "none": no _meta, no _links
     items_key: str = "_items"  # the list envelope's key for the records
-    answer: str = "meta"  # 201 body: "meta" (Eve), "empty", "oid" ({"$oid"}), "no_id"
+    # 201 body: "meta" (Eve), "doc" (the docs' example, with _payment_status), "empty",
+    # "oid" ({"$oid"}), "no_id"
+    answer: str = "meta"
     status: str = "completed"  # the stored record's status (and the 201's, for "no_id")
     # Per POST, in order: "drop" the connection after storing; "late": answer 500 at once and
     # store the record `late_seconds` later (a backend that carries on after the gateway gave up);
@@ -145,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         answer: dict[str, Any] = {"_id": rid, "_created": now, "_updated": now, "_etag": "e1",
                                   "_status": "OK"}
+        if v.answer == "doc":
+            answer["_payment_status"] = "completed"
         if v.answer == "empty":
             return self._send(201, raw=b"")
         if v.answer == "oid":

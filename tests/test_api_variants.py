@@ -332,3 +332,18 @@ def test_a_read_back_never_takes_the_record_of_a_look_alike_row(
     assert [o.status for o in out] == ["completed", "completed"], [o.message for o in out]
     assert out[0].amili_id != out[1].amili_id
     assert len(server.records) == 2
+
+
+def test_the_201s_process_status_is_not_taken_for_amilis_status(
+        serve: Any, tmp_path: Path) -> None:
+    """The docs' 201 says _payment_status 'completed'; the record says error (a closed case)
+    but cannot be read: the row is stored with its status unknown, not 'completed'. The next
+    run, able to read, reports the error."""
+    server = serve(Variant(answer="doc", status="error", fail_gets=503))
+    rows = [row(body(100.0), 2)]
+    [first] = post(server, tmp_path, rows)
+    assert (first.status, first.reason) == ("warning", "status_unknown")
+    assert "_payment_status 'completed'" in first.message
+    server.state.variant.fail_gets = 0
+    [again] = post(server, tmp_path, rows, run_id="r2")
+    assert (again.status, again.reason, server.posts) == ("error", "already_posted", 1)
