@@ -51,6 +51,7 @@ post again) or the found record's status.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -96,9 +97,11 @@ STATUS_BATCH = 100
 # 25): a case with many payments without a reference must still be read whole, or the row
 # would stay "unknown" run after run. Reading stops at the last page, so this costs only there.
 READBACK_PAGES = 200
-# POSTs in a row whose answer was lost and that proved, once settled, to have stored nothing:
-# then the API is failing every POST (a broken deploy answering 500), and each further row
-# would wait out the settle time in vain: the run stops, as when the API cannot be reached.
+# POSTs in a row (in the order they were sent, with none the API handled in between) whose
+# answer was lost and that proved, once settled, to have stored nothing: then the API is
+# failing every POST (a broken deploy answering 500), and each further row would wait out the
+# settle time in vain: the run stops, as when the API cannot be reached. A burst of failures
+# that later POSTs outlive does not count: those later POSTs were handled.
 LOST_IN_A_ROW = 3
 # Ids compare case-insensitively (Mongo ObjectIds are hex).
 ID_FIELDS = ("creditor", "case")
@@ -336,7 +339,11 @@ class _Engine:
         self._status_todo: list[_StatusTodo] = []  # created rows whose 201 had no status
         self._batch_reads = True  # False once the API refused an "$in" read-back
         self._reads_down: str | None = None  # why status reads stopped (the API went away)
-        self._lost_in_a_row = 0  # see LOST_IN_A_ROW; a stored POST sets it back to 0
+        # See LOST_IN_A_ROW: attempts are numbered as they go out; the last one the API
+        # handled (stored or refused), and the lost ones found not stored after it.
+        self._sends = itertools.count(1)
+        self._last_handled = 0
+        self._lost_unstored: set[int] = set()
         self._alike = _LookAlikes()
 
     # -- reconciliation ---------------------------------------------------------------------
@@ -593,8 +600,10 @@ class _Engine:
         lost: list[str] = []
         sent_at = journal_now()  # the journal's clock: in_flight was committed just before
         noted = [time.monotonic()]  # when the journal's `updated` was last moved on
+        send_no = [0]  # the number of the attempt that went out last (see LOST_IN_A_ROW)
 
         def sending() -> None:
+            send_no[0] = next(self._sends)
             # A send held up (rate limit, retries after 503/429) moves `updated` on, so a
             # reconcile after a crash counts the settle time from the last send.
             if time.monotonic() - noted[0] > 1.0:
@@ -620,7 +629,7 @@ class _Engine:
                                   f"({type(exc).__name__}: {exc}); read back on the next run")
             attempts += result.attempts
             if result.outcome in ("created", "rejected"):
-                self._lost_in_a_row = 0  # the API is handling POSTs
+                self._handled(send_no[0])
             if result.outcome == "created":
                 if result.body is not None and record_id(result.body):
                     return self._created(row.kind, result, attempts)
@@ -642,7 +651,7 @@ class _Engine:
                 row.kind, row.payload, row.case_key, self.tuning.readback_delays,
                 sent_after=sent_at, last_sent=last_sent, rlog=rlog)
             if record is not None:
-                self._lost_in_a_row = 0
+                self._handled(send_no[0])
                 settled = self._from_record(row.kind, record, written=False, attempts=attempts,
                                             http_status=result.http_status)
                 settled.message = _join("the answer was lost; found in Amili by read-back",
@@ -654,10 +663,7 @@ class _Engine:
                                   http_status=result.http_status, attempts=attempts,
                                   message=f"{result.message}; not settled by read-back ({why}); "
                                   "it is read back again on the next run or retry")
-            with self._progress_lock:
-                self._lost_in_a_row += 1
-                failing = self._lost_in_a_row >= LOST_IN_A_ROW
-            if failing:
+            if self._lost_unhandled(send_no[0]) >= LOST_IN_A_ROW:
                 self.fatal = (f"{LOST_IN_A_ROW} POSTs in a row lost their answer ({lost[-1]}) "
                               "and stored nothing")
                 self.stop.set()
@@ -674,6 +680,20 @@ class _Engine:
             rlog.info("row.repost", posts_done=len(lost))
             self.journal.repost(journal_id)
             noted[0] = time.monotonic()
+
+    def _handled(self, send_no: int) -> None:
+        """The API handled the POST that went out as attempt ``send_no``."""
+        with self._progress_lock:
+            self._last_handled = max(self._last_handled, send_no)
+            self._lost_unstored = {n for n in self._lost_unstored if n > self._last_handled}
+
+    def _lost_unhandled(self, send_no: int) -> int:
+        """Count attempt ``send_no`` as lost and not stored; how many such attempts went out
+        after the last one the API handled."""
+        with self._progress_lock:
+            if send_no > self._last_handled:
+                self._lost_unstored.add(send_no)
+            return len(self._lost_unstored)
 
     def _stored_without_id(self, row: PlannedRow, result: PostResult, attempts: int,
                            sent_at: str, rlog: Any) -> Settlement:

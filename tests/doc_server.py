@@ -36,14 +36,15 @@ class Variant:
     # Per POST, in order: "drop" the connection after storing; "late": answer 500 at once and
     # store the record `late_seconds` later (a backend that carries on after the gateway gave up);
     # "busy": 503 with Retry-After: 2, nothing stored; "slow": stored at once, the 201 sent
-    # `late_seconds` later.
+    # `slow_seconds` later.
     lose: list[str] = field(default_factory=list)
-    # The same, once, for the POST whose case (or invoice number) is the key.
-    lose_when: dict[str, str] = field(default_factory=dict)
+    # The same, in order, for the POSTs whose case (or invoice number) is the key.
+    lose_when: dict[str, list[str]] = field(default_factory=dict)
     # Invoice number -> case id: a record posted by invoice number is stored with its case, as
     # Amili resolves it.
     resolve: dict[str, str] = field(default_factory=dict)
     late_seconds: float = 1.0
+    slow_seconds: float = 1.0
     fail_gets: int = 0  # answer every GET with this HTTP status (0: never)
 
 
@@ -117,8 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.posts += 1
             lost = v.lose.pop(0) if v.lose else None
             marker = body.get("case") or body.get("invoice_number")
-            if lost is None and marker in v.lose_when:
-                lost = v.lose_when.pop(marker)
+            if lost is None and v.lose_when.get(marker):
+                lost = v.lose_when[marker].pop(0)
             if lost == "busy":
                 return self._send(503, {"_status": "ERR", "_error": {
                     "code": 503, "message": "Service Unavailable"}}, retry_after="2")
@@ -140,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(500, {"_status": "ERR", "_error": {"code": 500,
                                                                  "message": "Gateway gave up"}})
         if lost == "slow":
-            time.sleep(v.late_seconds)
+            time.sleep(v.slow_seconds)
         if lost == "drop":
             self.connection.shutdown(2)
             self.connection.close()

@@ -323,7 +323,7 @@ def test_a_read_back_never_takes_the_record_of_a_look_alike_row(
     the plan could not tie the invoice to the case): the case row's POST gets a 500 (its record
     stored a second late) while the invoice row's is stored at once, its 201 slow. The case
     row's read-back must not take the invoice row's record: each row has its own."""
-    server = serve(Variant(lose_when={CASE: "late", "INV-7": "slow"}, late_seconds=1.0,
+    server = serve(Variant(lose_when={CASE: ["late"], "INV-7": ["slow"]}, late_seconds=1.0,
                            resolve={"INV-7": CASE}))
     by_case = body(500.0, ref=None)
     by_invoice = {k: v for k, v in by_case.items() if k != "case"} | {"invoice_number": "INV-7"}
@@ -347,3 +347,25 @@ def test_the_201s_process_status_is_not_taken_for_amilis_status(
     server.state.variant.fail_gets = 0
     [again] = post(server, tmp_path, rows, run_id="r2")
     assert (again.status, again.reason, server.posts) == ("error", "already_posted", 1)
+
+
+def test_a_burst_of_lost_posts_that_later_posts_outlive_does_not_stop_the_run(
+        serve: Any, tmp_path: Path) -> None:
+    """Three POSTs answered 500 without storing at the start, while later POSTs to another
+    case are stored: the API is handling POSTs, so the run goes on; the three are posted
+    again once settled (those answers slow, so the three are all found lost first), and
+    every row is stored once."""
+    cases = [f"{n:024x}" for n in range(1, 5)]
+    server = serve(Variant(lose_when={c: ["late", "slow"] for c in cases[:3]},
+                           late_seconds=3600, slow_seconds=1.0))
+    rows = [row({**body(10.0 + n, ref=f"L-{n}"), "case": c}, n + 2)
+            for n, c in enumerate(cases[:3])]
+    rows += [row({**body(20.0 + n, ref=f"S-{n}"), "case": cases[3]}, n + 10) for n in range(5)]
+    config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
+                    backoff_base=0.01, backoff_max=0.02, settle_seconds=1.0, concurrency=4)
+    with Journal(tmp_path / "state") as journal, ApiClient(config) as client:
+        journal.start_run("r1", "run")
+        out = post_rows(rows, client, journal, "r1", config, structlog.get_logger(),
+                        tuning=FAST, handle_signals=False)
+    assert [o.status for o in out] == ["completed"] * 8, [o.message for o in out]
+    assert server.posts == 11 and len(server.records) == 8
