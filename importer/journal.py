@@ -649,6 +649,11 @@ class Journal:
         done = [r for r in self.prior(fingerprint) if r.done]
         return done[-1] if done else None
 
+    def has_status_unknown(self, run_id: str) -> bool:
+        """Whether a run left a stored row whose status was never read."""
+        return bool(self._query("SELECT 1 FROM rows WHERE run_id = ? AND reason = ? AND"
+                                " amili_id IS NOT NULL LIMIT 1", (run_id, "status_unknown")))
+
     def status_unknown(self, fingerprints: set[str]) -> list[RowRecord]:
         """Rows with one of these fingerprints stored in Amili (an id is known) whose status
         was never read: the 201 carried none and the read-back failed."""

@@ -158,9 +158,11 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
     digest, size = hash_file(path)
     with Journal(config.state_dir) as journal:
         earlier = journal.file_seen(digest)
-    # Only content processed completely (exit 0) is skipped whole: after an outage or with rows
-    # in error it runs again, and the journal still skips every row already done.
-    if earlier is not None and earlier.exit_code == ExitCode.OK:
+        unsure = earlier is not None and journal.has_status_unknown(earlier.run_id)
+    # Only content processed completely (exit 0, every status known) is skipped whole: after an
+    # outage, with rows in error, or with a status Amili has not told yet, it runs again (the
+    # journal skips every row already done, and reads the unknown statuses again).
+    if earlier is not None and earlier.exit_code == ExitCode.OK and not unsure:
         message = (f"{path.name}: the same content (sha256 {digest[:12]}…) was already "
                    f"processed in run {earlier.run_id}; nothing posted")
         info = FileInfo(path=path, name=path.name, sha256=digest, size=size, notes=[message])

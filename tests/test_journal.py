@@ -104,6 +104,20 @@ def test_begin_is_committed_before_finish(journal: Journal) -> None:
     assert rec.ref.describe() == "file payments.csv row 2"
 
 
+def test_rows_whose_status_was_never_read_are_found(journal: Journal) -> None:
+    """A stored row left status_unknown is found by its run (the inbox then runs re-dropped
+    content again) and by its fingerprint (the next run reads its status again); once read,
+    or without an Amili id, it is not."""
+    unread = journal.begin("r1", ref(2), "payments", "fp-a", "case:b", PAYLOAD)
+    journal.finish(unread, Settlement(state=WARNING, reason="status_unknown", amili_id="c" * 24))
+    no_id = journal.begin("r1", ref(3), "payments", "fp-b", "case:b", PAYLOAD)
+    journal.finish(no_id, Settlement(state=WARNING, reason="status_unknown"))
+    assert journal.has_status_unknown("r1")
+    assert [r.id for r in journal.status_unknown({"fp-a", "fp-b"})] == [unread]
+    journal.finish(unread, Settlement(state=COMPLETED, amili_id="c" * 24))
+    assert not journal.has_status_unknown("r1") and journal.status_unknown({"fp-a"}) == []
+
+
 def test_in_flight_survives_sigkill(tmp_path: Path) -> None:
     """A process SIGKILLed right after begin() leaves the row in_flight for the next run."""
     code = (
