@@ -247,6 +247,9 @@ class _Run:
         """Validate every table, post (by mode), write the report, record the run."""
         from importer.report import ReportWriter
 
+        if self.journal is not None:  # so that `runs`/`show` name them even if the run is killed
+            for info in files:
+                self.journal.record_file(self.run_id, info)
         input_columns = list(dict.fromkeys(c for t in tables for c in t.columns))
         # As a context: an error or Ctrl-C before the report is complete removes its temp files.
         with ReportWriter(self.report_dir, self.run_id, self.mode.value, self.started,
