@@ -345,6 +345,7 @@ class _Engine:
         self._last_handled = 0
         self._lost_unstored: set[int] = set()
         self._alike = _LookAlikes()
+        self._slots = _Slots(0)  # the posting's concurrency, set by post_all
 
     # -- reconciliation ---------------------------------------------------------------------
 
@@ -438,29 +439,36 @@ class _Engine:
         queues: dict[str, list[int]] = {}
         for position, planned in enumerate(rows):
             queues.setdefault(planned.case_key, []).append(position)
-        workers = max(1, min(self.config.concurrency, len(queues)))
-        self.log.info("post.start", rows=len(rows), cases=len(queues), workers=workers)
+        slots = max(1, min(self.config.concurrency, len(queues)))
+        # Twice as many workers as slots: a worker waiting out a lost answer's settle time
+        # gives its slot up, and a spare worker keeps the other cases going meanwhile.
+        workers = max(1, min(2 * self.config.concurrency, len(queues)))
+        self._slots = _Slots(slots)
+        self.log.info("post.start", rows=len(rows), cases=len(queues), workers=slots)
 
         # A fixed set of workers (one future per worker, not per case: a file with 100 000
         # cases must not mean 100 000 futures) takes one row at a time from the case first in
         # line, then puts that case back at the end of the line: a case's rows go one at a
         # time in file order, and every case with rows left can be worked on until the end,
-        # so the last rows are not left to a few workers while the others stand idle.
+        # so the last rows are not left to a few workers while the others stand idle. A
+        # worker posts only while it holds one of the `slots` (the concurrency).
         line = deque(deque(positions) for positions in queues.values())
         take = threading.Lock()
 
         def worker() -> None:
-            while not self.stop.is_set():
-                with take:
-                    if not line:  # the cases left are all in other workers' hands
-                        return
-                    case = line.popleft()
-                position = case.popleft()
-                outcomes[position] = self._post_one(rows[position])
-                self._report(outcomes[position])
-                if case:
+            with self._slots.held():
+                while not self.stop.is_set():
+                    self._slots.let_resume()
                     with take:
-                        line.append(case)
+                        if not line:  # the cases left are all in other workers' hands
+                            return
+                        case = line.popleft()
+                    position = case.popleft()
+                    outcomes[position] = self._post_one(rows[position])
+                    self._report(outcomes[position])
+                    if case:
+                        with take:
+                            line.append(case)
 
         pool = ThreadPoolExecutor(workers, thread_name_prefix="post")
         told = False
@@ -503,7 +511,7 @@ class _Engine:
         # could not be told (an invoice number the plan could not look up) could take its
         # record, so that row posts alone among its look-alikes; the others share the key.
         alone = not row.case_key.startswith("case:")
-        with self._alike.hold(look_alike(row.kind, row.payload), alone):
+        with self._alike.hold(look_alike(row.kind, row.payload), alone, self._slots):
             return self._post_alone(row)
 
     def _post_alone(self, row: PlannedRow) -> Outcome:
@@ -890,7 +898,9 @@ class _Engine:
         if record is not None or not conclusive or wait <= 0:
             return found
         rlog.info("row.settle_wait", seconds=round(wait, 1))
-        if self.stop.wait(wait):
+        with self._slots.given_up():  # no request of ours in flight meanwhile
+            stopped = self.stop.wait(wait)
+        if stopped:
             return None, False, "the run stopped before the request was old enough to be sure"
         return self._read_back(kind, payload, key, (0.0,), sent_after=sent_after)
 
@@ -1056,11 +1066,69 @@ def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
     return here and (earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
 
 
+class _Slots:
+    """The posting's concurrency: a worker posts only while it holds a slot. One waiting out a
+    settle time gives its slot up (a spare worker takes it); coming back, it goes before the
+    workers that would take a free slot, and a worker between two rows lets it in."""
+
+    def __init__(self, count: int) -> None:
+        self._cond = threading.Condition()
+        self._free = count
+        self._resuming = 0
+        self._local = threading.local()
+
+    def _take(self, resuming: bool) -> None:
+        with self._cond:
+            self._resuming += resuming
+            self._cond.wait_for(lambda: self._free > 0 and (resuming or not self._resuming))
+            self._resuming -= resuming
+            self._free -= 1
+
+    def _give(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold a slot for a worker's whole life."""
+        self._take(resuming=False)
+        self._local.held = True
+        try:
+            yield
+        finally:
+            self._local.held = False
+            self._give()
+
+    @contextmanager
+    def given_up(self) -> Iterator[None]:
+        """Give this worker's slot up for a while (a no-op outside a posting worker)."""
+        if not getattr(self._local, "held", False):
+            yield
+            return
+        self._give()
+        try:
+            yield
+        finally:
+            self._take(resuming=True)
+
+    def let_resume(self) -> None:
+        """Between two rows: if a worker wants its slot back and none is free, hand ours
+        over for a moment and queue behind it."""
+        if self._resuming:  # read without the lock: a hint, checked again under it
+            with self._cond:
+                if not self._resuming or self._free:
+                    return
+            self._give()
+            self._take(resuming=False)
+
+
 class _LookAlikes:
     """Holds on look-alike keys (see :func:`look_alike`): shared by rows whose case is known,
     taken alone by a row whose case is not, so that a read-back after a lost answer can meet
     a look-alike row's record only once that row's outcome (and id) is in the journal. A row
-    waiting to be alone goes before rows that would share, so it is not starved."""
+    waiting to be alone goes before rows that would share, so it is not starved; a worker
+    gives its posting slot up while it waits here (a holder may be waiting for a slot)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -1068,19 +1136,33 @@ class _LookAlikes:
         self._alone: set[str] = set()  # keys held alone
         self._waiting: dict[str, int] = {}  # key -> rows waiting to hold it alone
 
+    def _free_for(self, key: str, alone: bool) -> bool:
+        if key in self._alone:
+            return False
+        return key not in self._shared if alone else key not in self._waiting
+
+    def _enter(self, key: str, alone: bool) -> None:
+        if alone:
+            self._alone.add(key)
+        else:
+            self._shared[key] = self._shared.get(key, 0) + 1
+
     @contextmanager
-    def hold(self, key: str, alone: bool) -> Iterator[None]:
+    def hold(self, key: str, alone: bool, slots: _Slots) -> Iterator[None]:
         with self._cond:
-            if alone:
+            entered = self._free_for(key, alone)
+            if entered:
+                self._enter(key, alone)
+            elif alone:
                 self._waiting[key] = self._waiting.get(key, 0) + 1
-                self._cond.wait_for(lambda: key not in self._alone and key not in self._shared)
-                self._waiting[key] -= 1
-                if not self._waiting[key]:
-                    del self._waiting[key]
-                self._alone.add(key)
-            else:
-                self._cond.wait_for(lambda: key not in self._alone and key not in self._waiting)
-                self._shared[key] = self._shared.get(key, 0) + 1
+        if not entered:
+            with slots.given_up(), self._cond:
+                self._cond.wait_for(lambda: self._free_for(key, alone))
+                if alone:
+                    self._waiting[key] -= 1
+                    if not self._waiting[key]:
+                        del self._waiting[key]
+                self._enter(key, alone)
         try:
             yield
         finally:

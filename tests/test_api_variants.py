@@ -61,10 +61,10 @@ def serve() -> Iterator[Any]:
 
 def post(server: DocServer, tmp_path: Path, rows: list[PlannedRow],
          run_id: str = "r1", settle: float = 60.0,
-         stop: threading.Event | None = None) -> list[Outcome]:
+         stop: threading.Event | None = None, concurrency: int = 8) -> list[Outcome]:
     config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
                     backoff_base=0.01, backoff_max=0.02, read_timeout=5.0,
-                    settle_seconds=settle)
+                    settle_seconds=settle, concurrency=concurrency)
     with Journal(tmp_path / "state") as journal, ApiClient(config) as client:
         journal.start_run(run_id, "run")
         return post_rows(rows, client, journal, run_id, config, structlog.get_logger(),
@@ -369,3 +369,60 @@ def test_a_burst_of_lost_posts_that_later_posts_outlive_does_not_stop_the_run(
                         tuning=FAST, handle_signals=False)
     assert [o.status for o in out] == ["completed"] * 8, [o.message for o in out]
     assert server.posts == 11 and len(server.records) == 8
+
+
+def test_a_row_waiting_out_its_settle_time_lets_other_cases_go_on(
+        serve: Any, tmp_path: Path) -> None:
+    """Concurrency 1: the first row's answer is lost (nothing stored) and it waits out the
+    settle time without its slot; the other case's rows are posted meanwhile, never two
+    requests at once; then the first row is read back and posted again."""
+    first, other = "0" * 23 + "1", "0" * 23 + "2"
+    server = serve(Variant(lose_when={first: ["late"]}, late_seconds=3600))
+    rows = [row({**body(10.0, ref="A"), "case": first}, 2)]
+    rows += [row({**body(20.0 + n, ref=f"B-{n}"), "case": other}, n + 3) for n in range(4)]
+    lock = threading.Lock()
+    flying = [0, 0]  # now, peak
+
+    class Counting(ApiClient):
+        def post(self, kind: Any, body: dict[str, Any], on_send: Any = None) -> Any:
+            with lock:
+                flying[0] += 1
+                flying[1] = max(flying)
+            try:
+                return super().post(kind, body, on_send)
+            finally:
+                with lock:
+                    flying[0] -= 1
+
+    config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
+                    backoff_base=0.01, backoff_max=0.02, settle_seconds=1.0, concurrency=1)
+    with Journal(tmp_path / "state") as journal, Counting(config) as client:
+        journal.start_run("r1", "run")
+        out = post_rows(rows, client, journal, "r1", config, structlog.get_logger(),
+                        tuning=FAST, handle_signals=False)
+    assert [o.status for o in out] == ["completed"] * 5, [o.message for o in out]
+    assert [r["creditor_payment_reference"] for r in server.records] == [
+        "B-0", "B-1", "B-2", "B-3", "A"]
+    assert server.posts == 6 and flying[1] == 1
+
+
+def test_a_look_alike_waiting_behind_a_settle_wait_does_not_block_the_run(
+        serve: Any, tmp_path: Path) -> None:
+    """Concurrency 1: a row by unresolved invoice number (posted alone among its look-alikes)
+    loses its answer and waits out the settle time; the spare worker takes the slot and meets
+    the look-alike row by case id, which must wait for it: it gives the slot back while it
+    waits, so the first row can come back, and both are posted."""
+    server = serve(Variant(lose_when={"INV-9": ["late"]}, late_seconds=3600,
+                           resolve={"INV-9": CASE}))
+    by_case = body(300.0, ref=None)
+    by_invoice = {k: v for k, v in by_case.items() if k != "case"} | {"invoice_number": "INV-9"}
+    done: list[list[Outcome]] = []
+    worker = threading.Thread(target=lambda: done.append(post(
+        server, tmp_path, [row(by_invoice, 2), row(by_case, 3)], settle=1.0, concurrency=1)),
+        daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert done, "the run did not finish: a worker waiting for a look-alike held the slot"
+    [out] = done
+    assert [o.status for o in out] == ["completed", "completed"], [o.message for o in out]
+    assert out[0].amili_id != out[1].amili_id and len(server.records) == 2
