@@ -61,11 +61,12 @@ def serve() -> Iterator[Any]:
 
 def post(server: DocServer, tmp_path: Path, rows: list[PlannedRow],
          run_id: str = "r1", settle: float = 60.0,
-         stop: threading.Event | None = None, concurrency: int = 8) -> list[Outcome]:
+         stop: threading.Event | None = None, concurrency: int = 8,
+         client_class: type[ApiClient] = ApiClient) -> list[Outcome]:
     config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
                     backoff_base=0.01, backoff_max=0.02, read_timeout=5.0,
                     settle_seconds=settle, concurrency=concurrency)
-    with Journal(tmp_path / "state") as journal, ApiClient(config) as client:
+    with Journal(tmp_path / "state") as journal, client_class(config) as client:
         journal.start_run(run_id, "run")
         return post_rows(rows, client, journal, run_id, config, structlog.get_logger(),
                          tuning=FAST, handle_signals=False, stop=stop)
@@ -361,12 +362,7 @@ def test_a_burst_of_lost_posts_that_later_posts_outlive_does_not_stop_the_run(
     rows = [row({**body(10.0 + n, ref=f"L-{n}"), "case": c}, n + 2)
             for n, c in enumerate(cases[:3])]
     rows += [row({**body(20.0 + n, ref=f"S-{n}"), "case": cases[3]}, n + 10) for n in range(5)]
-    config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
-                    backoff_base=0.01, backoff_max=0.02, settle_seconds=1.0, concurrency=4)
-    with Journal(tmp_path / "state") as journal, ApiClient(config) as client:
-        journal.start_run("r1", "run")
-        out = post_rows(rows, client, journal, "r1", config, structlog.get_logger(),
-                        tuning=FAST, handle_signals=False)
+    out = post(server, tmp_path, rows, settle=1.0, concurrency=4)
     assert [o.status for o in out] == ["completed"] * 8, [o.message for o in out]
     assert server.posts == 11 and len(server.records) == 8
 
@@ -394,12 +390,7 @@ def test_a_row_waiting_out_its_settle_time_lets_other_cases_go_on(
                 with lock:
                     flying[0] -= 1
 
-    config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
-                    backoff_base=0.01, backoff_max=0.02, settle_seconds=1.0, concurrency=1)
-    with Journal(tmp_path / "state") as journal, Counting(config) as client:
-        journal.start_run("r1", "run")
-        out = post_rows(rows, client, journal, "r1", config, structlog.get_logger(),
-                        tuning=FAST, handle_signals=False)
+    out = post(server, tmp_path, rows, settle=1.0, concurrency=1, client_class=Counting)
     assert [o.status for o in out] == ["completed"] * 5, [o.message for o in out]
     assert [r["creditor_payment_reference"] for r in server.records] == [
         "B-0", "B-1", "B-2", "B-3", "A"]
