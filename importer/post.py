@@ -100,8 +100,9 @@ READBACK_PAGES = 200
 # POSTs in a row (in the order they were sent, with none the API handled in between) whose
 # answer was lost and that proved, once settled, to have stored nothing: then the API is
 # failing every POST (a broken deploy answering 500), and each further row would wait out the
-# settle time in vain: the run stops, as when the API cannot be reached. A burst of failures
-# that later POSTs outlive does not count: those later POSTs were handled.
+# settle time in vain: the run stops, as when the API cannot be reached. Only POSTs sent after
+# the first such loss was proven count: a burst of POSTs lost together (a backend restart) is
+# outlived by the POSTs sent after it.
 LOST_IN_A_ROW = 3
 # Ids compare case-insensitively (Mongo ObjectIds are hex).
 ID_FIELDS = ("creditor", "case")
@@ -342,9 +343,12 @@ class _Engine:
         # See LOST_IN_A_ROW: attempts are numbered as they go out; the last one the API
         # handled (stored or refused), and the lost ones found not stored after it.
         self._sends = itertools.count(1)
+        self._sent = 0  # the number of the last attempt that went out
         self._last_handled = 0
         self._lost_unstored: set[int] = set()
+        self._proven_at: int | None = None  # _sent when the first loss since then was proven
         self._alike = _LookAlikes()
+        self._contested: set[str] = set()  # look-alike keys that need holding (post_all)
         self._slots = _Slots(0)  # the posting's concurrency, set by post_all
 
     # -- reconciliation ---------------------------------------------------------------------
@@ -454,13 +458,19 @@ class _Engine:
         # worker posts only while it holds one of the `slots` (the concurrency).
         line = deque(deque(positions) for positions in queues.values())
         take = threading.Lock()
+        # Look-alike keys held by rows of both ways of naming a case (see look_alike).
+        by_id = {look_alike(r.kind, r.payload) for r in rows if r.case_key.startswith("case:")}
+        self._contested = {look_alike(r.kind, r.payload) for r in rows
+                           if not r.case_key.startswith("case:")} & by_id
 
         def worker() -> None:
             with self._slots.held():
                 while not self.stop.is_set():
                     self._slots.let_resume()
                     with take:
-                        if not line:  # the cases left are all in other workers' hands
+                        # The cases left are all in other workers' hands, or a stop came
+                        # while this worker waited for a slot.
+                        if not line or self.stop.is_set():
                             return
                         case = line.popleft()
                     position = case.popleft()
@@ -506,12 +516,18 @@ class _Engine:
             with self._progress_lock:
                 self.progress(outcome)
 
-    def _post_one(self, row: PlannedRow) -> Outcome:
+    def _post_one(self, row: PlannedRow) -> Outcome | None:
+        """Post one row; None when a stop came while it waited (it is reported not posted)."""
+        key = look_alike(row.kind, row.payload)
+        if key not in self._contested:
+            return self._post_alone(row)
         # A row whose case is known is in its case's line: only a look-alike row whose case
         # could not be told (an invoice number the plan could not look up) could take its
         # record, so that row posts alone among its look-alikes; the others share the key.
         alone = not row.case_key.startswith("case:")
-        with self._alike.hold(look_alike(row.kind, row.payload), alone, self._slots):
+        with self._alike.hold(key, alone, self._slots):
+            if self.stop.is_set():
+                return None
             return self._post_alone(row)
 
     def _post_alone(self, row: PlannedRow) -> Outcome:
@@ -611,7 +627,7 @@ class _Engine:
         send_no = [0]  # the number of the attempt that went out last (see LOST_IN_A_ROW)
 
         def sending() -> None:
-            send_no[0] = next(self._sends)
+            send_no[0] = self._sent = next(self._sends)
             # A send held up (rate limit, retries after 503/429) moves `updated` on, so a
             # reconcile after a crash counts the settle time from the last send.
             if time.monotonic() - noted[0] > 1.0:
@@ -694,14 +710,18 @@ class _Engine:
         with self._progress_lock:
             self._last_handled = max(self._last_handled, send_no)
             self._lost_unstored = {n for n in self._lost_unstored if n > self._last_handled}
+            if self._proven_at is not None and self._proven_at < self._last_handled:
+                self._proven_at = None  # a POST sent after the proof was handled
 
     def _lost_unhandled(self, send_no: int) -> int:
         """Count attempt ``send_no`` as lost and not stored; how many such attempts went out
-        after the last one the API handled."""
+        after the last one the API handled, and after the first such loss was proven."""
         with self._progress_lock:
             if send_no > self._last_handled:
                 self._lost_unstored.add(send_no)
-            return len(self._lost_unstored)
+            if self._proven_at is None:
+                self._proven_at = self._sent
+            return sum(n > self._proven_at for n in self._lost_unstored)
 
     def _stored_without_id(self, row: PlannedRow, result: PostResult, attempts: int,
                            sent_at: str, rlog: Any) -> Settlement:
@@ -1176,24 +1196,30 @@ class _LookAlikes:
                 self._cond.notify_all()
 
 
-def look_alike(kind: Kind, payload: dict[str, Any]) -> str:
-    """What a read-back sees of a row apart from how it names its case (by id or by invoice
-    number): the kind and every other field, values compared as :func:`matches` compares them.
+# The fields every row of a kind sends, so every read-back compares them (an optional field a
+# row leaves out, such as its reference, is not compared: that row matches any value of it).
+_ALWAYS_COMPARED = ("creditor", "amount", "bank_transaction_date")
 
-    Two rows with the same key could each take the other's record for their own (a payment
-    entered once by case id, once by invoice number, without a reference), so the engine
-    never has two of them in flight or in reconciliation at once.
+
+def look_alike(kind: Kind, payload: dict[str, Any]) -> str:
+    """What a read-back always sees of a row, apart from how it names its case: the kind and
+    the fields every row of it sends, compared as :func:`matches` compares them.
+
+    Rows with different keys can never take each other's record. Rows with the same key
+    might (a payment entered once by case id and once by invoice number, one without a
+    reference): the engine never has two such rows in flight at once when one of them names
+    its case by an invoice it could not look up, and reconciles them one after another.
     """
     parts = [kind.name]
-    for name in sorted(payload):
-        value = payload[name]
-        if name in ("case", "invoice_number") or value is None:
+    for name in _ALWAYS_COMPARED:
+        value = payload.get(name)
+        if value is None:
             continue
         if name == "amount":
             value = _decimal(value)
         elif name in kind.dates:
             value = parse_instant(value) or value
-        elif name in ID_FIELDS:
+        else:
             value = str(value).lower()
         parts.append(f"{name}={str(value).strip()}")
     return "\x1f".join(parts)

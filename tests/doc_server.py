@@ -41,7 +41,7 @@ class Variant:
     # The same, in order, for the POSTs whose case (or invoice number) is the key.
     lose_when: dict[str, list[str]] = field(default_factory=dict)
     # Invoice number -> case id: a record posted by invoice number is stored with its case, as
-    # Amili resolves it.
+    # Amili resolves it, and every record of that case shows it as case_invoice_number.
     resolve: dict[str, str] = field(default_factory=dict)
     late_seconds: float = 1.0
     slow_seconds: float = 1.0
@@ -132,7 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
                     record[name] = _stamp(record[name], v)
             if body.get("invoice_number") in v.resolve:
                 record["case"] = v.resolve[body["invoice_number"]]
-                record["case_invoice_number"] = body["invoice_number"]
+            for invoice, case in v.resolve.items():  # Amili shows the case's invoice number
+                if record.get("case") == case:
+                    record["case_invoice_number"] = invoice
             if lost == "late":
                 threading.Timer(v.late_seconds, self.state.records.append, [record]).start()
             else:

@@ -306,15 +306,18 @@ def test_a_held_up_send_moves_the_journal_time_on(serve: Any, tmp_path: Path) ->
 
 def test_posts_that_keep_failing_without_storing_stop_the_run(
         serve: Any, tmp_path: Path) -> None:
-    """Every POST answers 500 and stores nothing: after three lost POSTs proved (once
-    settled) to have stored nothing, the run stops instead of waiting out the settle time
-    for every row; nothing is stored twice and the rows not reached are retryable."""
+    """Every POST answers 500 and stores nothing: once three POSTs sent after the first loss
+    was proven are lost and unstored too, the run stops instead of waiting out the settle
+    time for every row; nothing is stored and the rows not reached are retryable."""
     server = serve(Variant(lose=["late"] * 20, late_seconds=3600))
     rows = [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2) for n in range(4)]
     out = post(server, tmp_path, rows, settle=0.2)
-    assert server.posts == 3 and server.records == []
-    assert out[0].reason == "api_unusable" and "3 POSTs in a row" in out[0].message
-    assert [o.reason for o in out[1:]] == ["not_posted"] * 3
+    # Row 2: three posts, all lost (the first proves the API loses POSTs); row 3: the third
+    # loss since then.
+    assert server.posts == 4 and server.records == []
+    assert out[0].reason == "retry_exhausted"
+    assert out[1].reason == "api_unusable" and "3 POSTs in a row" in out[1].message
+    assert [o.reason for o in out[2:]] == ["not_posted"] * 2
     assert all(o.retryable for o in out)
 
 
@@ -417,3 +420,64 @@ def test_a_look_alike_waiting_behind_a_settle_wait_does_not_block_the_run(
     [out] = done
     assert [o.status for o in out] == ["completed", "completed"], [o.message for o in out]
     assert out[0].amili_id != out[1].amili_id and len(server.records) == 2
+
+
+def test_a_row_without_a_reference_never_takes_a_referenced_look_alikes_record(
+        serve: Any, tmp_path: Path) -> None:
+    """The row by case id carries a reference, its look-alike by unresolved invoice number
+    none (so its read-back matches any reference): still never in flight together."""
+    server = serve(Variant(lose_when={CASE: ["slow"], "INV-9": ["late"]}, late_seconds=3600,
+                           slow_seconds=1.0, resolve={"INV-9": CASE}))
+    by_case = body(300.0, ref="P1")
+    by_invoice = {k: v for k, v in body(300.0, ref=None).items() if k != "case"}
+    by_invoice["invoice_number"] = "INV-9"
+    out = post(server, tmp_path, [row(by_case, 2), row(by_invoice, 3)], settle=1.0,
+               concurrency=2)
+    assert [o.status for o in out] == ["completed", "completed"], [o.message for o in out]
+    assert out[0].amili_id != out[1].amili_id and len(server.records) == 2
+
+
+def test_a_stop_while_waiting_for_a_look_alike_posts_nothing_new(
+        serve: Any, tmp_path: Path) -> None:
+    """The row by invoice loses its answer and waits out the settle time holding its key;
+    its look-alike by case id waits for the key. A stop then: the first is left unknown and
+    the second is not posted at all."""
+    server = serve(Variant(lose_when={"INV-9": ["late"]}, late_seconds=3600))
+    by_case = body(300.0, ref=None)
+    by_invoice = {k: v for k, v in by_case.items() if k != "case"} | {"invoice_number": "INV-9"}
+    stop = threading.Event()
+    threading.Timer(0.7, stop.set).start()
+    out = post(server, tmp_path, [row(by_invoice, 2), row(by_case, 3)], settle=60.0,
+               stop=stop, concurrency=2)
+    assert [(o.reason, o.retryable) for o in out] == [("outcome_unknown", True),
+                                                      ("not_posted", True)]
+    assert server.posts == 1
+
+
+def test_posts_lost_together_at_the_start_do_not_stop_a_healthy_run(
+        serve: Any, tmp_path: Path) -> None:
+    """Four cases' first POSTs are all lost together (nothing stored), then the API is fine:
+    the POSTs sent after the losses were proven are handled (slowly, so every loss is proven
+    before the first of them is answered), so the run goes on."""
+    cases = [f"{n:024x}" for n in range(1, 5)]
+    server = serve(Variant(lose_when={c: ["late", "slow"] for c in cases}, late_seconds=3600,
+                           slow_seconds=1.0))
+    rows = [row({**body(10.0 + n + 0.01 * k, ref=f"R-{n}-{k}"), "case": c}, 2 + 2 * n + k)
+            for n, c in enumerate(cases) for k in range(2)]
+    out = post(server, tmp_path, rows, settle=0.5, concurrency=4)
+    assert [o.status for o in out] == ["completed"] * 8, [o.message for o in out]
+    assert server.posts == 12 and len(server.records) == 8
+
+
+def test_look_alike_rows_named_one_way_post_in_parallel(serve: Any, tmp_path: Path) -> None:
+    """Rows that look alike but all name their case by invoice number cannot take each
+    other's records (their read-backs filter by their own invoice): no holding, they go out
+    in parallel."""
+    invoices = [f"INV-{n}" for n in range(4)]
+    server = serve(Variant(lose_when={i: ["slow"] for i in invoices}, slow_seconds=0.8))
+    rows = [row({k: v for k, v in body(50.0, ref=None).items() if k != "case"}
+                | {"invoice_number": i}, n + 2) for n, i in enumerate(invoices)]
+    started = time.monotonic()
+    out = post(server, tmp_path, rows, concurrency=4)
+    assert [o.status for o in out] == ["completed"] * 4
+    assert time.monotonic() - started < 2.5  # one at a time would take 3.2 s
