@@ -627,7 +627,9 @@ class _Engine:
         send_no = [0]  # the number of the attempt that went out last (see LOST_IN_A_ROW)
 
         def sending() -> None:
-            send_no[0] = self._sent = next(self._sends)
+            send_no[0] = next(self._sends)
+            with self._progress_lock:
+                self._sent = max(self._sent, send_no[0])
             # A send held up (rate limit, retries after 503/429) moves `updated` on, so a
             # reconcile after a crash counts the settle time from the last send.
             if time.monotonic() - noted[0] > 1.0:
@@ -1218,7 +1220,8 @@ def look_alike(kind: Kind, payload: dict[str, Any]) -> str:
         if name == "amount":
             value = _decimal(value)
         elif name in kind.dates:
-            value = parse_instant(value) or value
+            instant = parse_instant(value)
+            value = instant.timestamp() if instant is not None else value
         else:
             value = str(value).lower()
         parts.append(f"{name}={str(value).strip()}")
@@ -1230,7 +1233,8 @@ def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool
 
     Every field sent must be equal where the record has it (amounts as decimals, dates as
     instants in RFC 1123 or ISO 8601, ids case-insensitively); amount kinds need the
-    record's amount.
+    record's amount, and a row with a bank transaction date the record's (what tells two
+    look-alike payments apart).
 
     Args:
         kind: the row's kind.
@@ -1244,6 +1248,9 @@ def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool
     verdict: bool | None = True
     if kind.amount and record.get("amount") is None:
         verdict = None
+    if payload.get("bank_transaction_date") is not None and \
+            record.get("bank_transaction_date") is None:
+        verdict = None  # left out of a list answer: read the record whole before judging
     for name, sent in payload.items():
         if sent is None or name not in record or record[name] is None:
             continue

@@ -481,3 +481,21 @@ def test_look_alike_rows_named_one_way_post_in_parallel(serve: Any, tmp_path: Pa
     out = post(server, tmp_path, rows, concurrency=4)
     assert [o.status for o in out] == ["completed"] * 4
     assert time.monotonic() - started < 2.5  # one at a time would take 3.2 s
+
+
+def test_a_list_without_dates_cannot_pass_another_days_payment_for_this_one(
+        serve: Any, tmp_path: Path) -> None:
+    """The list leaves the bank date out. The row by case id (4 Jul) answers slowly; its
+    namesake by unresolved invoice (3 Jul, same amount) loses its answer. The invoice row's
+    read-back must read the candidate whole, see the other date, and not take it."""
+    server = serve(Variant(lose_when={CASE: ["slow"], "INV-9": ["late"]}, late_seconds=3600,
+                           slow_seconds=1.0, resolve={"INV-9": CASE},
+                           projection=("creditor", "case", "amount", "invoice_number",
+                                       "case_invoice_number")))
+    by_case = body(300.0, ref=None)
+    by_invoice = {k: v for k, v in by_case.items() if k != "case"} | {
+        "invoice_number": "INV-9", "bank_transaction_date": "Thu, 03 Jul 2025 16:20:41 GMT"}
+    out = post(server, tmp_path, [row(by_case, 2), row(by_invoice, 3)], settle=1.0,
+               concurrency=2)
+    assert [o.status for o in out] == ["completed", "completed"], [o.message for o in out]
+    assert out[0].amili_id != out[1].amili_id and len(server.records) == 2
