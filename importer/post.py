@@ -562,6 +562,10 @@ class _Engine:
             with self._progress_lock:
                 self._status_todo.append(_StatusTodo(row.kind, settlement.amili_id, journal_id,
                                                      settlement.body, outcome, rlog))
+            # Its status comes with the read-back after the posting (a row.status line).
+            rlog.info("row.stored", amili_id=outcome.amili_id, http_status=outcome.http_status,
+                      attempts=outcome.attempts)
+            return outcome
         event = "row.done" if outcome.status != ERROR else "row.error"
         rlog.info(event, status=outcome.status, reason=outcome.reason, amili_id=outcome.amili_id,
                   http_status=outcome.http_status, attempts=outcome.attempts,
@@ -865,9 +869,8 @@ class _Engine:
         self.journal.finish(item.journal_id, settled)
         final = _outcome(item.outcome.index, settled, posted=True, journal_id=item.journal_id)
         item.outcome.__dict__.update(final.__dict__)
-        if final.status != COMPLETED:
-            item.log.info("row.status", status=final.status, reason=final.reason,
-                          amili_id=final.amili_id, detail=final.message or None)
+        item.log.info("row.status", status=final.status, reason=final.reason,
+                      amili_id=final.amili_id, detail=final.message or None)
 
     def _from_record(self, kind: Kind, info: dict[str, Any], *, written: bool, attempts: int,
                      http_status: int | None) -> Settlement:

@@ -87,6 +87,10 @@ def test_run_posts_valid_rows_and_reports_every_row(cli: Callable[..., Result], 
     assert rows[5]["amili_id"], "a payment to a closed case is stored by Amili with status error"
     assert "invoice_number" in rows[6]["message"] and rows[6]["http_status"] == 422
     assert sorted(stored_references(sandbox)) == ["P-1", "P-2", "P-4"]
+    # run.log tells row 2's story: stored (its 201 had no status), then the status read back.
+    events = [json.loads(line) for line in (out / "run.log").read_text().splitlines()]
+    story = [(e["event"], e.get("status")) for e in events if e.get("row") == 2]
+    assert story == [("row.stored", None), ("row.status", "completed")], story
     with (out / "failed-payments.csv").open(encoding="utf-8-sig") as handle:
         failed = list(csv.DictReader(handle))
     # P-4 is stored in Amili (status error): settled there, not by importing it again.
