@@ -651,14 +651,13 @@ class Journal:
 
     def has_status_unknown(self, run_id: str) -> bool:
         """Whether a run left a stored row whose status was never read."""
-        return bool(self._query("SELECT 1 FROM rows WHERE run_id = ? AND reason = ? AND"
-                                " amili_id IS NOT NULL LIMIT 1", (run_id, "status_unknown")))
+        return bool(self._query(f"SELECT 1 FROM rows WHERE run_id = ? AND {_STATUS_UNREAD}"
+                                " LIMIT 1", (run_id,)))
 
     def status_unknown(self, fingerprints: set[str]) -> list[RowRecord]:
         """Rows with one of these fingerprints stored in Amili (an id is known) whose status
         was never read: the 201 carried none and the read-back failed."""
-        rows = self._query("SELECT * FROM rows WHERE reason = ? AND amili_id IS NOT NULL"
-                           " ORDER BY id", ("status_unknown",))
+        rows = self._query(f"SELECT * FROM rows WHERE {_STATUS_UNREAD} ORDER BY id")
         return [_row(r) for r in rows if r["fingerprint"] in fingerprints]
 
     def pending(self, exclude_run: str | None = None) -> list[RowRecord]:
@@ -711,6 +710,8 @@ _ROW_COLUMNS = (
     " retryable, reason, http_status, attempts, posts, amili_id, settled_amount,"
     " case_reference_number, status_reason_locale, message, ref_row, created, updated")
 _INSERT_ROW = f"INSERT INTO rows ({_ROW_COLUMNS})"
+# Stored rows (an Amili id is known) whose status was never read.
+_STATUS_UNREAD = "reason = 'status_unknown' AND amili_id IS NOT NULL"
 # The rows that decide whether a fingerprint may be posted (see Journal.prior).
 _PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND"
           " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299)))")

@@ -459,8 +459,9 @@ class _Engine:
         line = deque(deque(positions) for positions in queues.values())
         take = threading.Lock()
         # Look-alike keys held by rows of both ways of naming a case (see look_alike).
-        by_id = {look_alike(r.kind, r.payload) for r in rows if r.case_key.startswith("case:")}
-        self._contested = {look_alike(r.kind, r.payload) for r in rows
+        keys = [look_alike(r.kind, r.payload) for r in rows]
+        by_id = {k for k, r in zip(keys, rows, strict=True) if r.case_key.startswith("case:")}
+        self._contested = {k for k, r in zip(keys, rows, strict=True)
                            if not r.case_key.startswith("case:")} & by_id
 
         def worker() -> None:
@@ -474,7 +475,7 @@ class _Engine:
                             return
                         case = line.popleft()
                     position = case.popleft()
-                    outcomes[position] = self._post_one(rows[position])
+                    outcomes[position] = self._post_one(rows[position], keys[position])
                     self._report(outcomes[position])
                     if case:
                         with take:
@@ -516,9 +517,9 @@ class _Engine:
             with self._progress_lock:
                 self.progress(outcome)
 
-    def _post_one(self, row: PlannedRow) -> Outcome | None:
-        """Post one row; None when a stop came while it waited (it is reported not posted)."""
-        key = look_alike(row.kind, row.payload)
+    def _post_one(self, row: PlannedRow, key: str) -> Outcome | None:
+        """Post one row (``key``: its look-alike key); None when a stop came while it waited
+        (it is reported not posted)."""
         if key not in self._contested:
             return self._post_alone(row)
         # A row whose case is known is in its case's line: only a look-alike row whose case
@@ -1276,8 +1277,6 @@ def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool
         elif str(sent).strip() != str(stored).strip():
             return False
     return verdict
-
-
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -32,6 +32,14 @@ PAYLOAD = {"creditor": "a" * 24, "case": "b" * 24, "currency": "SEK", "amount": 
            "bank_transaction_date": "Fri, 04 Jul 2025 16:20:41 GMT", "origin": "creditor_system"}
 
 
+def sql(path: Path, statement: str) -> None:
+    """Run one statement on a SQLite file, as another program would."""
+    db = sqlite3.connect(path)
+    db.execute(statement)
+    db.commit()
+    db.close()
+
+
 def ref(row: int = 2, sha: str = "f" * 64, name: str = "payments.csv") -> RowRef:
     return RowRef(file_name=name, file_sha256=sha, sheet=None, row=row)
 
@@ -73,10 +81,7 @@ def test_file_is_wal_with_schema_version(tmp_path: Path) -> None:
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A journal written by a newer version is refused with a clear message, not corrupted."""
     Journal(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "journal.sqlite3")
-    db.execute("INSERT INTO schema_version VALUES (99)")
-    db.commit()
-    db.close()
+    sql(tmp_path / "journal.sqlite3", "INSERT INTO schema_version VALUES (99)")
     with pytest.raises(JournalError, match="newer amili-import"):
         Journal(tmp_path)
 
@@ -323,10 +328,7 @@ def test_read_only_journal_reads_and_never_writes(tmp_path: Path) -> None:
 
 def test_a_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     """A journal.sqlite3 that is some other program's database is not taken over."""
-    db = sqlite3.connect(tmp_path / "journal.sqlite3")
-    db.execute("CREATE TABLE invoices (id INTEGER)")
-    db.commit()
-    db.close()
+    sql(tmp_path / "journal.sqlite3", "CREATE TABLE invoices (id INTEGER)")
     with pytest.raises(JournalError, match="is not an amili-import journal.*invoices"):
         Journal(tmp_path)
     db = sqlite3.connect(tmp_path / "journal.sqlite3")
