@@ -173,6 +173,8 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
     naive_file = gen.posting_csv(work, "payments-naive.csv", CREDITOR, ids, naive_rows, seed=4)
     ceiling_file = gen.posting_csv(work, "payments-ceiling.csv", CREDITOR, ids, rows + PROBES,
                                    seed=5)
+    light_file = gen.posting_csv(work, "payments-urllib3.csv", CREDITOR, ids, rows + PROBES,
+                                 seed=6)
     sandbox = start_sandbox(cases, LATENCY_MS)
     missing: str | None = None
     proc: Proc | None = None
@@ -202,9 +204,13 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
         ceiling_before = sampler.count()
         ceiling_proc, ceiling = run_loop("ceiling", url, token, ceiling_file.path, work)
         ceiling_stored = sampler.count() - ceiling_before
+        light_before = sampler.count()
+        light_proc, light = run_loop("ceiling-urllib3", url, token, light_file.path, work)
+        light_stored = sampler.count() - light_before
         seen = references(url, token)
     finally:
         sandbox.stop()
+    rtt_zero = _round_trip_without_latency(cases)
     bound = CONCURRENCY / (LATENCY_MS / 1000)
     naive_rate = naive["rows"] / naive["seconds"]
     table = [{
@@ -222,11 +228,21 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
         "cpu_ms_per_row": 1000 * (ceiling_proc.cpu_user + ceiling_proc.cpu_sys)
         / (ceiling["rows"] + PROBES),
         "peak_rss_mb": ceiling_proc.peak_rss_mb, "exit": ceiling_proc.exit_code})
+    light_rate = light["rows"] / light["seconds"]
+    table.append({
+        "client": f"bare urllib3 (c={CONCURRENCY}, no journal)", "rows": light["rows"],
+        "stored": light_stored - PROBES, "posting_rows_per_s": light_rate,
+        "end_to_end_rows_per_s": None, "wall_s": light_proc.seconds,
+        "cpu_ms_per_row": 1000 * (light_proc.cpu_user + light_proc.cpu_sys)
+        / (light["rows"] + PROBES),
+        "peak_rss_mb": light_proc.peak_rss_mb, "exit": light_proc.exit_code})
     checks = [{"check": "naive loop: HTTP statuses", "value": json.dumps(naive["statuses"]),
                "ok": naive["statuses"].get("201") == naive["rows"] == naive_stored},
               {"check": "bare requests: HTTP statuses", "value": json.dumps(ceiling["statuses"]),
                "ok": ceiling["statuses"].get("201") == ceiling["rows"] + PROBES
-               == ceiling_stored}]
+               == ceiling_stored},
+              {"check": "bare urllib3: HTTP statuses", "value": json.dumps(light["statuses"]),
+               "ok": light["statuses"].get("201") == light["rows"] + PROBES == light_stored}]
     rtt = ceiling["round_trip_ms"]
     reachable = CONCURRENCY / (rtt / 1000)
     notes = [f"Little's bound = {CONCURRENCY} / {LATENCY_MS / 1000} s = {bound:.0f} rows/s; "
@@ -235,7 +251,12 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
              "naive: the loop alone",
              f"round trip of one request at a time here (median of {PROBES}, kept-alive "
              f"connection, 20 ms added): {rtt:.1f} ms, so at most {CONCURRENCY} / {rtt:.1f} ms "
-             f"= {reachable:.0f} rows/s can be reached on this machine"]
+             f"= {reachable:.0f} rows/s can be reached on this machine",
+             f"the same round trip with no latency added: {rtt_zero:.2f} ms, so adding the "
+             f"sandbox's 20 ms sleep adds {rtt - rtt_zero:.1f} ms to a round trip here",
+             f"bare urllib3 (requests' own layers left out, a lighter client): "
+             f"{light_rate:.0f} rows/s, {light_rate / ceiling_rate:.2f} of bare requests' "
+             f"{ceiling_rate:.0f}"]
     goals = []
     if proc is not None:
         posting_rate = rows / window if window else None
@@ -279,6 +300,31 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
             "goals": goals, "notes": notes, "partial": missing}
 
 
+def _round_trip_without_latency(cases: list[dict[str, Any]]) -> float:
+    """Median ms of `PROBES` sequential POSTs to a fresh sandbox that adds no latency."""
+    import statistics
+
+    import requests
+
+    sandbox = start_sandbox(cases, 0.0)
+    trips = []
+    try:
+        with requests.Session() as session:
+            for i in range(PROBES):
+                body = {"creditor": CREDITOR, "case": str(cases[i % len(cases)]["_id"]),
+                        "currency": "SEK", "amount": 1.5,
+                        "bank_transaction_date": "Mon, 02 Nov 2026 10:00:00 GMT",
+                        "creditor_payment_reference": f"PROBE-{i}", "origin": "creditor_system"}
+                start = time.perf_counter()
+                answer = session.post(f"{sandbox.url.rstrip('/')}/{PAYMENTS}", json=body,
+                                      headers={"X-API-Key": sandbox.token}, timeout=30)
+                trips.append(time.perf_counter() - start)
+                answer.raise_for_status()
+    finally:
+        sandbox.stop()
+    return 1000 * statistics.median(trips)
+
+
 def naive_loop(url: str, file: Path, token: str) -> dict[str, Any]:
     """The seeds' way: for each row, `requests.post(..., json=row, headers={"X-API-Key": t})`.
 
@@ -302,34 +348,36 @@ def naive_loop(url: str, file: Path, token: str) -> dict[str, Any]:
     return {"rows": len(rows), "seconds": time.perf_counter() - start, "statuses": statuses}
 
 
-def ceiling_loop(url: str, file: Path, token: str) -> dict[str, Any]:
-    """What `requests` alone reaches: after `PROBES` rows one at a time (their median round
-    trip reported), the other rows from 16 threads sharing one Session with a pool of 16;
-    bodies built from the CSV, no journal, no validation, no report.
+def ceiling_loop(url: str, file: Path, token: str, client: str = "requests") -> dict[str, Any]:
+    """What an HTTP client alone reaches: after `PROBES` rows one at a time (their median round
+    trip reported), the other rows from 16 threads sharing one pool of 16 connections; bodies
+    built from the CSV, no journal, no validation, no report.
+
+    Args:
+        url: the sandbox.
+        file: the rows.
+        token: the access token.
+        client: ``requests`` (one Session), or ``urllib3`` (one PoolManager: the library
+            requests is built on, without requests' own layers; a lighter client).
 
     Returns:
         Rows posted by the threads, their seconds, the median round trip (ms), the statuses.
     """
     import statistics
 
-    import requests
-    from requests.adapters import HTTPAdapter
-
     with file.open(newline="", encoding="utf-8") as fh:
         bodies = [json.dumps({**{k: v for k, v in row.items() if v},
                               "amount": float(row["amount"])})
                   for row in csv.DictReader(fh)]
     statuses: Counter[str] = Counter()
-    session = requests.Session()
-    session.mount("http://", HTTPAdapter(pool_maxsize=CONCURRENCY))
     headers = {"X-API-Key": token, "Content-Type": "application/json"}
-
     take = threading.Lock()
+    send = _sender(client, f"{url}/{PAYMENTS}", headers)
 
     def post(body: str) -> None:
-        answer = session.post(f"{url}/{PAYMENTS}", data=body, headers=headers, timeout=(5, 30))
+        status = send(body)
         with take:
-            statuses[str(answer.status_code)] += 1
+            statuses[str(status)] += 1
 
     trips = []
     for body in bodies[:PROBES]:
@@ -357,12 +405,42 @@ def ceiling_loop(url: str, file: Path, token: str) -> dict[str, Any]:
             "round_trip_ms": 1000 * statistics.median(trips)}
 
 
+def _sender(client: str, url: str, headers: dict[str, str]) -> Any:
+    """A function POSTing one body with `client` (a pool of `CONCURRENCY`), giving the status."""
+    if client == "urllib3":
+        import urllib3
+
+        pool = urllib3.PoolManager(maxsize=CONCURRENCY)
+        timeout = urllib3.Timeout(connect=5, read=30)
+
+        def send_urllib3(body: str) -> int:
+            answer = pool.request("POST", url, body=body.encode(), headers=headers,
+                                  timeout=timeout)
+            json.loads(answer.data)
+            return int(answer.status)
+
+        return send_urllib3
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=CONCURRENCY))
+
+    def send_requests(body: str) -> int:
+        answer = session.post(url, data=body, headers=headers, timeout=(5, 30))
+        answer.json()
+        return int(answer.status_code)
+
+    return send_requests
+
+
 def _main(argv: list[str]) -> int:
     token = os.environ.get("AMILI_ACCESS_TOKEN")
-    loops = {"naive": naive_loop, "ceiling": ceiling_loop}
+    loops = {"naive": naive_loop, "ceiling": ceiling_loop,
+             "ceiling-urllib3": lambda u, f, t: ceiling_loop(u, f, t, client="urllib3")}
     if len(argv) != 3 or argv[0] not in loops or not token:
-        print("usage: AMILI_ACCESS_TOKEN=... python -m bench.post_bench naive|ceiling URL FILE",
-              file=sys.stderr)
+        print("usage: AMILI_ACCESS_TOKEN=... python -m bench.post_bench "
+              f"{'|'.join(loops)} URL FILE", file=sys.stderr)
         return 2
     print(json.dumps(loops[argv[0]](argv[1].rstrip("/"), Path(argv[2]), token)))
     return 0

@@ -8,6 +8,7 @@ that flatters the baselines, so the ratio is a floor.
 
     python -m bench.validate_bench frictionless FILE   # one baseline run, prints JSON
     python -m bench.validate_bench frictionless-typed FILE   # dates as typed datetime fields
+    python -m bench.validate_bench frictionless-checks FILE  # typed dates + ours' row rules
     python -m bench.validate_bench pandera FILE
 """
 
@@ -39,7 +40,8 @@ def frictionless_schema(typed_dates: bool = False) -> dict[str, Any]:
 
     Table Schema cannot express "exactly one of case and invoice number", the weekday check or
     "not in the future"; it checks the rest (ids, currency, amount minimum, date shape,
-    required fields), so it does slightly less work than ours.
+    required fields), so it does less work than ours. The `frictionless-checks` variant adds,
+    as Frictionless checks, the two row rules it can say (see :func:`frictionless_validate`).
 
     Args:
         typed_dates: dates as ``datetime`` fields with the RFC 1123 format (each value parsed,
@@ -75,9 +77,19 @@ def _pattern_schema() -> dict[str, Any]:
     }
 
 
-def frictionless_validate(path: Path, typed_dates: bool = False) -> dict[str, Any]:
-    """Validate `path` with Frictionless (every row: no error limit) and time the call alone."""
+def frictionless_validate(path: Path, typed_dates: bool = False,
+                          row_checks: bool = False) -> dict[str, Any]:
+    """Validate `path` with Frictionless (every row: no error limit) and time the call alone.
+
+    Args:
+        path: the CSV.
+        typed_dates: see :func:`frictionless_schema`.
+        row_checks: also the two row rules of ours that Frictionless can say as checks, not
+            in a Table Schema: exactly one of case and invoice number (a row constraint) and
+            no row repeated (duplicate rows).
+    """
     import frictionless
+    from frictionless import Checklist, checks
 
     # Frictionless refuses absolute paths as "not safe"; a base path plus a bare name is fine.
     resource = frictionless.Resource(path=path.name, basepath=str(path.parent),
@@ -85,13 +97,17 @@ def frictionless_validate(path: Path, typed_dates: bool = False) -> dict[str, An
                                          frictionless_schema(typed_dates)))
     start = time.perf_counter()
     # limit_errors defaults to 1000: with it, Frictionless stops early and looks faster.
-    report = resource.validate(limit_errors=10**9)
+    checklist = Checklist(checks=[
+        checks.row_constraint(formula="(case is None) != (invoice_number is None)"),
+        checks.duplicate_row()] if row_checks else [])
+    report = resource.validate(checklist, limit_errors=10**9)
     seconds = time.perf_counter() - start
     task = report.tasks[0]
     if any(e.type == "resource-error" for e in task.errors):
         raise RuntimeError(f"frictionless could not read {path}: {task.errors[0].message}")
     bad_rows = {getattr(e, "row_number", None) for e in task.errors} - {None}
-    tool = "frictionless (typed dates)" if typed_dates else "frictionless"
+    tool = ("frictionless (typed dates, row checks)" if row_checks else
+            "frictionless (typed dates)" if typed_dates else "frictionless")
     return {"tool": tool, "rows": task.stats.get("rows"), "seconds": seconds,
             "error_rows": len(bad_rows), "errors": len(task.errors)}
 
@@ -247,7 +263,7 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
     if importlib.util.find_spec("frictionless") is None:
         notes.append("frictionless is not installed: `pip install -e . --group bench`")
     else:
-        for which in ("frictionless", "frictionless-typed"):
+        for which in ("frictionless", "frictionless-typed", "frictionless-checks"):
             fl = _baseline(which, frictionless_file.path, work)
             fl["errors_injected"] = frictionless_file.error_rows
             baselines.append(fl)
@@ -267,6 +283,9 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
     typed = next((b for b in baselines if b["tool"] == "frictionless (typed dates)"), None)
     typed_ratio = (last["rows_per_s"] / typed["rows_per_s"]
                    if last and typed and typed.get("rows_per_s") else None)
+    checked = next((b for b in baselines if "row checks" in b["tool"]), None)
+    checks_ratio = (last["rows_per_s"] / checked["rows_per_s"]
+                    if last and checked and checked.get("rows_per_s") else None)
     ratio = (last["rows_per_s"] / theirs["rows_per_s"]
              if last and theirs and theirs.get("rows_per_s") else None)
     # The same method on both sides (process start to exit), for reference; the goal uses the
@@ -297,6 +316,7 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
                             "frictionless_rows_per_s": theirs and theirs.get("rows_per_s"),
                             "ratio": ratio, "ratio_vs_frictionless_process": wall_ratio,
                             "ratio_vs_frictionless_typed_dates": typed_ratio,
+                            "ratio_vs_frictionless_row_checks": checks_ratio,
                             "rss_growth_smallest_to_largest": growth}],
         },
         "goals": [
@@ -312,15 +332,16 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("frictionless", "frictionless-typed", "pandera"):
-        print("usage: python -m bench.validate_bench frictionless|frictionless-typed|pandera FILE",
-              file=sys.stderr)
+    tools = ("frictionless", "frictionless-typed", "frictionless-checks", "pandera")
+    if len(argv) != 2 or argv[0] not in tools:
+        print(f"usage: python -m bench.validate_bench {'|'.join(tools)} FILE", file=sys.stderr)
         return 2
     which, path = argv[0], Path(argv[1])
     if which == "pandera":
         result = pandera_validate(path)
     else:
-        result = frictionless_validate(path, typed_dates=which == "frictionless-typed")
+        result = frictionless_validate(path, typed_dates=which != "frictionless",
+                                       row_checks=which == "frictionless-checks")
     print(json.dumps(result))
     return 0
 
