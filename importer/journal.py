@@ -18,6 +18,11 @@ Row states:
 
 One connection serves all posting threads, guarded by a re-entrant lock; SQLite itself
 serialises writers of different processes (``BEGIN IMMEDIATE`` + ``busy_timeout``).
+
+Checkpoints (copying the WAL into the database file, with an fsync of each) are not left to
+SQLite's automatic checkpoint, which runs inside a commit: there the committing posting thread
+would hold the lock through two fsyncs while every other thread waits for it. A background
+thread does them instead, on a connection of its own (see :meth:`Journal._checkpoints`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 JOURNAL_NAME = "journal.sqlite3"
+CHECKPOINT_SECONDS = 0.25  # how often the background thread checkpoints the WAL
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"
@@ -300,6 +306,8 @@ class Journal:
         self.path = path or Path(state_dir) / JOURNAL_NAME
         self._lock = threading.RLock()
         self._depth = 0
+        self._halt = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         if read_only:
             self._db = self._open_read_only()
             return
@@ -314,6 +322,7 @@ class Journal:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from None
         try:
             self._setup()
+            self._start_checkpoints()
         except JournalError:
             self._db.close()
             raise
@@ -393,8 +402,42 @@ class Journal:
                     f"(schema {version}, this one knows {SCHEMA_VERSION}); upgrade amili-import"
                 )
 
+    def _start_checkpoints(self) -> None:
+        """Hand the WAL's checkpoints to a background thread with its own connection (SQLite's
+        automatic checkpoint stays on when that connection cannot be opened)."""
+        try:
+            own = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                  check_same_thread=False)
+        except sqlite3.Error:
+            return
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer = threading.Thread(target=self._checkpoints, args=(own,),
+                                              name="journal-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoints(self, own: sqlite3.Connection) -> None:
+        """Every :data:`CHECKPOINT_SECONDS`: a checkpoint on ``own`` without the lock (it copies
+        what the WAL holds while the posting threads go on committing), then one under the
+        lock, which copies the few frames committed meanwhile: with every frame copied, the
+        next commit starts the WAL over, so it stays small. Durability does not change: a
+        commit is in the WAL before it returns, checkpointed or not."""
+        try:
+            while not self._halt.wait(CHECKPOINT_SECONDS):
+                try:
+                    _, frames, _ = own.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames > 0:
+                        with self._lock:
+                            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    continue  # busy or closing: the next round (or the close) checkpoints
+        finally:
+            own.close()
+
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
+        self._halt.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         with self._lock:
             self._db.close()
 

@@ -7,12 +7,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from importer import journal as journal_module
 from importer.journal import (
     COMPLETED,
     ERROR,
@@ -352,3 +354,57 @@ def test_a_reused_pid_is_not_a_running_run(tmp_path: Path) -> None:
         runs = {r.run_id: r for r in journal.runs()}
     assert not runs["old"].alive() and not runs["there"].alive()
     assert runs["mine"].alive() == (process_start(1) is not None)
+
+
+def _write_rows(journal: Journal, count: int, start: int = 0) -> None:
+    for i in range(start, start + count):
+        rid = journal.claim("r1", ref(row=i + 2), "payments", f"fp{i}", "case:b", PAYLOAD)
+        assert rid is not None
+        journal.finish(rid, Settlement(COMPLETED, http_status=201, attempts=1,
+                                       amili_id=f"{i:024x}"))
+
+
+def test_checkpoints_run_in_the_background(journal: Journal) -> None:
+    """SQLite's automatic checkpoint (inside a commit, under the lock the posting threads
+    share) is off; the background thread copies the WAL into the database file while the
+    journal stays open, so a reader of the file alone (the WAL ignored) sees every row."""
+    assert journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    _write_rows(journal, 50)
+    deadline = time.monotonic() + 10
+    file_only = f"{journal.path.resolve().as_uri()}?immutable=1"
+    while True:
+        db = sqlite3.connect(file_only, uri=True)
+        try:
+            seen = db.execute("SELECT count(*) FROM rows").fetchone()[0]
+        except sqlite3.DatabaseError:  # not copied yet (no table), or read mid-copy
+            seen = None
+        finally:
+            db.close()
+        if seen == 50 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert seen == 50
+
+
+def test_checkpoints_keep_the_wal_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every frame copied now and then, commits start the WAL over: 3000 rows (over
+    100 MB of WAL frames written) leave a WAL file of a few MB, not one that grows with the
+    run; closing stops the thread and removes the WAL."""
+    monkeypatch.setattr(journal_module, "CHECKPOINT_SECONDS", 0.01)
+    j = Journal(tmp_path / "state")
+    j.start_run("r1", "run")
+    wal = Path(f"{j.path}-wal")
+    largest = 0
+    for block in range(30):
+        _write_rows(j, 100, start=block * 100)
+        largest = max(largest, wal.stat().st_size)
+        time.sleep(0.02)
+    thread = j._checkpointer
+    assert thread is not None and thread.is_alive()
+    j.close()
+    assert not thread.is_alive()
+    assert not wal.exists()
+    assert largest < 40 * 1024 * 1024, largest
+    db = sqlite3.connect(tmp_path / "state" / "journal.sqlite3")
+    assert db.execute("SELECT count(*) FROM rows WHERE state = 'completed'").fetchone()[0] == 3000
+    db.close()
