@@ -22,7 +22,7 @@ serialises writers of different processes (``BEGIN IMMEDIATE`` + ``busy_timeout`
 Checkpoints (copying the WAL into the database file, with an fsync of each) are not left to
 SQLite's automatic checkpoint, which runs inside a commit: there the committing posting thread
 would hold the lock through two fsyncs while every other thread waits for it. A background
-thread does them instead, on a connection of its own (see :meth:`Journal._checkpoints`).
+thread does them instead, on a connection of its own (see :func:`_checkpoints`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 JOURNAL_NAME = "journal.sqlite3"
 CHECKPOINT_SECONDS = 0.25  # how often the background thread checkpoints the WAL
+BUSY_WAL_FRAMES = 2000  # a round that found more frames than this starts the next one at once
+AUTOCHECKPOINT_PAGES = 8000  # SQLite's own checkpoint, in a commit, only past this (~32 MB)
+WAL_SIZE_LIMIT = 32 * 1024 * 1024  # the WAL file is cut back to this when it starts over
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"
@@ -291,6 +295,44 @@ def pid_alive(pid: int | None, started: str | None = None) -> bool:
     return True
 
 
+def _checkpoints(own: sqlite3.Connection, db: sqlite3.Connection, lock: threading.RLock,
+                 halt: threading.Event) -> None:
+    """The journal's checkpoint thread (see the module's docstring).
+
+    Every :data:`CHECKPOINT_SECONDS` (at once after a round that found many frames): a
+    checkpoint on ``own`` without the lock, which copies what the WAL holds while the posting
+    threads go on committing; then one on ``db`` under the lock, which copies the few frames
+    committed meanwhile, so that with every frame copied the next commit starts the WAL over.
+    Durability does not change: a commit is in the WAL before it returns, checkpointed or not.
+    The lock is only waited for a while: a thread holding it may be the one stopping us.
+    """
+    wait = CHECKPOINT_SECONDS
+    try:
+        while not halt.wait(wait):
+            wait = CHECKPOINT_SECONDS
+            try:
+                _, frames, _ = own.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames <= 0 or not lock.acquire(timeout=CHECKPOINT_SECONDS):
+                    continue
+                try:
+                    if not halt.is_set():
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                finally:
+                    lock.release()
+                if frames > BUSY_WAL_FRAMES:
+                    wait = 0.0
+            except sqlite3.Error:
+                continue  # busy, or closing: the next round (or the close) checkpoints
+    finally:
+        own.close()
+
+
+def _stop_checkpoints(halt: threading.Event, thread: threading.Thread) -> None:
+    halt.set()
+    if thread is not threading.current_thread():
+        thread.join()
+
+
 class Journal:
     """The SQLite journal in ``<state_dir>/journal.sqlite3``; safe to share between threads.
 
@@ -307,7 +349,7 @@ class Journal:
         self._lock = threading.RLock()
         self._depth = 0
         self._halt = threading.Event()
-        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints: Callable[[], object] = lambda: None
         if read_only:
             self._db = self._open_read_only()
             return
@@ -404,40 +446,31 @@ class Journal:
 
     def _start_checkpoints(self) -> None:
         """Hand the WAL's checkpoints to a background thread with its own connection (SQLite's
-        automatic checkpoint stays on when that connection cannot be opened)."""
+        automatic checkpoint stays as it was when that cannot be set up).
+
+        The thread is given the lock, the connection and the stop flag, not the journal: a
+        journal dropped without :meth:`close` is still collected (its finaliser stops it).
+        """
         try:
             own = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                   check_same_thread=False)
         except sqlite3.Error:
             return
-        self._db.execute("PRAGMA wal_autocheckpoint = 0")
-        self._checkpointer = threading.Thread(target=self._checkpoints, args=(own,),
-                                              name="journal-checkpoint", daemon=True)
-        self._checkpointer.start()
-
-    def _checkpoints(self, own: sqlite3.Connection) -> None:
-        """Every :data:`CHECKPOINT_SECONDS`: a checkpoint on ``own`` without the lock (it copies
-        what the WAL holds while the posting threads go on committing), then one under the
-        lock, which copies the few frames committed meanwhile: with every frame copied, the
-        next commit starts the WAL over, so it stays small. Durability does not change: a
-        commit is in the WAL before it returns, checkpointed or not."""
+        thread = threading.Thread(target=_checkpoints, args=(own, self._db, self._lock, self._halt),
+                                  name="journal-checkpoint", daemon=True)
         try:
-            while not self._halt.wait(CHECKPOINT_SECONDS):
-                try:
-                    _, frames, _ = own.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if frames > 0:
-                        with self._lock:
-                            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error:
-                    continue  # busy or closing: the next round (or the close) checkpoints
-        finally:
+            thread.start()
+        except RuntimeError:  # no thread to be had: SQLite's own checkpoint goes on
             own.close()
+            return
+        # A safety net only: the thread keeps the WAL well below this while it keeps up.
+        self._db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+        self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        self._stop_checkpoints = weakref.finalize(self, _stop_checkpoints, self._halt, thread)
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
-        self._halt.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join()
+        self._stop_checkpoints()
         with self._lock:
             self._db.close()
 
