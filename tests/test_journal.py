@@ -450,3 +450,19 @@ def test_close_inside_a_transaction_does_not_hang(journal: Journal) -> None:
     threading.Thread(target=body, daemon=True).start()
     assert done.wait(10), "close() inside a transaction hung"
     assert not failed
+
+
+def test_a_journal_dropped_unclosed_stops_its_thread(tmp_path: Path) -> None:
+    """The checkpoint thread holds no reference to its journal: one dropped without close()
+    is collected, and collecting it stops the thread."""
+    import gc
+    import weakref
+
+    j = Journal(tmp_path / "state")
+    checkpointer = j._stop_checkpoints.peek()[2][1]  # type: ignore[attr-defined]
+    gone = weakref.ref(j)
+    del j
+    gc.collect()
+    assert gone() is None
+    checkpointer.join(5)
+    assert not checkpointer.is_alive()
