@@ -456,16 +456,17 @@ class Journal:
                                   check_same_thread=False)
         except sqlite3.Error:
             return
+        # SQLite's own checkpoint only as a safety net: the thread keeps the WAL well below it.
+        self._db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+        self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         thread = threading.Thread(target=_checkpoints, args=(own, self._db, self._lock, self._halt),
                                   name="journal-checkpoint", daemon=True)
         try:
             thread.start()
-        except RuntimeError:  # no thread to be had: SQLite's own checkpoint goes on
+        except RuntimeError:  # no thread to be had: SQLite's own checkpoint as before
+            self._db.execute("PRAGMA wal_autocheckpoint = 1000")
             own.close()
             return
-        # A safety net only: the thread keeps the WAL well below this while it keeps up.
-        self._db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
-        self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         self._stop_checkpoints = weakref.finalize(self, _stop_checkpoints, self._halt, thread)
 
     def close(self) -> None:
