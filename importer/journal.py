@@ -348,7 +348,6 @@ class Journal:
         self.path = path or Path(state_dir) / JOURNAL_NAME
         self._lock = threading.RLock()
         self._depth = 0
-        self._halt = threading.Event()
         self._stop_checkpoints: Callable[[], object] = lambda: None
         if read_only:
             self._db = self._open_read_only()
@@ -459,7 +458,8 @@ class Journal:
         # SQLite's own checkpoint only as a safety net: the thread keeps the WAL well below it.
         self._db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
         self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-        thread = threading.Thread(target=_checkpoints, args=(own, self._db, self._lock, self._halt),
+        halt = threading.Event()
+        thread = threading.Thread(target=_checkpoints, args=(own, self._db, self._lock, halt),
                                   name="journal-checkpoint", daemon=True)
         try:
             thread.start()
@@ -467,7 +467,7 @@ class Journal:
             self._db.execute("PRAGMA wal_autocheckpoint = 1000")
             own.close()
             return
-        self._stop_checkpoints = weakref.finalize(self, _stop_checkpoints, self._halt, thread)
+        self._stop_checkpoints = weakref.finalize(self, _stop_checkpoints, halt, thread)
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""

@@ -855,15 +855,15 @@ class _Engine:
         # The record read now is fresher than the 201: its fields win; the 201 still gives
         # what a record read by GET does not carry (Eve's _status, the id).
         info = {**item.body, **{k: v for k, v in (record or {}).items() if v is not None}}
-        said = item.body.get(item.kind.status_field)
-        if record is None and said == COMPLETED:
-            # A 201's "process status" is not Amili's processing status (a payment to a
-            # closed case is stored 'completed' and settled as an error): unread, not known.
+        # A 201's "process status" is not Amili's processing status (a payment to a closed
+        # case is stored 'completed' and settled as an error): unread, it is not known.
+        unread_completed = record is None and item.body.get(item.kind.status_field) == COMPLETED
+        if unread_completed:
             del info[item.kind.status_field]
         settled = self._from_record(item.kind, info, written=not item.earlier,
                                     attempts=item.outcome.attempts,
                                     http_status=item.outcome.http_status)
-        if record is None and said == COMPLETED:
+        if unread_completed:
             settled.message = (f"stored (Amili answered {item.kind.status_field} "
                                "'completed'), but its processing status could not be read")
         settled.message = _join(settled.message, note)

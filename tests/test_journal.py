@@ -356,6 +356,12 @@ def test_a_reused_pid_is_not_a_running_run(tmp_path: Path) -> None:
     assert runs["mine"].alive() == (process_start(1) is not None)
 
 
+def _checkpointer(journal: Journal) -> threading.Thread:
+    """The journal's checkpoint thread (the last argument its finaliser stops)."""
+    thread: threading.Thread = journal._stop_checkpoints.peek()[2][1]  # type: ignore[attr-defined]
+    return thread
+
+
 def _write_rows(journal: Journal, count: int, start: int = 0) -> None:
     for i in range(start, start + count):
         rid = journal.claim("r1", ref(row=i + 2), "payments", f"fp{i}", "case:b", PAYLOAD)
@@ -416,7 +422,7 @@ def test_checkpoints_keep_the_wal_small(tmp_path: Path) -> None:
     stop.set()
     for t in threads:
         t.join()
-    checkpointer = j._stop_checkpoints.peek()[2][1]  # type: ignore[attr-defined]
+    checkpointer = _checkpointer(j)
     assert checkpointer.is_alive()
     j.close()
     assert not checkpointer.is_alive()
@@ -459,7 +465,7 @@ def test_a_journal_dropped_unclosed_stops_its_thread(tmp_path: Path) -> None:
     import weakref
 
     j = Journal(tmp_path / "state")
-    checkpointer = j._stop_checkpoints.peek()[2][1]  # type: ignore[attr-defined]
+    checkpointer = _checkpointer(j)
     gone = weakref.ref(j)
     del j
     gc.collect()
