@@ -777,8 +777,8 @@ class _Engine:
         rate (the next row of a case needs its predecessor stored, not its status). Until
         then the journal holds the id and the provisional status of the 201. Up to
         ``STATUS_BATCH`` ids go in one ``GET /<resource>?where={"_id": {"$in": [...]}}``;
-        an id that query does not return (or a query the API refuses) is read alone with
-        ``GET /<resource>/{_id}``. Records are taken by their exact ``_id`` only.
+        an id that query does not return (or a query that is refused or fails) is read alone
+        with ``GET /<resource>/{_id}``. Records are taken by their exact ``_id`` only.
         """
         todo = self._status_todo
         self._status_todo = []
@@ -798,7 +798,7 @@ class _Engine:
 
     def _read_status_batch(self, batch: list[_StatusTodo]) -> None:
         found: dict[str, dict[str, Any]] = {}
-        if len(batch) > 1 and self._batch_reads:
+        if len(batch) > 1 and self._batch_reads and self._reads_down is None:
             ids = [item.amili_id for item in batch]
             try:
                 # At most 4 pages: a server that caps pages at 25 still answers in full, one
@@ -810,8 +810,9 @@ class _Engine:
             except Exception as exc:  # the single reads below still settle every row
                 if isinstance(exc, ApiError) and not isinstance(exc, TransientApiError):
                     self._batch_reads = False  # refused: no point in asking again
-                elif isinstance(exc, TransientApiError):
-                    self._reads_down = str(exc)  # retries ran out: one by one would too
+                # A transient failure (retries ran out, or the query timed out) may be this
+                # query's alone: the first single read below tells. If it fails too, the API
+                # is down and the rest are not tried (see _read_status).
                 self.log.info("post.status_batch_failed", rows=len(ids), error=str(exc))
             else:
                 wanted = {i.lower() for i in ids}

@@ -46,6 +46,7 @@ class Variant:
     late_seconds: float = 1.0
     slow_seconds: float = 1.0
     fail_gets: int = 0  # answer every GET with this HTTP status (0: never)
+    fail_lists: int = 0  # the same for list reads only (GET /<resource>?where=...)
 
 
 class _State:
@@ -95,6 +96,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, _public(found[0]))
             return self._send(404, {"_status": "ERR", "_error": {"code": 404,
                                                                  "message": "Not Found"}})
+        if v.fail_lists:
+            return self._send(v.fail_lists, {"_status": "ERR", "_error": {
+                "code": v.fail_lists, "message": "Gateway Timeout"}})
         where = json.loads(query.get("where", "{}"))
         items = [r for r in self.state.records if r["_resource"] == parts[0]
                  and all(r.get(k) in w["$in"] if isinstance(w, dict) and "$in" in w

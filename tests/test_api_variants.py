@@ -209,16 +209,31 @@ def test_reconcile_waits_for_a_killed_runs_late_record(serve: Any, tmp_path: Pat
 
 
 def test_status_reads_stop_when_the_api_goes_away(serve: Any, tmp_path: Path) -> None:
-    """The 201s carry no status and every GET then fails: once one read has run out of
-    retries the others are not tried (each would wait through its own); the rows stay
-    stored, their status unknown, and they say why."""
+    """The 201s carry no status and every GET then fails: the batch read and one read by
+    id run out of retries, and the others are not tried (each would wait through its own);
+    the rows stay stored, their status unknown, and they say why."""
     server = serve(Variant(fail_gets=503))
     rows = [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2) for n in range(5)]
     out = post(server, tmp_path, rows)
     assert server.posts == 5 and len(server.records) == 5
     assert {(o.status, o.reason) for o in out} == {("warning", "status_unknown")}
-    assert all("not read back, the API stopped answering" in o.message for o in out)
-    assert len(server.gets) <= 6  # one batch read's attempts, not one set per row
+    assert "reading the record back failed" in out[0].message
+    assert all("not read back, the API stopped answering" in o.message for o in out[1:])
+    lists = [g for g in server.gets if g == "/creditor--payments"]
+    assert 1 <= len(lists) == len(server.gets) - len(lists)  # one read by id, as many tries
+
+
+def test_status_reads_go_one_by_one_when_the_batch_read_fails(serve: Any,
+                                                                tmp_path: Path) -> None:
+    """The 201s carry no status and the batch read ("$in" on the ids) keeps failing with a
+    gateway timeout while reads by id work: every row's status is read by id."""
+    server = serve(Variant(fail_lists=504))
+    rows = [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2) for n in range(5)]
+    out = post(server, tmp_path, rows)
+    assert server.posts == 5 and len(server.records) == 5
+    assert [(o.status, o.reason) for o in out] == [("completed", None)] * 5
+    by_id = [g for g in server.gets if g.count("/") == 2]
+    assert sorted(by_id) == sorted(f"/creditor--payments/{r['_id']}" for r in server.records)
 
 
 def test_a_status_never_read_is_read_by_the_next_run(serve: Any, tmp_path: Path) -> None:
