@@ -123,7 +123,8 @@ def _server(options: SandboxOptions) -> tuple[uvicorn.Server, socket.socket, Run
     rt.base_url = url
     config = uvicorn.Config(build_app(rt), http=_protocol(rt.transports), ws="none",
                             lifespan="off", access_log=False, log_level="warning",
-                            loop="asyncio", timeout_keep_alive=30)
+                            # uvloop where installed (not on Windows), else asyncio
+                            loop="auto", timeout_keep_alive=30)
     return uvicorn.Server(config), sock, rt, url
 
 
