@@ -734,8 +734,15 @@ class Journal:
     def status_unknown(self, fingerprints: set[str]) -> list[RowRecord]:
         """Rows with one of these fingerprints stored in Amili (an id is known) whose status
         was never read: the 201 carried none and the read-back failed."""
-        rows = self._query(f"SELECT * FROM rows WHERE {_STATUS_UNREAD} ORDER BY id")
-        return [_row(r) for r in rows if r["fingerprint"] in fingerprints]
+        # By the fingerprint index, in batches: the cost follows the file, not the journal,
+        # which keeps every row ever posted.
+        wanted = sorted(fingerprints)
+        found: list[sqlite3.Row] = []
+        for start in range(0, len(wanted), _LOOKUP_BATCH):
+            batch = wanted[start:start + _LOOKUP_BATCH]
+            found += self._query(f"SELECT * FROM rows WHERE fingerprint IN "
+                                 f"({','.join('?' * len(batch))}) AND {_STATUS_UNREAD}", batch)
+        return [_row(r) for r in sorted(found, key=lambda r: r["id"])]
 
     def pending(self, exclude_run: str | None = None) -> list[RowRecord]:
         """Rows left ``in_flight``/``unknown`` by runs that are over (finished, or whose
@@ -789,6 +796,7 @@ _ROW_COLUMNS = (
 _INSERT_ROW = f"INSERT INTO rows ({_ROW_COLUMNS})"
 # Stored rows (an Amili id is known) whose status was never read.
 _STATUS_UNREAD = "reason = 'status_unknown' AND amili_id IS NOT NULL"
+_LOOKUP_BATCH = 500  # fingerprints per query (SQLite allows 999 parameters in older builds)
 # The rows that decide whether a fingerprint may be posted (see Journal.prior).
 _PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND"
           " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299)))")

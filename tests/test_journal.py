@@ -125,6 +125,23 @@ def test_rows_whose_status_was_never_read_are_found(journal: Journal) -> None:
     assert not journal.has_status_unknown("r1") and journal.status_unknown({"fp-a"}) == []
 
 
+def test_rows_whose_status_was_never_read_are_found_among_many(journal: Journal) -> None:
+    """A file of more rows than one query takes: each unread row is found once, in the
+    order recorded, and rows of other fingerprints are not."""
+    unread = []
+    for i in range(1300):
+        rid = journal.begin("r1", ref(i + 2), "payments", f"fp{i:04}", "case:b", PAYLOAD)
+        status_unknown = i in (7, 650, 1299)
+        journal.finish(rid, Settlement(state=WARNING if status_unknown else COMPLETED,
+                                       reason="status_unknown" if status_unknown else None,
+                                       amili_id=f"{i:024x}"))
+        if status_unknown:
+            unread.append(rid)
+    wanted = {f"fp{i:04}" for i in range(1300)} | {"fp-not-in-the-journal"}
+    assert [r.id for r in journal.status_unknown(wanted)] == unread
+    assert [r.id for r in journal.status_unknown({"fp0650", "fp0651"})] == [unread[1]]
+
+
 def test_in_flight_survives_sigkill(tmp_path: Path) -> None:
     """A process SIGKILLed right after begin() leaves the row in_flight for the next run."""
     code = (
