@@ -136,6 +136,11 @@ def retry_run(reference: str, config: Config, options: RunOptions) -> ExitCode:
     if record.allow_duplicates:
         # The original run let identical rows of other files through: so does its retry.
         config = config.with_overrides(allow_duplicates=True)
+    earlier_reports = Path(record.report_dir).parent if record.report_dir else None
+    if options.report_dir is None and earlier_reports is not None and earlier_reports.is_dir():
+        # Beside the report it follows up (a drop folder's reports/, or the state directory).
+        new_id = options.run_id or new_run_id(datetime.now(UTC))
+        options = replace(options, run_id=new_id, report_dir=earlier_reports / new_id)
     with _Run(config, Mode.RUN, replace(options, retry_of=run_id)) as run:
         return _announce(run.finish_retry(rows), options)
 

@@ -257,27 +257,30 @@ def test_faults_still_give_every_row_exactly_once(
 
 def test_retry_reposts_transient_failures(cli: Callable[..., Result], tmp_path: Path,
                                           make_sandbox: Callable[..., RunningSandbox]) -> None:
-    """Rows that failed for transient reasons are re-posted by `retry RUN_ID`, linked back."""
+    """Rows that failed for transient reasons are re-posted by `retry RUN_ID`, linked back; its
+    report goes beside the earlier run's."""
     box = make_sandbox(fail_503=1.0, retry_after=0)
     source = write_csv(tmp_path / "payments.csv", [
         [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "R1"],
         [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "R2"]])
     env = env_for(box, tmp_path / "state") | {"AMILI_CONFIG": str(tmp_path / "c.toml")}
     (tmp_path / "c.toml").write_text("max_attempts = 2\nbackoff_base = 0.01\n", encoding="utf-8")
-    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")],
+    reports = tmp_path / "reports"
+    cli(["run", str(source), "--report-dir", str(reports / "r1")],
         expect=ExitCode.ROWS_IN_ERROR, env=env)
-    first = report(tmp_path / "r1")
+    first = report(reports / "r1")
     assert {r["status"] for r in first["rows"]} == {"error"}
     box.set_faults(fail_503=0.0)
-    cli(["retry", str(tmp_path / "r1"), "--report-dir", str(tmp_path / "r2")], env=env)
-    second = report(tmp_path / "r2")
+    printed = Path(cli(["retry", str(reports / "r1")], env=env).stdout.strip())
+    second = report(printed)
+    assert printed == reports / second["run_id"]
     assert second["retry_of"] == first["run_id"]
     assert [r["status"] for r in second["rows"]] == ["completed", "completed"]
     assert stored_references(box) == Counter({"R1": 1, "R2": 1})
     listing = cli(["runs"], env=env).output
     assert first["run_id"] in listing and second["run_id"] in listing
     shown = cli(["show", second["run_id"]], env=env).output
-    assert f"retry of {first['run_id']}" in shown and str(tmp_path / "r2") in shown
+    assert f"retry of {first['run_id']}" in shown and str(printed) in shown
     assert "rows     2 completed (the report" in shown
     assert "posting  2 completed (journal states" in shown
 
