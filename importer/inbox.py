@@ -530,12 +530,15 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         outcome.duplicate or outcome.exit_code == ExitCode.OK) else "failed"
     try:
         prefix = archive_name(folder, sub, entry.name, sidecars)
-        folder.move(entry.name, sub, prefix + entry.name)
-        outcome.moved_to = f"{sub}/{prefix}{entry.name}"
+        # Sidecars first: stopped between the moves, the file is left without its sidecar (it
+        # is run again, a duplicate, or waits for a sidecar where one is required), never a
+        # stale sidecar that would mark the next upload of that name ready before it is whole.
         for sidecar in sidecars:
             # A shared <stem>.done may already have moved with a sibling file.
             with contextlib.suppress(FileNotFoundError):
                 folder.move(sidecar, sub, prefix + sidecar)
+        folder.move(entry.name, sub, prefix + entry.name)
+        outcome.moved_to = f"{sub}/{prefix}{entry.name}"
     except Exception as exc:
         error = f"cannot move to {sub}/: {_one_line(exc)}"
         outcome.error = f"{outcome.error}; {error}" if outcome.error else error

@@ -25,6 +25,7 @@ from importer.inbox import (
     InboxOptions,
     LocalFolder,
     archive_name,
+    drain,
     inbox_main,
     process_inbox,
     ready_files,
@@ -183,6 +184,31 @@ def test_drain_moves_files_to_done_and_failed(tmp_path: Path) -> None:
     assert summary.waiting == ["young.csv"]
     assert [f.moved_to.split("/")[0] for f in summary.files if f.moved_to] == [
         "done", "failed", "failed"]
+
+
+def test_stopped_between_the_moves_no_sidecar_is_left_behind(tmp_path: Path) -> None:
+    """Killed after archiving the sidecar but before the file (here: the file's move fails
+    once): the file stays without its sidecar, so a new upload of that name is not ready
+    before its own sidecar comes, and the file left is run again as a duplicate."""
+    drop(tmp_path, "payments.csv", "good")
+    drop(tmp_path, "payments.csv.done", "")
+    run = FakeRun()
+
+    class KilledBetweenMoves(LocalFolder):
+        def move(self, name: str, sub: str, new_name: str) -> None:
+            if name == "payments.csv":
+                raise SystemExit("killed")
+            super().move(name, sub, new_name)
+
+    with pytest.raises(SystemExit):
+        drain(KilledBetweenMoves(tmp_path), FAST, run)
+    assert listing(tmp_path) == ["done", "failed", "payments.csv", "reports"]
+    assert [STAMPED.sub("", n) for n in listing(tmp_path / "done")] == ["payments.csv.done"]
+    sidecar_rule = InboxOptions(min_age=60, settle=0.05, require_sidecar=True)
+    assert process_inbox(tmp_path, sidecar_rule, run).files == []
+    again = process_inbox(tmp_path, FAST, run)
+    assert again.files[0].duplicate and again.exit_code == ExitCode.OK
+    assert listing(tmp_path) == ["done", "failed", "reports"]
 
 
 def test_exit_code_is_the_worst_and_zero_without_files(tmp_path: Path) -> None:
