@@ -199,7 +199,8 @@ class _Run:
         self.config, self.mode, self.options = config, mode, options
         self.started = datetime.now(UTC)
         self.run_id = options.run_id or new_run_id(self.started)
-        self.report_dir = options.report_dir or config.state_dir / "runs" / self.run_id
+        # Absolute: the journal keeps it for `show` and `retry`, run from anywhere.
+        self.report_dir = (options.report_dir or config.state_dir / "runs" / self.run_id).absolute()
         self.log: Any = structlog.get_logger()
         self._stack = ExitStack()
         self.journal: Journal | None = None

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import Result
 from fixtures_sandbox import CLOSED_CASE, CREDITOR, OPEN_CASE, TOKEN
 
@@ -197,6 +198,22 @@ def test_dry_run_posts_nothing_and_plans(cli: Callable[..., Result], tmp_path: P
     cli(["run", "--dry-run", str(source), "--report-dir", str(tmp_path / "d2")], env=env)
     assert report(tmp_path / "d2")["rows"][0]["reason"] == "already_posted"
     assert sandbox.state.count("creditor--payments") == 1
+
+
+def test_a_relative_report_folder_is_kept_absolute(cli: Callable[..., Result], tmp_path: Path,
+                                                   sandbox: RunningSandbox,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--report-dir out` is printed, and kept in the journal, as a full path: `show` and
+    `retry` run later from another folder still find it."""
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "X"]])
+    env = env_for(sandbox, tmp_path / "state")
+    monkeypatch.chdir(tmp_path)
+    printed = cli(["run", "--dry-run", str(source), "--report-dir", "out"], env=env).stdout
+    assert printed.strip() == str(tmp_path / "out")
+    monkeypatch.chdir(tmp_path / "state")
+    shown = cli(["show", report(tmp_path / "out")["run_id"]], env=env).output
+    assert f"report   {tmp_path / 'out'}" in shown
 
 
 def test_rejected_file_posts_nothing_but_others_run(cli: Callable[..., Result], tmp_path: Path,
