@@ -43,7 +43,8 @@ Report statuses and reasons written back per row (:class:`Outcome`):
                naming the record, which the read-back then did not find (``stored_without_id``)
 ``error``      ``api_error`` (stored with status error), ``api_rejected`` (422/404, nothing
                stored), and the retryable ones: ``retry_exhausted``, ``outcome_unknown``,
-               ``not_posted`` (the run stopped first), ``api_unusable`` (login failed)
+               ``not_posted`` (the run stopped first), ``api_unusable`` (login failed),
+               ``held_back`` (an earlier row of its case ended retryable: not overtaken)
 
 The journal rows of earlier runs settled by reconciliation get ``not_stored`` (absent: safe to
 post again) or the found record's status.
@@ -475,8 +476,18 @@ class _Engine:
                             return
                         case = line.popleft()
                     position = case.popleft()
-                    outcomes[position] = self._post_one(rows[position], keys[position])
-                    self._report(outcomes[position])
+                    outcome = self._post_one(rows[position], keys[position])
+                    outcomes[position] = outcome
+                    self._report(outcome)
+                    if case and outcome is not None and outcome.retryable \
+                            and not self.stop.is_set():  # (a stop reports them not_posted)
+                        # Its fate is open (or it is still to be sent): the case's later
+                        # rows must not overtake it (a payment that closes the case, then
+                        # one more, must reach Amili in that order).
+                        for later in case:
+                            outcomes[later] = self._held(rows[later], rows[position], outcome)
+                            self._report(outcomes[later])
+                        case.clear()
                     if case:
                         with take:
                             line.append(case)
@@ -620,6 +631,18 @@ class _Engine:
         settlement = Settlement(FAILED, retryable=True, reason="not_posted", message=why)
         journal_id = self.journal.record(self.run_id, row.ref, row.kind.name, row.fingerprint,
                                          row.case_key, row.payload, settlement)
+        return _outcome(row.index, settlement, posted=False, journal_id=journal_id)
+
+    def _held(self, row: PlannedRow, first: PlannedRow, why: Outcome) -> Outcome:
+        """A row held back behind an earlier row of its case whose fate is open."""
+        text = (f"not posted: {first.ref.describe()}, earlier in the same case, is not "
+                f"settled ({why.reason}); this row goes after it, with `retry` or the next "
+                "run, so that the case's rows reach Amili in file order")
+        settlement = Settlement(FAILED, retryable=True, reason="held_back", message=text)
+        journal_id = self.journal.record(self.run_id, row.ref, row.kind.name, row.fingerprint,
+                                         row.case_key, row.payload, settlement)
+        self.log.info("row.not_posted", file=row.file_name, sheet=row.sheet, row=row.row,
+                      kind=row.kind.name, status=ERROR, reason="held_back", detail=text)
         return _outcome(row.index, settlement, posted=False, journal_id=journal_id)
 
     def _send(self, row: PlannedRow, journal_id: int, rlog: Any) -> Settlement:

@@ -325,14 +325,18 @@ def test_posts_that_keep_failing_without_storing_stop_the_run(
     was proven are lost and unstored too, the run stops instead of waiting out the settle
     time for every row; nothing is stored and the rows not reached are retryable."""
     server = serve(Variant(lose=["late"] * 20, late_seconds=3600))
-    rows = [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2) for n in range(4)]
-    out = post(server, tmp_path, rows, settle=0.2)
-    # Row 2: three posts, all lost (the first proves the API loses POSTs); row 3: the third
-    # loss since then.
-    assert server.posts == 4 and server.records == []
-    assert out[0].reason == "retry_exhausted"
-    assert out[1].reason == "api_unusable" and "3 POSTs in a row" in out[1].message
+    # One case per row: rows of one case would wait behind the first (held_back).
+    rows = [row({**body(100.0 + n, ref=f"PAY-{n}"), "case": f"{CASE[:-1]}{n}"}, n + 2)
+            for n in range(4)]
+    out = post(server, tmp_path, rows, settle=0.2, concurrency=1)
+    # Row 2's first loss proves the API loses POSTs; while it waits out the settle time the
+    # spare worker sends row 3, and the losses that follow stop the run: row 2 is the one
+    # that saw the third loss since, row 3 was in flight, rows 4 and 5 were not reached.
+    assert server.records == []
+    assert out[0].reason == "api_unusable" and "3 POSTs in a row" in out[0].message
+    assert out[1].reason == "outcome_unknown"
     assert [o.reason for o in out[2:]] == ["not_posted"] * 2
+    assert server.posts == 6  # 3 for each row sent, none for the rows not reached
     assert all(o.retryable for o in out)
 
 

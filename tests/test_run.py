@@ -252,6 +252,34 @@ def test_per_case_order_close_then_error(cli: Callable[..., Result], tmp_path: P
     assert statuses == ["completed", "error"]
 
 
+def test_a_case_waits_behind_its_row_that_failed(
+        cli: Callable[..., Result], tmp_path: Path,
+        make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """The payment that closes a case runs out of retries: the case's next row is held back
+    (not sent before it), and `retry` then posts both in file order: completed, then error."""
+    box = make_sandbox(fail_503=1.0, retry_after=0)
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", f"{OPEN_CASE.remaining:.2f}", BANK_DATE, "FULL"],
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "AFTER"]])
+    (tmp_path / "c.toml").write_text("max_attempts = 2\nbackoff_base = 0.01\n",
+                                     encoding="utf-8")
+    env = env_for(box, tmp_path / "state") | {"AMILI_CONFIG": str(tmp_path / "c.toml")}
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    first = report(tmp_path / "r1")["rows"]
+    assert [(r["status"], r["reason"]) for r in first] == [("error", "retry_exhausted"),
+                                                           ("error", "held_back")]
+    assert "file payments.csv row 2, earlier in the same case" in first[1]["message"]
+    assert box.state.requests["POST /creditor--payments"] == 2  # FULL's two attempts only
+    box.set_faults(fail_503=0.0)
+    cli(["retry", str(tmp_path / "r1"), "--report-dir", str(tmp_path / "r2")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    second = report(tmp_path / "r2")["rows"]
+    assert [(r["creditor_payment_reference"], r["status"]) for r in second] == [
+        ("FULL", "completed"), ("AFTER", "error")]
+    assert stored_references(box) == Counter({"FULL": 1, "AFTER": 1})
+
+
 def test_faults_still_give_every_row_exactly_once(
         cli: Callable[..., Result], tmp_path: Path,
         make_sandbox: Callable[..., RunningSandbox]) -> None:
