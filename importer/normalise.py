@@ -783,6 +783,9 @@ def _dates_per_unique(arr: np.ndarray, positions: np.ndarray
                 when = np.array(iso, dtype="datetime64[us]")
             except ValueError:  # an impossible date (30 Feb) among them: each on its own
                 when = np.array([_iso_or_nat(v) for v in iso], dtype="datetime64[us]")
+            # numpy reads year 0000 (Python's datetime and the API do not): those go the
+            # slow way, which says why they are not dates.
+            when[when < np.datetime64("0001-01-01", "us")] = np.datetime64("NaT")
             read = ~np.isnat(when)
             # 1970-01-01 was a Thursday (weekday 3, Monday = 0).
             days = when[read].astype("datetime64[D]").astype(np.int64)

@@ -155,6 +155,10 @@ def _detect_encoding(path: Path, forced: str | None) -> tuple[str, int, str, lis
                                              f"{offset} (line {line}) nor cp1252 at byte "
                                              f"{offset2} (line {line2}); save it as CSV UTF-8, "
                                              "or pass --encoding") from None
+            except UnicodeError as exc:  # a decoder's own complaint, e.g. UTF-16 without a BOM
+                raise FileRejected(name, f"cannot be read as {_label(codec)}: {exc}; save it as "
+                                         "CSV UTF-8, or pass another --encoding (utf-16-le, "
+                                         "utf-16-be)") from None
             ascii_so_far = ascii_so_far and data.isascii()
             scan.lines += text.count("\n")
             content = content or bool(text.strip())
@@ -304,7 +308,8 @@ def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str, widt
     where needed).
 
     - A value with a line in it that reads like a whole row (as many delimiters as a row has,
-      less one) is the mark of a quote not closed where it should be, so that the rows after
+      less one; all of them in a file of three columns or fewer, where one comma is just
+      prose) is the mark of a quote not closed where it should be, so that the rows after
       it were read into this value (they would vanish from the import without a word): the
       file is rejected. A multi-line note with a comma or two in it is not.
     - ``'=…``, ``'+…``, ``'-…``, ``'@…`` lose the ``'``: the failed-rows file (and report.csv)
@@ -315,7 +320,7 @@ def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str, widt
     """
     text = "\x00" + "\x00".join(values)
     if "\n" in text or "\r" in text:
-        enough = max(1, width - 2)
+        enough = max(1, width - 1 if width <= 3 else width - 2)
         for value, row in zip(values, rows, strict=True):
             if ("\n" in value or "\r" in value) and any(
                     line.count(delimiter) >= enough for line in value.splitlines()[1:]):

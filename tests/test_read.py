@@ -132,6 +132,17 @@ def test_encoding_and_delimiter_overrides(tmp_path: Path) -> None:
             read(path, encoding=wrong)
 
 
+def test_utf16_forced_on_a_file_without_bom_is_rejected_not_a_crash(tmp_path: Path) -> None:
+    """--encoding utf-16 on UTF-16 without a byte-order mark (the decoder cannot tell its byte
+    order): the file is rejected with what to pass instead; utf-16-le then reads it."""
+    path = write(tmp_path, "cancellations.csv", f"creditor,case\n{CRED},{CRED}\n".encode(
+        "utf-16-le"))
+    with pytest.raises(FileRejected, match=r"cancellations.csv.*cannot be read as .*utf-16-le"):
+        read(path, encoding="utf-16")
+    _, (table,) = read(path, encoding="utf-16-le")
+    assert rows(table) == [{"creditor": CRED, "case": CRED, "_row": 2}]
+
+
 def test_kind_override_and_unknown_name(tmp_path: Path) -> None:
     """--kind decides the kind; a name that tells no kind is rejected with the naming hint."""
     path = write(tmp_path, "export.csv", f"{HEADER}\n{CRED},A,SEK,1,d\n")
@@ -205,6 +216,17 @@ def test_quote_closed_rows_later_rejects_the_file(tmp_path: Path) -> None:
             f"{CRED};I2;SEK;20,00;d;ok\n")
     _, (table,) = read(write(tmp_path, "payments.csv", note))
     assert [r["Kommentar"] for r in rows(table)] == ["Storgatan 1; 3 tr\n123 45 Stockholm", "ok"]
+    # In a file of three columns a row has two delimiters: a line with one comma is prose...
+    narrow = (f'creditor,case,note\n{CRED},{CRED},"Customer called\nsays: pays tomorrow, by '
+              f'Swish"\n{CRED},{CRED},ok\n')
+    _, (table,) = read(write(tmp_path, "cancellations.csv", narrow))
+    assert [r["note"] for r in rows(table)] == [
+        "Customer called\nsays: pays tomorrow, by Swish", "ok"]
+    # ...and rows swallowed by an open quote there are still found.
+    swallowed = f'creditor,case,note\n{CRED},{CRED},"oops\n{CRED},{CRED},x\n{CRED},{CRED},y"\n'
+    _, (table,) = read(write(tmp_path, "cancellations.csv", swallowed))
+    with pytest.raises(FileRejected, match=r"row 2, column note: the value runs over"):
+        rows(table)
 
 
 def test_chunk_boundaries_keep_row_numbers(tmp_path: Path) -> None:
