@@ -275,11 +275,14 @@ def _chunker(table: Table, positions: list[int], fixes: Fixes,
         rows = sheet.to_python(skip_empty_area=False)
         del sheet
         width = max(positions) + 1
-        for start in range(table.header_row, len(rows), chunk_rows):
+        # calamine's range ends at its last cell with a value: rows below it holding only
+        # formulas without a cached value (or error cells) are known from the XML alone.
+        end = max([len(rows)] + [index + 1 for index in fixes])
+        for start in range(table.header_row, end, chunk_rows):
             data: list[list[Any]] = []
             numbers: list[int] = []
-            for index in range(start, min(start + chunk_rows, len(rows))):
-                row = _apply(rows[index], fixes.get(index))
+            for index in range(start, min(start + chunk_rows, end)):
+                row = _apply(rows[index] if index < len(rows) else [], fixes.get(index))
                 if len(row) < width:
                     row = list(row) + [""] * (width - len(row))
                 cells = [cell_value(row[p]) for p in positions]

@@ -182,6 +182,32 @@ def test_formulas_cached_value_and_missing_value(tmp_path: Path) -> None:
     assert second["Amount"] == 7
 
 
+def test_rows_of_formulas_without_values_below_the_data_are_read(tmp_path: Path) -> None:
+    """Rows holding only formulas saved without a value (calamine's range ends above them),
+    at the end of a sheet or making up all of it, still reach validation, each as its row."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER)
+    ws.append([CRED, "A", "SEK", 5, dt.date(2025, 7, 1)])
+    ws.append([f"=Data!A{n}" for n in range(1, 6)])
+    ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
+    ws.append([f"=Data!B{n}" for n in range(1, 6)])
+    ws.append([None, None, None, "=1+1", None])
+    only = wb.create_sheet("credits")
+    only.append(["creditor", "case", "currency", "amount"])
+    for n in range(2, 5):
+        only.append([f"=Data!A{n}", f"=Data!B{n}", f"=Data!C{n}", f"=Data!D{n}"])
+    _, (payments, credits) = open_file(save(wb, tmp_path, "month.xlsx"), ReadOptions())
+    got = rows(payments)
+    assert [r["_row"] for r in got] == [2, 3, 4, 5, 6]
+    assert got[3]["Creditor"] is FORMULA_WITHOUT_VALUE
+    assert got[4]["Amount"] is FORMULA_WITHOUT_VALUE and got[4]["Creditor"] is None
+    assert [r["_row"] for r in rows(credits)] == [2, 3, 4]
+    assert all(v is FORMULA_WITHOUT_VALUE for r in rows(credits) for k, v in r.items()
+               if k != "_row")
+
+
 def test_error_cells_come_through_as_text(tmp_path: Path) -> None:
     """Excel error cells (#N/A, #DIV/0!) arrive as their text, not as empty cells."""
     wb = openpyxl.Workbook()
