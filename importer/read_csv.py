@@ -229,8 +229,9 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
         # decimal comma in a comma-separated file), so every cell after it is shifted.
         if number > header_row and any(v.strip() for v in cells[len(header):]):
             raise FileRejected(name, _too_many(number, len(cells), len(header), header_row))
-    width = max([len(header)] + [len(cells) for cells in below])
-    header = header + [""] * (width - len(header))
+    header_cells = len(header)
+    width = max([header_cells] + [len(cells) for cells in below])
+    header = header + [""] * (width - header_cells)
     last_named = max(i for i, text in enumerate(header) if text)
     # A column without a header is kept when the sample shows values in it (or it sits between
     # named columns); one that is empty in the sample must stay empty (checked per chunk).
@@ -241,13 +242,23 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     info.kinds.append(kind.name)
     table = Table(file=info, sheet=None, kind=kind, header_row=header_row, columns=columns,
                   fields=fields, chunks=lambda: iter(()))
-    table.chunks = _chunker(table, encoding, delimiter, width, positions, options.chunk_rows)
+    table.chunks = _chunker(table, encoding, delimiter, width, header_cells, positions,
+                            options.chunk_rows)
     return info, [table]
 
 
-def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions: list[int],
-             chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
-    """The table's ``chunks`` callable: a fresh pandas reader per call."""
+MAX_WIDENINGS = 20  # restarts for rows wider than the sample showed (see _chunker)
+
+
+def _chunker(table: Table, encoding: str, delimiter: str, width: int, header_cells: int,
+             positions: list[int], chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
+    """The table's ``chunks`` callable: a fresh pandas reader per call.
+
+    The number of cells per row comes from the sample at the top of the file. A row further
+    down with more cells stops pandas; the reader then starts again, wider, at the first row
+    not yet read, so that a row with empty cells past the others (``…,2026-11-03,,``) reads
+    the same wherever it is. Values in those cells reject the file, naming the row.
+    """
     counted = False
 
     def chunks() -> Iterator[pd.DataFrame]:
@@ -256,48 +267,78 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, positions:
         import pandas as pd
 
         info = table.file
-        internal = [f"p{i}" for i in range(width)]
         kept = dict(zip(positions, table.columns, strict=True))
-        first_row = table.header_row + 1
         strip = np.frompyfunc(str.strip, 1, 1)
-        try:
-            # Inside the try: pandas may tokenise the first rows already here.
-            reader = pd.read_csv(
-                info.path, sep=delimiter, header=None, names=internal,
-                skiprows=table.header_row, dtype=object, keep_default_na=False,
-                na_filter=False, skip_blank_lines=False, index_col=False, chunksize=chunk_rows,
-                engine="c", encoding=encoding, encoding_errors="strict", quotechar='"',
-                doublequote=True)
-            with reader:
-                for chunk in reader:
-                    # Plain object arrays: pandas' own .str.strip / != are 3-6x slower here.
-                    rows = np.arange(first_row, first_row + len(chunk), dtype=np.int64)
-                    first_row += len(chunk)
-                    keep = np.zeros(len(chunk), dtype=bool)
-                    cells = {}
-                    for index, column in enumerate(internal):
-                        values = strip(chunk[column].to_numpy())
-                        filled = values != ""
-                        if index in kept:
-                            cells[kept[index]] = _screen(info.name, kept[index], values, rows,
-                                                         delimiter, width)
-                            keep |= filled
-                        elif filled.any():
-                            at = int(np.argmax(filled))
-                            raise FileRejected(info.name, _headerless(
-                                int(rows[at]), index + 1, values[at], table.header_row))
-                    out = pd.DataFrame(cells, dtype=object, copy=False)
-                    out[ROW] = rows
-                    if not keep.all():
-                        out = out[keep].reset_index(drop=True)
-                    if not counted:
-                        info.rows += len(out)
-                    yield out
-        except pd.errors.ParserError as exc:
-            raise FileRejected(info.name, _parser_message(str(exc), table.header_row)) from None
+        done = table.header_row  # records before the first row not yet read
+        read_width = width
+        for _ in range(MAX_WIDENINGS + 1):
+            internal = [f"p{i}" for i in range(read_width)]
+            try:
+                # Inside the try: pandas may tokenise the first rows already here.
+                reader = pd.read_csv(
+                    info.path, sep=delimiter, header=None, names=internal, skiprows=done,
+                    dtype=object, keep_default_na=False, na_filter=False,
+                    skip_blank_lines=False, index_col=False, chunksize=chunk_rows, engine="c",
+                    encoding=encoding, encoding_errors="strict", quotechar='"',
+                    doublequote=True)
+                with reader:
+                    for chunk in reader:
+                        out = _cells(info.name, chunk, internal, kept, strip, done + 1,
+                                     delimiter, width, header_cells, table.header_row)
+                        done += len(chunk)
+                        if not counted:
+                            info.rows += len(out)
+                        yield out
+                break
+            except pd.errors.ParserError as exc:
+                match = _TOO_MANY.search(str(exc))
+                if match is None or int(match.group(3)) <= read_width:
+                    raise FileRejected(info.name, _parser_message(str(exc), table.header_row)
+                                       ) from None
+                read_width = int(match.group(3))
+        else:
+            raise FileRejected(info.name, f"rows from row {done + 1} on keep getting longer "
+                                          "than the header; check the delimiters")
         counted = True
 
     return chunks
+
+
+def _cells(name: str, chunk: pd.DataFrame, internal: list[str], kept: dict[int, str],
+           strip: Any, first_row: int, delimiter: str, width: int, header_cells: int,
+           header_row: int) -> pd.DataFrame:
+    """One chunk's kept columns, trimmed and screened, with the spreadsheet row numbers."""
+    import numpy as np
+    import pandas as pd
+
+    # Plain object arrays: pandas' own .str.strip / != are 3-6x slower here.
+    rows = np.arange(first_row, first_row + len(chunk), dtype=np.int64)
+    keep = np.zeros(len(chunk), dtype=bool)
+    cells = {}
+    for index, column in enumerate(internal):
+        values = strip(chunk[column].to_numpy())
+        filled = values != ""
+        if index in kept:
+            cells[kept[index]] = _screen(name, kept[index], values, rows, delimiter, width)
+            keep |= filled
+        elif filled.any():
+            at = int(np.argmax(filled))
+            if index >= header_cells:  # past the header's last cell: a shifted row
+                raise FileRejected(name, _too_many(int(rows[at]), _count(chunk, at),
+                                                   header_cells, header_row))
+            raise FileRejected(name, _headerless(int(rows[at]), index + 1, values[at],
+                                                 header_row))
+    out = pd.DataFrame(cells, dtype=object, copy=False)
+    out[ROW] = rows
+    if not keep.all():
+        out = out[keep].reset_index(drop=True)
+    return out
+
+
+def _count(chunk: pd.DataFrame, at: int) -> int:
+    """How many cells row ``at`` of the chunk has, up to its last non-empty one."""
+    values = [str(v).strip() for v in chunk.iloc[at].tolist()]
+    return max(i + 1 for i, v in enumerate(values) if v)
 
 
 _INERT = ("'=", "'+", "'-", "'@")  # how our reports make formula-like text inert

@@ -324,6 +324,26 @@ def test_too_many_cells_rejected_with_row(tmp_path: Path) -> None:
         rows(table)
 
 
+@pytest.mark.parametrize("at", [3, 2800])
+def test_blank_extra_cells_read_the_same_anywhere(tmp_path: Path, at: int) -> None:
+    """Empty cells past the header's last (``…,d,,``) on one row are harmless whether that row
+    is in the sample at the top or far below it; values there reject the file wherever they
+    are, naming the row. Small chunks: the wider reading starts again mid-file."""
+    def text(extra: str) -> str:
+        lines = [f"{CRED},I{i},SEK,1,d" + (extra if i + 2 == at else "") for i in range(3000)]
+        return HEADER + "\n" + "\n".join(lines) + "\n"
+
+    _, (table,) = read(write(tmp_path, "payments.csv", text(",,")), chunk_rows=1000)
+    got = rows(table)
+    assert [r["_row"] for r in got] == list(range(2, 3002))
+    assert got[at - 2]["invoice_number"] == f"I{at - 2}"
+    _, (table,) = read(write(tmp_path, "payments.csv", text(",, ,")), chunk_rows=1000)
+    assert len(rows(table)) == 3000  # wider again later: a second restart
+    path = write(tmp_path, "payments.csv", text(",,x"))
+    with pytest.raises(FileRejected, match=f"row {at} has 7 cells, more than the 5 columns"):
+        rows(read(path, chunk_rows=1000)[1][0])
+
+
 def test_huge_cell_is_kept(tmp_path: Path) -> None:
     """A 1 MB cell does not crash the reader; validation decides about it."""
     path = tmp_path / "payments.csv"
