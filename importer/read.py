@@ -96,16 +96,21 @@ class ReadOptions:
 
 
 def canonical_header(text: str) -> str:
-    """The comparable form of a header: ``"Invoice Number "`` → ``"invoice_number"``.
+    """The comparable form of a header: ``"Invoice Number "`` and ``"InvoiceNumber"`` →
+    ``"invoice_number"``.
 
     Args:
         text: a header cell as written.
 
     Returns:
-        lower case, trimmed, with runs of spaces, hyphens, dots and underscores as one ``_``.
+        lower case, trimmed, with runs of spaces, hyphens, dots and underscores as one ``_``,
+        and camelCase words split (``bankTransactionDate``, as API-minded exports write them).
     """
-    text = text.replace("\ufeff", "").strip().lower()
+    text = _CAMEL_HUMP.sub("_", text.replace("\ufeff", "").strip()).lower()
     return re.sub(r"[\s\-._]+", "_", text).strip("_")
+
+
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def open_file(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:

@@ -232,13 +232,12 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     header_cells = len(header)
     width = max([header_cells] + [len(cells) for cells in below])
     header = header + [""] * (width - header_cells)
-    last_named = max(i for i, text in enumerate(header) if text)
-    # A column without a header is kept when the sample shows values in it (or it sits between
-    # named columns); one that is empty in the sample must stay empty (checked per chunk).
-    with_values = {i for cells in below for i, v in enumerate(cells) if v.strip()}
+    # Every cell of the header row is a column, named or not (an unnamed one is kept in the
+    # report, never sent), wherever in the file its values are; cells past the header's last
+    # must stay empty (checked per chunk).
     positions, columns, fields = build_columns(
-        name, "", header, lambda i: i < last_named or i in with_values, lambda i: str(i + 1),
-        kind, options, header_row, info.notes)
+        name, "", header, lambda i: i < header_cells, lambda i: str(i + 1), kind, options,
+        header_row, info.notes)
     info.kinds.append(kind.name)
     table = Table(file=info, sheet=None, kind=kind, header_row=header_row, columns=columns,
                   fields=fields, chunks=lambda: iter(()))
@@ -321,13 +320,10 @@ def _cells(name: str, chunk: pd.DataFrame, internal: list[str], kept: dict[int, 
         if index in kept:
             cells[kept[index]] = _screen(name, kept[index], values, rows, delimiter, width)
             keep |= filled
-        elif filled.any():
+        elif filled.any():  # past the header's last cell: a row shifted by a delimiter
             at = int(np.argmax(filled))
-            if index >= header_cells:  # past the header's last cell: a shifted row
-                raise FileRejected(name, _too_many(int(rows[at]), _count(chunk, at),
-                                                   header_cells, header_row))
-            raise FileRejected(name, _headerless(int(rows[at]), index + 1, values[at],
-                                                 header_row))
+            raise FileRejected(name, _too_many(int(rows[at]), _count(chunk, at), header_cells,
+                                               header_row))
     out = pd.DataFrame(cells, dtype=object, copy=False)
     out[ROW] = rows
     if not keep.all():
@@ -376,11 +372,6 @@ def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str, widt
             if value.startswith(_INERT):
                 values[i] = value[1:]
     return values
-
-
-def _headerless(row: int, column: int, value: str, header_row: int) -> str:
-    return (f"row {row}, column {column}: value {value[:40]!r} in a column without a header "
-            f"(header row {header_row}); give the column a header or remove the value")
 
 
 def _too_many(row: int, cells: int, columns: int, header_row: int) -> str:

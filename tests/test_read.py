@@ -38,6 +38,18 @@ def test_canonical_header_ignores_case_spaces_hyphens_dots() -> None:
     assert canonical_header("Bank transaction date") == "bank_transaction_date"
     assert canonical_header("bank-transaction.date") == "bank_transaction_date"
     assert canonical_header("INVOICE__NUMBER") == "invoice_number"
+    # camelCase and PascalCase, as API-minded exports write them
+    assert canonical_header("bankTransactionDate") == "bank_transaction_date"
+    assert canonical_header("CreditorPaymentReference") == "creditor_payment_reference"
+
+
+def test_camel_case_headers_are_read(tmp_path: Path) -> None:
+    """A header written InvoiceNumber, BankTransactionDate… is the documented columns."""
+    header = "Creditor,InvoiceNumber,Currency,Amount,BankTransactionDate"
+    _, (table,) = read(write(tmp_path, "payments.csv", f"{header}\n{CRED},A,SEK,1,d\n"))
+    assert table.fields == {"Creditor": "creditor", "InvoiceNumber": "invoice_number",
+                            "Currency": "currency", "Amount": "amount",
+                            "BankTransactionDate": "bank_transaction_date"}
 
 
 def test_utf8_csv_rows_fields_and_notes(tmp_path: Path) -> None:
@@ -296,12 +308,18 @@ def test_unsupported_extensions_rejected(tmp_path: Path) -> None:
 
 
 def test_headerless_and_trailing_columns(tmp_path: Path) -> None:
-    """Trailing empty columns are ignored; a headerless column with values is kept as column_N."""
-    text = f"{HEADER},,\n{CRED},A,SEK,1,d,,\n{CRED},B,SEK,1,d,,x\n"
+    """Every cell of the header row is a column: one without a name is kept as column_N (never
+    sent), whether its values come at the top, far below, or not at all; the rows' empty cells
+    past the header's last are ignored."""
+    text = f"{HEADER},,\n{CRED},A,SEK,1,d,,,,\n{CRED},B,SEK,1,d,,x\n"
     info, (table,) = read(write(tmp_path, "payments.csv", text))
-    assert table.columns[-1] == "column_7" and "column_6" not in table.columns
-    assert rows(table)[1]["column_7"] == "x"
+    assert table.columns[-2:] == ["column_6", "column_7"]
+    assert [r["column_7"] for r in rows(table)] == ["", "x"]
     assert any("column_7" in n for n in info.notes)
+    body = "".join(f"{CRED},I{i},SEK,1,d,,\n" for i in range(3000))
+    late = f"{HEADER},,\n{body}{CRED},X,SEK,1,d,,paid by Swish\n"
+    _, (table,) = read(write(tmp_path, "payments.csv", late))
+    assert rows(table)[-1]["column_7"] == "paid by Swish"
 
 
 def test_values_past_the_header_rejected(tmp_path: Path) -> None:
