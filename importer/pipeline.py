@@ -338,17 +338,11 @@ class _Run:
 
     def _not_posted(self, rows: list[PlannedRow], why: str) -> list[Outcome]:
         """Journal rows that could not be sent at all (retryable), and their outcomes."""
-        from importer.journal import FAILED, Settlement
-        from importer.post import Outcome
+        from importer.post import not_sent
 
         assert self.journal is not None
-        message = f"not posted: {why}"
-        for row in rows:
-            self.journal.record(self.run_id, row.ref, row.kind.name, row.fingerprint,
-                                row.case_key, row.payload,
-                                Settlement(FAILED, retryable=True, reason="api_unusable",
-                                           message=message))
-        return [Outcome(r.index, "error", "api_unusable", message, retryable=True) for r in rows]
+        return not_sent(rows, self.journal, self.run_id, self.config, "api_unusable",
+                        f"not posted: {why}")
 
     def _cases_of_invoices(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """Case ids of (creditor, invoice number) pairs, looked up in parallel; a pair with no

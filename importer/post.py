@@ -266,6 +266,14 @@ def post_rows(
         return engine.post_all(rows)
 
 
+def not_sent(rows: list[PlannedRow], journal: Journal, run_id: str, config: Config,
+             reason: str, message: str) -> list[Outcome]:
+    """Journal and report rows a run could not send at all (e.g. the login failed): see
+    ``_Engine.unsent``."""
+    engine = _Engine(None, journal, run_id, config, structlog.get_logger(), None, None, None)
+    return [engine.unsent(row, reason, message) for row in rows]
+
+
 def preview(rows: list[PlannedRow], journal: Journal, config: Config) -> list[Outcome | None]:
     """What a run would do with each row, without posting or writing anything (dry run).
 
@@ -628,22 +636,35 @@ class _Engine:
 
     def _not_reached(self, row: PlannedRow) -> Outcome:
         why = f"the run stopped before this row was posted{_paren(self.fatal)}; nothing was sent"
-        settlement = Settlement(FAILED, retryable=True, reason="not_posted", message=why)
-        journal_id = self.journal.record(self.run_id, row.ref, row.kind.name, row.fingerprint,
-                                         row.case_key, row.payload, settlement)
-        return _outcome(row.index, settlement, posted=False, journal_id=journal_id)
+        return self.unsent(row, "not_posted", why)
 
     def _held(self, row: PlannedRow, first: PlannedRow, why: Outcome) -> Outcome:
         """A row held back behind an earlier row of its case whose fate is open."""
         text = (f"not posted: {first.ref.describe()}, earlier in the same case, is not "
                 f"settled ({why.reason}); this row goes after it, with `retry` or the next "
                 "run, so that the case's rows reach Amili in file order")
-        settlement = Settlement(FAILED, retryable=True, reason="held_back", message=text)
-        journal_id = self.journal.record(self.run_id, row.ref, row.kind.name, row.fingerprint,
-                                         row.case_key, row.payload, settlement)
+        return self.unsent(row, "held_back", text)
+
+    def unsent(self, row: PlannedRow, reason: str, message: str) -> Outcome:
+        """Journal and report a row this run does not send (retryable), unless the journal
+        knows it better: a row an earlier run settled is reported with that outcome (never
+        "nothing was sent" for a row Amili has), one in flight elsewhere as such."""
+        with self.journal.transaction():
+            early = self._decide(row)
+            settlement = early[0] if early is not None else Settlement(
+                FAILED, retryable=True, reason=reason, message=message)
+            journal_id = self.journal.record(self.run_id, row.ref, row.kind.name,
+                                             row.fingerprint, row.case_key, row.payload,
+                                             settlement)
+        if early is not None:
+            outcome = early[1]
+            outcome.journal_id = journal_id
+        else:
+            outcome = _outcome(row.index, settlement, posted=False, journal_id=journal_id)
         self.log.info("row.not_posted", file=row.file_name, sheet=row.sheet, row=row.row,
-                      kind=row.kind.name, status=ERROR, reason="held_back", detail=text)
-        return _outcome(row.index, settlement, posted=False, journal_id=journal_id)
+                      kind=row.kind.name, status=outcome.status, reason=outcome.reason,
+                      detail=outcome.message)
+        return outcome
 
     def _send(self, row: PlannedRow, journal_id: int, rlog: Any) -> Settlement:
         """POST (again only after a read-back proved nothing was stored); the settlement."""

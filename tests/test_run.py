@@ -280,6 +280,28 @@ def test_a_case_waits_behind_its_row_that_failed(
     assert stored_references(box) == Counter({"FULL": 1, "AFTER": 1})
 
 
+def test_rows_an_earlier_run_posted_are_never_reported_unsent(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A run stopped by a refused token before it reached a file posted by an earlier run
+    reports that file's rows with their earlier outcome, not "nothing was sent", and keeps
+    them out of the failed-rows file; the row never posted is retryable."""
+    done = write_csv(tmp_path / "payments-a.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "A1"]])
+    new = write_csv(tmp_path / "payments-b.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "B1"]])
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["run", str(done), "--report-dir", str(tmp_path / "r1")], env=env)
+    cli(["run", str(new), str(done), "--concurrency", "1", "--report-dir", str(tmp_path / "r2")],
+        expect=ExitCode.CANNOT_RUN, env=env | {"AMILI_ACCESS_TOKEN": "not-the-token"})
+    rows = {r["creditor_payment_reference"]: r for r in report(tmp_path / "r2")["rows"]}
+    assert (rows["B1"]["status"], rows["B1"]["reason"]) == ("error", "api_unusable")
+    assert (rows["A1"]["status"], rows["A1"]["reason"]) == ("completed", "already_posted")
+    assert "nothing was sent" not in rows["A1"]["message"]
+    assert not (tmp_path / "r2" / "failed-payments-a.csv").exists()
+    assert (tmp_path / "r2" / "failed-payments-b.csv").exists()
+    assert stored_references(sandbox) == Counter({"A1": 1})
+
+
 def test_faults_still_give_every_row_exactly_once(
         cli: Callable[..., Result], tmp_path: Path,
         make_sandbox: Callable[..., RunningSandbox]) -> None:
