@@ -24,7 +24,7 @@ import json
 import os
 import queue
 import re
-import tempfile
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -509,9 +509,16 @@ class _Encoder:
 
 
 def _temp_path(directory: Path, final_name: str) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{final_name}.", dir=directory)
-    os.close(fd)
-    return Path(name)
+    """A new, empty temp file beside ``final_name``, with the mode the user's umask gives
+    (``mkstemp`` would make it 0600: a report others in the group could not open)."""
+    for _ in range(100):
+        path = directory / f"{_TMP_PREFIX}{final_name}.{secrets.token_hex(4)}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name for {final_name} in {directory}")
 
 
 def _publish(temp: Path, final: Path) -> None:

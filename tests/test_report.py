@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -102,6 +104,22 @@ def test_three_files_hold_the_same_rows(tmp_path: Path) -> None:
         assert j["row"] == int(c["row"]) == x[2] == i + 2
         assert j["amount"] == float(c["amount"]) == x[header.index("amount")] == i + 0.5
         assert list(j) == list(rows_csv[0])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_report_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Report files get the mode the user's umask gives (others in the group can open the
+    reports of a service account), as run.log does, not a private 0600."""
+    old = os.umask(umask)
+    try:
+        write(tmp_path, [frame([{"status": "error"}])], [])
+        failed = write_failed_rows(tmp_path / "failed-payments.csv", [{"a": "1"}], ["a"], ",")
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "report.json", tmp_path / "report.csv", tmp_path / "report.xlsx",
+                 failed]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".amili-tmp")]
 
 
 def test_json_types_and_head(tmp_path: Path) -> None:
