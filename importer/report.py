@@ -139,9 +139,10 @@ class Summary:
             lines.append(f"file {f['name']}: {state}")
         per_status = ", ".join(f"{n} {s}" for s, n in _ordered(self.totals).items())
         lines.append(f"rows: {self.rows}" + (f" ({per_status})" if per_status else ""))
-        for (kind, status), amount in sorted(self.amounts.items(), key=_kind_status_key):
-            n = self.counts.get((kind, status), 0)
-            lines.append(f"  {kind} {status}: {n} rows, {_money(amount)} SEK")
+        for (kind, status), n in sorted(self.counts.items(), key=_kind_status_key):
+            amount = self.amounts.get((kind, status))
+            money = f", {_money(amount)} SEK" if amount is not None else ""
+            lines.append(f"  {kind} {status}: {n} rows{money}")
         if self.xlsx_rows_left_out:
             lines.append(f"report.xlsx lists only rows needing attention "
                          f"({self.xlsx_rows_left_out} left out; report.csv has every row)")
@@ -159,6 +160,10 @@ def _kind_status_key(item: tuple[tuple[str, str], Any]) -> tuple[str, int, str]:
     (kind, status), _ = item
     rank = STATUS_ORDER.index(status) if status in STATUS_ORDER else len(STATUS_ORDER)
     return kind, rank, status
+
+
+def _float_or_none(amount: Decimal | None) -> float | None:
+    return None if amount is None else float(amount)
 
 
 def _money(amount: Decimal) -> str:
@@ -836,11 +841,11 @@ class ReportWriter:
             "finished": iso_utc(finished),
             "files": summary.files,
             "totals": summary.totals,
+            # Every (kind, status) with rows; amount null where none is known (cancellations).
             "amounts": [
-                {"kind": kind, "status": status, "rows": summary.counts.get((kind, status), 0),
-                 "amount": float(amount)}
-                for (kind, status), amount in sorted(summary.amounts.items(),
-                                                     key=_kind_status_key)
+                {"kind": kind, "status": status, "rows": rows,
+                 "amount": _float_or_none(summary.amounts.get((kind, status)))}
+                for (kind, status), rows in sorted(summary.counts.items(), key=_kind_status_key)
             ],
             "columns": self.columns,
         }

@@ -122,6 +122,23 @@ def test_report_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".amili-tmp")]
 
 
+def test_amounts_list_every_kind_and_status_with_rows(tmp_path: Path) -> None:
+    """report.json's amounts and the terminal summary name cancellations too (no amount: null),
+    so that their rows add up to the totals."""
+    f = frame([{"amount": "1.50"}, {"amount": "2.50"},
+               {"kind": "cancellations", "amount": None},
+               {"kind": "cancellations", "amount": None, "status": "error"}])
+    summary = write(tmp_path, [f], [])
+    amounts = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))["amounts"]
+    assert amounts == [
+        {"kind": "cancellations", "status": "valid", "rows": 1, "amount": None},
+        {"kind": "cancellations", "status": "error", "rows": 1, "amount": None},
+        {"kind": "payments", "status": "valid", "rows": 2, "amount": 4.0}]
+    assert sum(a["rows"] for a in amounts) == sum(summary.totals.values()) == 4
+    lines = summary.summary_lines()
+    assert "  cancellations valid: 1 rows" in lines and "  payments valid: 2 rows, 4.00 SEK" in lines
+
+
 def test_json_types_and_head(tmp_path: Path) -> None:
     """JSON: numbers for amounts, integers or null for row/http_status/attempts; head keys."""
     f = frame([{"amount": "1234.50", "http_status": 201, "attempts": 1,
