@@ -219,7 +219,9 @@ def as_text(raw: pd.Series) -> pd.Series:
     arr = _objects(raw)
     if pd.api.types.infer_dtype(arr, skipna=False) == "string":
         return raw if raw.dtype == object else _obj_series(arr, raw.index)
-    return _obj_series([x if type(x) is str else display(x) for x in arr], raw.index)
+    # The formula sentinel stays itself (it reads as ""): the failed-rows file marks it.
+    return _obj_series([x if type(x) is str or is_formula_without_value(x) else display(x)
+                        for x in arr], raw.index)
 
 
 def is_formula_without_value(value: Any) -> bool:

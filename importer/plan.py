@@ -194,11 +194,20 @@ def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None, str], 
         key = (chunk.table.file.name, chunk.table.sheet, chunk.table.kind.name)
         bucket = out.setdefault(key, FailedRows(headers, [], chunk.table.file.delimiter or ","))
         for _, record in errors.iterrows():
-            row = {h: _text(record.get(f"input:{h}")) for h in headers}
+            row = {h: _cell_text(record.get(f"input:{h}")) for h in headers}
             row["error_reason"] = _text(record.get("reason"))
             row["error_message"] = _text(record.get("message"))
             bucket.rows.append(row)
     return out
+
+
+def _cell_text(value: Any) -> str:
+    """An input cell for the failed-rows file. A formula saved without its value becomes
+    ``#N/A`` (read again, an Excel error value: the row stays in error until the cell is
+    filled in), never an empty cell that would pass."""
+    from importer.normalise import is_formula_without_value
+
+    return "#N/A" if is_formula_without_value(value) else _text(value)
 
 
 def _plain(value: Any) -> Any:

@@ -136,7 +136,8 @@ def test_amounts_list_every_kind_and_status_with_rows(tmp_path: Path) -> None:
         {"kind": "payments", "status": "valid", "rows": 2, "amount": 4.0}]
     assert sum(a["rows"] for a in amounts) == sum(summary.totals.values()) == 4
     lines = summary.summary_lines()
-    assert "  cancellations valid: 1 rows" in lines and "  payments valid: 2 rows, 4.00 SEK" in lines
+    assert "  cancellations valid: 1 rows" in lines
+    assert "  payments valid: 2 rows, 4.00 SEK" in lines
 
 
 def test_json_types_and_head(tmp_path: Path) -> None:

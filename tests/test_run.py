@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
 import random
@@ -22,7 +23,8 @@ from fixtures_sandbox import CLOSED_CASE, CREDITOR, OPEN_CASE, TOKEN
 from importer.errors import ExitCode
 from importer.sandbox.server import RunningSandbox
 
-BANK_DATE = "2026-11-02"
+# Recent, never in the future nor over a year old (which would add a warning), whenever it runs.
+BANK_DATE = f"{datetime.date.today() - datetime.timedelta(days=20):%Y-%m-%d}"
 HEADER = ["creditor", "case", "invoice_number", "currency", "amount", "bank_transaction_date",
           "creditor_payment_reference"]
 
@@ -130,6 +132,39 @@ def test_failed_rows_of_a_workbook_import_again_once_fixed(
     assert row["bank_transaction_date"] == f"{paid:%a, %d %b %Y} 14:30:00 GMT"
     assert row["client_registration_date"] == f"{registered:%a, %d %b %Y} 00:00:00 GMT"
     assert stored_references(sandbox) == Counter({"WB-1": 1})
+
+
+def test_a_formula_without_value_stays_an_error_in_the_failed_rows_file(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A reference written as a formula saved without its value: in the failed-rows file the
+    cell reads #N/A, so fixing only the other error leaves the row in error (not posted
+    without its reference); filled in, it is valid."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "Payments"
+    sheet.append(HEADER)
+    sheet.append([CREDITOR, OPEN_CASE.id, "", "EUR", "10", BANK_DATE, "=1+2"])
+    source = tmp_path / "month.xlsx"
+    book.save(source)
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["run", "--dry-run", str(source), "--report-dir", str(tmp_path / "first")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    [row] = report(tmp_path / "first")["rows"]
+    assert row["reason"] == "invalid_currency,formula_without_value"
+    failed = tmp_path / "first" / "failed-month-Payments.csv"
+    text = failed.read_text(encoding="utf-8-sig")
+    assert ",EUR,10," in text and ",#N/A," in text
+    failed.write_text(text.replace(",EUR,", ",SEK,"), encoding="utf-8-sig")
+    cli(["validate", str(failed), "--report-dir", str(tmp_path / "again")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    [row] = report(tmp_path / "again")["rows"]
+    assert (row["status"], row["reason"]) == ("error", "cell_error")
+    failed.write_text(text.replace(",EUR,", ",SEK,").replace(",#N/A,", ",REF-3,"),
+                      encoding="utf-8-sig")
+    cli(["validate", str(failed), "--report-dir", str(tmp_path / "fixed")], env=env)
+    assert report(tmp_path / "fixed")["rows"][0]["status"] == "valid"
 
 
 def test_failed_rows_of_a_swedish_excel_csv_keep_its_semicolons(
