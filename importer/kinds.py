@@ -152,3 +152,17 @@ def kind_from_label(label: str) -> Kind | None:
     found = {kind for kind, stem in _KIND_STEMS.items() if stem in english}
     found |= {kind for kind, names in _KIND_WORDS_SV.items() if words & names}
     return KINDS[found.pop()] if len(found) == 1 else None
+
+
+def without_kind_words(label: str) -> str:
+    """``label`` with every word that tells a kind taken out (``creditor`` stays), for a name
+    that must tell one kind only once another is put in front of it."""
+    text = unicodedata.normalize("NFC", label)
+    kept = re.split(r"(creditor)", text, flags=re.IGNORECASE)
+    stems = "|".join(map(re.escape, _KIND_STEMS.values()))
+    words = "|".join(map(re.escape, set().union(*_KIND_WORDS_SV.values())))
+    for i in range(0, len(kept), 2):  # the even parts lie outside "creditor"
+        part = re.sub(rf"(?i)\b(?:{words})\b", "", kept[i])
+        kept[i] = re.sub(rf"(?i)(?:{stems})[^\W\d_]*", "", part)
+    return "".join(kept)
+

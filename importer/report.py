@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from importer.kinds import kind_from_label
+from importer.kinds import kind_from_label, without_kind_words
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -899,7 +899,12 @@ def failed_rows_name(file_name: str, sheet: str | None = None, kind: str | None 
     stem = Path(file_name).stem + (f"-{sheet}" if sheet else "")
     told = kind_from_label(stem)
     if kind is not None and (told is None or told.name != kind):
-        stem = f"{kind}-{stem}"
+        named = f"{kind}-{stem}"
+        again = kind_from_label(named)
+        if again is None or again.name != kind:  # the name told another kind, or two
+            rest = re.sub(r"[-_. ]{2,}", "-", without_kind_words(stem)).strip("-_. ")
+            named = f"{kind}-{rest}" if rest else kind
+        stem = named
     return "failed-" + re.sub(r"[^\w.\- ]+", "_", stem).strip() + ".csv"
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from openpyxl import load_workbook
 
+from importer.kinds import kind_by_name, kind_from_label
 from importer.report import ReportWriter, failed_rows_name, write_failed_rows
 
 # The report frame's fixed columns (docs/ARCHITECTURE.md), pinned here on purpose.
@@ -309,6 +310,15 @@ def test_failed_rows_file_round_trip(tmp_path: Path) -> None:
     assert failed_rows_name("bank-export.csv", None, "payments") == \
         "failed-payments-bank-export.csv"
     assert failed_rows_name("payments.csv", None, "payments") == "failed-payments.csv"
+    # --kind against the name (or a name telling two kinds): the other kind's words go.
+    for source, kind, expected in [
+            ("payments-x.csv", "creditings", "failed-creditings-x.csv"),
+            ("betalningar-x.csv", "credits", "failed-credits-x.csv"),
+            ("payments-and-credits.csv", "payments", "failed-payments-and.csv"),
+            ("creditor-payments.csv", "cancellations", "failed-cancellations-creditor.csv")]:
+        name = failed_rows_name(source, None, kind)
+        assert name == expected
+        assert kind_from_label(Path(name).stem) is kind_by_name(kind)
     path = write_failed_rows(tmp_path / "failed-payments.csv", rows, columns)
     back = read_csv(path)
     assert list(back[0]) == [*columns, "error_reason", "error_message"]
