@@ -5,6 +5,7 @@ Precedence, lowest first: built-in defaults < config file < environment < comman
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from importer.errors import ConfigError
+from importer.errors import ConfigError, UsageError
 
 HEX24 = re.compile(r"^[0-9a-fA-F]{24}$")
 
@@ -90,6 +91,7 @@ _TYPES = {f.name: f.type for f in fields(Config)}
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = str(_TYPES[name])
+    error = UsageError if source.startswith("--") else ConfigError
     try:
         if "Path" in kind:
             return Path(str(value)).expanduser()
@@ -98,12 +100,17 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return value
             return str(value).strip().lower() in {"1", "true", "yes", "on"}
         if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)  # never 8.9 → 8, nor true → 1
             return int(value)
         if kind.startswith("float"):
-            return float(value)
+            number = float(value)
+            if isinstance(value, bool) or not math.isfinite(number):
+                raise ValueError(value)  # inf and nan are no timeouts, rates or ages
+            return number
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {name} = {value!r} is not a valid value") from None
+        raise error(f"{source}: {name} = {value!r} is not a valid value") from None
 
 
 def _from_file(path: Path) -> dict[str, Any]:
@@ -146,26 +153,41 @@ def load_config(
     for var, name in ENV.items():
         if env.get(var):
             values[name] = _coerce(name, env[var], var)
-    values.update({k: _coerce(k, v, "--" + k) for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    values.update({k: _coerce(k, v, "--" + k) for k, v in given.items()})
     config = Config(**values)
-    _check(config)
+    problem = _problem(config)
+    if problem is not None:
+        setting, message = problem
+        # A bad value on the command line is a usage error (2); in the file or the
+        # environment, a configuration that cannot run (3).
+        raise (UsageError if setting in given else ConfigError)(message)
     return config
 
 
-def _check(config: Config) -> None:
-    if config.default_creditor is not None and not HEX24.match(config.default_creditor):
-        raise ConfigError(
-            f"default_creditor {config.default_creditor!r} is not a 24-hex-digit creditor id"
-        )
-    if config.concurrency < 1 or config.concurrency > 256:
-        raise ConfigError("concurrency must be between 1 and 256")
-    if config.rate_limit is not None and config.rate_limit <= 0:
-        raise ConfigError("rate_limit must be greater than zero")
-    if config.login not in {"auto", "token", "jwt", "api-code"}:
-        raise ConfigError("login must be one of auto, token, jwt, api-code")
-    if config.inbox_min_age < 0:
-        raise ConfigError("inbox_min_age must be zero or more seconds")
-    if config.max_attempts < 1:
-        raise ConfigError("max_attempts must be at least 1")
-    if config.settle_seconds < 0:
-        raise ConfigError("settle_seconds must be zero or more seconds")
+def _problem(config: Config) -> tuple[str, str] | None:
+    """The first setting whose value cannot work, and why; None when all can."""
+    checks: list[tuple[str, bool, str]] = [
+        ("default_creditor", config.default_creditor is None
+         or bool(HEX24.match(config.default_creditor)),
+         f"default_creditor {config.default_creditor!r} is not a 24-hex-digit creditor id"),
+        ("concurrency", 1 <= config.concurrency <= 256, "concurrency must be between 1 and 256"),
+        ("rate_limit", config.rate_limit is None or config.rate_limit > 0,
+         "rate_limit must be greater than zero"),
+        ("login", config.login in {"auto", "token", "jwt", "api-code"},
+         "login must be one of auto, token, jwt, api-code"),
+        ("log_format", config.log_format in {"auto", "json", "console"},
+         "log_format must be one of auto, json, console"),
+        ("inbox_min_age", config.inbox_min_age >= 0, "inbox_min_age must be zero or more seconds"),
+        ("max_attempts", config.max_attempts >= 1, "max_attempts must be at least 1"),
+        ("settle_seconds", config.settle_seconds >= 0,
+         "settle_seconds must be zero or more seconds"),
+        ("connect_timeout", config.connect_timeout > 0,
+         "connect_timeout must be more than zero seconds"),
+        ("read_timeout", config.read_timeout > 0, "read_timeout must be more than zero seconds"),
+        ("backoff_base", config.backoff_base >= 0, "backoff_base must be zero or more seconds"),
+        ("backoff_max", config.backoff_max >= 0, "backoff_max must be zero or more seconds"),
+        ("token_lifetime", config.token_lifetime > 0,
+         "token_lifetime must be more than zero seconds"),
+    ]
+    return next(((name, message) for name, ok, message in checks if not ok), None)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from importer.config import Config, load_config
-from importer.errors import ConfigError
+from importer.errors import ConfigError, ExitCode, UsageError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -60,6 +60,13 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
         ("api_url = \n", "not valid TOML"),
         ('login = "password"\n', "login"),
         ("settle_seconds = -1\n", "settle_seconds"),
+        ("rate_limit = inf\n", "rate_limit"),
+        ("settle_seconds = nan\n", "settle_seconds"),
+        ("concurrency = 8.9\n", "concurrency"),
+        ("concurrency = true\n", "concurrency"),
+        ("connect_timeout = -1\n", "connect_timeout"),
+        ("read_timeout = 0\n", "read_timeout"),
+        ('log_format = "xml"\n', "log_format"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
@@ -82,3 +89,18 @@ def test_settle_seconds_from_file_and_environment(tmp_path: Path) -> None:
     path = write(tmp_path, "settle_seconds = 90\n")
     assert load_config(path, environ={}).settle_seconds == 90.0
     assert load_config(path, environ={"AMILI_SETTLE_SECONDS": "120"}).settle_seconds == 120.0
+
+
+def test_bad_values_from_the_environment_and_flags(tmp_path: Path) -> None:
+    """inf/nan in the environment are refused like in the file (exit 3); a bad flag value is
+    a usage error (exit 2), even one only the combined checks find."""
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    for var in ("AMILI_RATE_LIMIT", "AMILI_SETTLE_SECONDS", "AMILI_INBOX_MIN_AGE"):
+        with pytest.raises(ConfigError, match="is not a valid value"):
+            load_config(None, environ=env | {var: "inf"})
+    with pytest.raises(UsageError, match="default_creditor"):
+        load_config(None, environ=env, default_creditor="zz")
+    with pytest.raises(UsageError, match="rate_limit"):
+        load_config(None, environ=env, rate_limit="nan")
+    assert UsageError.exit_code == ExitCode.USAGE and ConfigError.exit_code == ExitCode.CANNOT_RUN
+
