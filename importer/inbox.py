@@ -476,12 +476,17 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
     run_id = new_run_id()
     outcome = FileOutcome(entry.name, run_id, ExitCode.CANNOT_RUN)
     fetched: Fetched | None = None
+    report_dir = folder.reports / run_id
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no file could be reported: the night cannot go on
+        log.error("inbox.stopped", folder=folder.label, file=entry.name, error=_one_line(exc))
+        raise _StopDrain(f"cannot create the report folder {report_dir}: "
+                         f"{_one_line(exc)}") from None
+    outcome.report_dir = report_dir
     try:
         fetched = folder.fetch(entry)
         outcome.sha256 = fetched.sha256
-        report_dir = folder.reports / run_id
-        report_dir.mkdir(parents=True, exist_ok=True)
-        outcome.report_dir = report_dir
         result = process_one(fetched.path, report_dir)
     except ChangedWhileFetching as exc:
         log.warning("inbox.changed", folder=folder.label, file=entry.name, reason=str(exc))
@@ -496,9 +501,16 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
             raise _StopDrain(f"{entry.name}: {exc}") from None
         outcome.error = str(exc)
     except Exception as exc:  # one file's IO error or bug must not stop the others
-        outcome.error = _one_line(exc)
+        # It was not (fully) processed: it stays in place, and the next run takes it again
+        # (the journal skips any row already done); exit 3 says so every night until fixed.
+        outcome.error = f"{_one_line(exc)}; left in place for the next run"
         log.exception("inbox.file_error", folder=folder.label, file=entry.name,
                       error=outcome.error)
+        _discard(folder, fetched)
+        with contextlib.suppress(OSError):  # only if the run wrote nothing into it
+            report_dir.rmdir()
+            outcome.report_dir, outcome.run_id = None, ""
+        return outcome
     else:
         outcome.exit_code = ExitCode(result.exit_code)
         outcome.run_id = result.run_id or run_id

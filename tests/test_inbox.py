@@ -257,19 +257,38 @@ def test_archive_name_never_reuses_a_name(tmp_path: Path) -> None:
 
 
 def test_one_file_error_does_not_stop_the_others(tmp_path: Path) -> None:
-    """A file that cannot be read goes to failed/ with its error in the summary; the next
-    file still runs."""
+    """A file that cannot be read stays in place (it was never processed), with its error in
+    the summary and no report folder left behind; the next file still runs; exit 3 until
+    it can be read, and then it is processed."""
     drop(tmp_path, "a.csv", "boom", mtime=OLD - 10)
     drop(tmp_path, "b.csv", "good", mtime=OLD)
     with capture_logs() as logs:
         summary = process_inbox(tmp_path, FAST, FakeRun())
     a, b = summary.files
-    assert a.error is not None and "Permission denied" in a.error
-    assert a.moved_to is not None and a.moved_to.startswith("failed/")
+    assert a.error is not None and "Permission denied" in a.error and "left in place" in a.error
+    assert a.moved_to is None and a.report_dir is None and (tmp_path / "a.csv").exists()
     assert b.error is None and b.moved_to is not None and b.moved_to.startswith("done/")
+    assert listing(tmp_path / "reports") == [b.run_id]
     assert summary.exit_code == ExitCode.CANNOT_RUN
     [line] = [e for e in logs if e["event"] == "inbox.summary"]
     assert line["errors"] == {"a.csv": a.error}
+    assert process_inbox(tmp_path, FAST, FakeRun()).exit_code == ExitCode.CANNOT_RUN
+    drop(tmp_path, "a.csv", "good-now", mtime=OLD)
+    again = process_inbox(tmp_path, FAST, FakeRun())
+    assert again.exit_code == ExitCode.OK and again.files[0].moved_to.startswith("done/")
+
+
+def test_a_report_folder_that_cannot_be_made_stops_the_drain(tmp_path: Path) -> None:
+    """reports/ cannot be written: no file can be reported, so none is run or moved."""
+    drop(tmp_path, "a.csv", "good")
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    folder = LocalFolder(tmp_path)
+    folder.reports = tmp_path / "blocker" / "reports"  # cannot be made, even by root
+    folder.prepare = lambda: None  # type: ignore[method-assign]
+    run = FakeRun()
+    summary = drain(folder, FAST, run)
+    assert run.calls == [] and summary.stopped and "report folder" in summary.stopped
+    assert summary.exit_code == ExitCode.CANNOT_RUN and (tmp_path / "a.csv").exists()
 
 
 def test_run_level_error_stops_and_leaves_files_in_place(tmp_path: Path) -> None:
