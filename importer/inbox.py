@@ -393,9 +393,28 @@ def archive_name(folder: Folder, sub: str, name: str, sidecars: list[str],
     stamp = f"{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}"
     for n in range(1, 10_000):
         prefix = f"{stamp}--" if n == 1 else f"{stamp}-{n}--"
-        if not any(folder.exists(sub, prefix + x) for x in [name, *sidecars]):
+        if not any(folder.exists(sub, archived(prefix, x)) for x in [name, *sidecars]):
             return prefix
     raise FileExistsError(f"no free name for {name} in {sub}/")
+
+
+NAME_MAX = 255  # bytes in one file name (Linux, most SFTP servers)
+
+
+def archived(prefix: str, name: str) -> str:
+    """``prefix + name``, its stem shortened to fit in one file name (a name near the limit
+    would otherwise never move, and be run again every night)."""
+    whole = prefix + name
+    if len(whole.encode()) <= NAME_MAX:
+        return whole
+    stem, dot, ext = name.rpartition(".")
+    if not dot or len(ext) > 16:
+        stem, ext = name, ""
+    tail = f"~.{ext}" if ext else "~"
+    room = NAME_MAX - len((prefix + tail).encode())
+    while len(stem.encode()) > room:
+        stem = stem[:-1]
+    return prefix + stem + tail
 
 
 def _one_line(exc: BaseException) -> str:
@@ -403,6 +422,8 @@ def _one_line(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
+        if exc.filename and exc.filename2:  # a rename: both ends
+            where = f" ({exc.filename} -> {exc.filename2})"
         return f"{exc.strerror}{where}"
     return f"{type(exc).__name__}: {exc}"
 
@@ -548,9 +569,9 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         for sidecar in sidecars:
             # A shared <stem>.done may already have moved with a sibling file.
             with contextlib.suppress(FileNotFoundError):
-                folder.move(sidecar, sub, prefix + sidecar)
-        folder.move(entry.name, sub, prefix + entry.name)
-        outcome.moved_to = f"{sub}/{prefix}{entry.name}"
+                folder.move(sidecar, sub, archived(prefix, sidecar))
+        folder.move(entry.name, sub, archived(prefix, entry.name))
+        outcome.moved_to = f"{sub}/{archived(prefix, entry.name)}"
     except Exception as exc:
         error = f"cannot move to {sub}/: {_one_line(exc)}"
         outcome.error = f"{outcome.error}; {error}" if outcome.error else error

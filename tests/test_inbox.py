@@ -242,6 +242,22 @@ def test_redropped_identical_file_goes_to_done_without_overwriting(tmp_path: Pat
     assert json.loads((report / "report.json").read_text()) == {"duplicate": True}
 
 
+def test_a_name_near_the_limit_is_archived_shortened(tmp_path: Path) -> None:
+    """A legal name too long for the timestamp in front is shortened (its extension kept),
+    so the file and its sidecar move instead of staying to run again every night."""
+    name = "payments-" + "ö" * 115 + ".csv"  # 240 bytes
+    drop(tmp_path, name, "good")
+    drop(tmp_path, name + ".ok", "")
+    summary = process_inbox(tmp_path, FAST, FakeRun())
+    [outcome] = summary.files
+    assert outcome.error is None and summary.exit_code == ExitCode.OK
+    done = listing(tmp_path / "done")
+    assert len(done) == 2 and all(len(n.encode()) <= 255 and STAMPED.match(n) for n in done)
+    assert sorted(n.rsplit(".", 1)[1] for n in done) == ["csv", "ok"]
+    assert outcome.moved_to == f"done/{[n for n in done if n.endswith('~.csv')][0]}"
+    assert listing(tmp_path) == ["done", "failed", "reports"]
+
+
 def test_archive_name_never_reuses_a_name(tmp_path: Path) -> None:
     """A taken timestamped name (for the file or its sidecar) gets a counter instead."""
     folder = LocalFolder(tmp_path)
