@@ -90,6 +90,9 @@ def configure(log_format: str = "auto", run_log: Path | None = None,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
+        # log.exception(...): the traceback as text in "exception" (the morning after a
+        # cron night there is no --debug to show it)
+        structlog.processors.format_exc_info,
     ]
     if not as_json:
         processors.append(_console_tee(run_log is not None))
