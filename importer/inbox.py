@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 LOCK_NAME = ".amili-import.lock"
 SUBFOLDERS = ("done", "failed", "reports")
 SIDECAR_SUFFIXES = (".done", ".ok")
+FUTURE_SLACK = 5.0  # seconds an mtime may lie ahead of this host's clock without a word
 # Names a producer uses while a file is still being written, and files that are not input.
 IGNORED_PREFIXES = (".", "~$")
 IGNORED_SUFFIXES = (".part", ".tmp", ".filepart", *SIDECAR_SUFFIXES)
@@ -325,6 +326,10 @@ def select_ready(
         earlier = before.get(entry.name)
         if earlier is None or (earlier.size, earlier.mtime) != (entry.size, entry.mtime):
             waiting[entry.name] = "still being written (changed between two looks)"
+        elif entry.mtime - now > FUTURE_SLACK:
+            waiting[entry.name] = (
+                f"modified {entry.mtime - now:.0f} s in the future (this host's clock and the "
+                f"uploader's differ?): waits until it is {min_age:g} s old by this clock")
         elif now - entry.mtime < min_age:
             waiting[entry.name] = f"younger than {min_age:g} s"
         elif require_sidecar and not sidecars_of(entry.name, names):
@@ -454,6 +459,9 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
     summary.waiting = sorted(waiting)
     if waiting:
         log.info("inbox.waiting", folder=folder.label, files=waiting)
+    future = {name: why for name, why in waiting.items() if "in the future" in why}
+    if future:  # it may wait for days: say so where the morning reader looks
+        log.warning("inbox.future_mtime", folder=folder.label, files=future)
     for position, entry in enumerate(ready):
         try:
             outcome = _drain_one(folder, entry, sidecars_of(entry.name, names), process_one, log)

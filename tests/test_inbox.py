@@ -139,6 +139,18 @@ def test_growing_file_waits(tmp_path: Path) -> None:
     assert [p.name for p in ready] == ["stable.csv"]
 
 
+def test_a_file_dated_in_the_future_waits_with_a_warning(tmp_path: Path) -> None:
+    """An mtime days ahead (a skewed clock, kept by the upload) cannot tell the file's age: it
+    waits, and a warning names it and why, instead of an info line every night."""
+    drop(tmp_path, "payments.csv", "good", mtime=time.time() + 3 * 86400)
+    with capture_logs() as logs:
+        summary = process_inbox(tmp_path, FAST, FakeRun())
+    assert summary.files == [] and summary.waiting == ["payments.csv"]
+    [warning] = [e for e in logs if e["event"] == "inbox.future_mtime"]
+    assert warning["log_level"] == "warning"
+    assert "in the future" in warning["files"]["payments.csv"]
+
+
 def test_sidecar_mode(tmp_path: Path) -> None:
     """With require_sidecar only files with <name>.done, <name>.ok or <stem>.done are ready."""
     for name in ["a.csv", "a.csv.done", "b.xlsx", "b.xlsx.OK", "c.csv", "c.done", "d.csv"]:
