@@ -81,6 +81,8 @@ class InboxFileResult:
         sha256: the content's digest, as the run computed it.
         stop_after: why the drain stops once this file is archived (a signal arrived after
             every row of it was posted).
+        stop_before: why the drain stops with this file left in place (a signal came before
+            every row was posted, or the API became unusable); its rows so far are counted.
     """
 
     exit_code: ExitCode
@@ -90,6 +92,7 @@ class InboxFileResult:
     duplicate: bool = False
     sha256: str | None = None
     stop_after: str | None = None
+    stop_before: str | None = None
 
 
 ProcessOne = Callable[[Path, Path], InboxFileResult]
@@ -175,7 +178,14 @@ class ChangedWhileFetching(Exception):
 
 
 class _StopDrain(Exception):
-    """The run itself cannot go on (e.g. the API refused the login): leave the rest in place."""
+    """The run itself cannot go on (e.g. the API refused the login): leave the rest in place.
+
+    ``outcome``: the file it stopped on, when its run counted rows (left in place too).
+    """
+
+    def __init__(self, message: str, outcome: FileOutcome | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class Folder(Protocol):
@@ -467,6 +477,9 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
             outcome = _drain_one(folder, entry, sidecars_of(entry.name, names), process_one, log)
         except _StopDrain as exc:
             summary.stopped = str(exc)
+            if exc.outcome is not None:  # its rows so far count; the file stays
+                summary.files.append(exc.outcome)
+                position += 1
             summary.waiting += [e.name for e in ready[position:]]  # left for the next run
             break
         except KeyboardInterrupt:  # SIGTERM/Ctrl-C outside the posting: this file stays too
@@ -548,6 +561,14 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         outcome.duplicate = result.duplicate
         outcome.sha256 = outcome.sha256 or result.sha256
         outcome.stop_after = result.stop_after
+        if result.stop_before:
+            outcome.exit_code = ExitCode.CANNOT_RUN
+            outcome.error = f"{result.stop_before}; left in place for the next run"
+            log.error("inbox.stopped", folder=folder.label, file=entry.name,
+                      run_id=outcome.run_id, error=result.stop_before)
+            _publish_report(folder, outcome)
+            _discard(folder, fetched)
+            raise _StopDrain(f"{entry.name}: {result.stop_before}", outcome)
     try:
         now = folder.current(entry.name)  # gone: the move below says so
     except Exception as exc:  # cannot tell: the move below meets the same trouble and says so

@@ -176,20 +176,21 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
         return InboxFileResult(ExitCode.OK, result.run_id, result.summary.totals, message,
                                duplicate=True, sha256=digest)
     result = execute([path], config, Mode.RUN, options)
+    stop_before = None
     if result.extra.get("could_not_run"):
         # The API cannot be used (login or token refused): every later file would fail the same
         # way, so the drain stops and the files stay in the folder for the next run.
-        raise ApiError(f"could not post ({result.extra['could_not_run']}); report "
+        stop_before = (f"could not post ({result.extra['could_not_run']}); report "
                        f"in {result.report_dir}")
-    if result.extra.get("not_reached"):
+    elif result.extra.get("not_reached"):
         # Stopped by SIGINT/SIGTERM (systemctl stop, Ctrl-C) before every row was posted: stop
         # the drain too, and leave this file in place; the next run posts what was not
         # reached (the journal skips every row already done).
-        raise ImporterError(f"stopped by a signal; report in {result.report_dir}")
+        stop_before = f"stopped by a signal; report in {result.report_dir}"
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
     return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected,
                            sha256=digest, stop_after="stopped by a signal"
-                           if result.extra.get("stopped") else None)
+                           if result.extra.get("stopped") else None, stop_before=stop_before)
 
 
 class _Run:

@@ -248,8 +248,9 @@ def test_a_signal_stops_the_drain_and_leaves_the_files(
     env = {**os.environ, **env_for(box, tmp_path / "state")}
     command = [sys.executable, "-m", "importer", "--log-format", "json", "inbox", str(inbox),
                "--min-age", "1", "--concurrency", "1"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    log = tmp_path / "inbox.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 30
     while box.state.count("creditor--payments") < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -259,6 +260,11 @@ def test_a_signal_stops_the_drain_and_leaves_the_files(
     assert 0 < box.state.count("creditor--payments") < len(first)
     [report] = (inbox / "reports").glob("*/report.json")
     assert json.loads(report.read_text())["stopped"] is True
+    # The monitoring line counts the rows the stopped file posted (the file is left in place).
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    [summary] = [e for e in events if e["event"] == "inbox.summary"]
+    assert summary["files"] == 1 and summary["waiting"] == 1 and summary["exit_code"] == 3
+    assert summary["rows"]["completed"] == box.state.count("creditor--payments")
     final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr[-2000:]
     assert sorted(p.name for p in inbox.glob("*.csv")) == []
