@@ -24,6 +24,20 @@ KIND_CHOICE = click.Choice(["payments", "creditings", "credits", "cancellations"
 
 
 def _fail(message: str, code: int) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from importer import logs
+
+    ctx = click.get_current_context(silent=True)
+    log_format = ((ctx.find_root().obj or {}).get("log_format") if ctx else None) or "auto"
+    if logs.wants_json(log_format):
+        # A JSON line too, so that a log read by machines says why the command ended (a lock
+        # held, an SFTP host key refused…), not only the runs that got going.
+        click.echo(json.dumps({
+            "event": "command.failed", "level": "error", "error": message, "exit_code": int(code),
+            "command": ctx.info_name if ctx else None,
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}), err=True)
     click.echo(f"amili-import: {message}", err=True)
     sys.exit(int(code))
 

@@ -125,3 +125,18 @@ def test_show_without_a_journal_is_a_usage_error(cli: Callable[..., Result],
     result = cli(["show", "20261122T010203Z-abcdef"], expect=ExitCode.USAGE,
                  env={"AMILI_STATE_DIR": str(tmp_path / "state")})
     assert "no run '20261122T010203Z-abcdef'" in result.output
+
+
+def test_a_command_refused_leaves_a_json_line_too(cli: Callable[..., Result],
+                                                  tmp_path: Path) -> None:
+    """With JSON logs, a command that ends before any run (here: no such drop folder) says
+    why in a JSON line as well as in the plain line."""
+    import json
+
+    result = cli(["--log-format", "json", "inbox", str(tmp_path / "missing")],
+                 expect=ExitCode.CANNOT_RUN, env={"AMILI_STATE_DIR": str(tmp_path / "state")})
+    lines = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
+    [event] = [e for e in lines if e["event"] == "command.failed"]
+    assert event["exit_code"] == 3 and event["command"] == "inbox"
+    assert "does not exist" in event["error"] and event["level"] == "error"
+    assert any(x.startswith("amili-import: ") for x in result.stderr.splitlines())
