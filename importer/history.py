@@ -90,6 +90,7 @@ def show_lines(config: Config, reference: str) -> list[str]:
         run_id = record.run_id
         files = journal.files(run_id)
         counts = journal.counts(run_id)
+        retries = journal.retries_of(run_id)
     if record.finished:
         finished = record.finished
     elif record.alive():
@@ -114,4 +115,8 @@ def show_lines(config: Config, reference: str) -> list[str]:
         lines.append(f"  file     {f.name} ({', '.join(f.kinds) or '-'}; {state}; "
                      f"sha256 {f.sha256[:12]})")
     lines.append(f"  report   {record.report_dir or '-'}")
+    for retry in retries:  # the rows above are this run's; what became of them since:
+        code = "-" if retry.exit_code is None else retry.exit_code
+        lines.append(f"  retried  by {retry.run_id} (exit {code}; {_totals(retry.totals)}; "
+                     f"`amili-import show {retry.run_id}`)")
     return lines

@@ -578,6 +578,13 @@ class Journal:
             " AS nfiles FROM runs WHERE run_id = ?", (run_id,))
         return _run(rows[0]) if rows else None
 
+    def retries_of(self, run_id: str) -> list[RunRecord]:
+        """The runs that retried this one, oldest first."""
+        rows = self._query(
+            "SELECT runs.*, 0 AS nfiles FROM runs WHERE retry_of = ? ORDER BY started, rowid",
+            (run_id,))
+        return [_run(r) for r in rows]
+
     def files(self, run_id: str) -> list[FileRecord]:
         """The input files of a run, in the order recorded."""
         return [_file(r) for r in self._query(

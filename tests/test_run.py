@@ -385,6 +385,8 @@ def test_retry_reposts_transient_failures(cli: Callable[..., Result], tmp_path: 
     assert f"retry of {first['run_id']}" in shown and str(printed) in shown
     assert "rows     2 completed (the report" in shown
     assert "posting  2 completed (journal states" in shown
+    original = cli(["show", first["run_id"]], env=env).output
+    assert f"retried  by {second['run_id']} (exit 0; 2 completed;" in original
 
 
 def test_sigkill_at_random_moments_never_doubles_a_row(
