@@ -142,7 +142,7 @@ class Summary:
         for (kind, status), n in sorted(self.counts.items(), key=_kind_status_key):
             amount = self.amounts.get((kind, status))
             money = f", {_money(amount)} SEK" if amount is not None else ""
-            lines.append(f"  {kind} {status}: {n} rows{money}")
+            lines.append(f"  {kind} {status}: {n} row{'' if n == 1 else 's'}{money}")
         if self.xlsx_rows_left_out:
             lines.append(f"report.xlsx lists only rows needing attention "
                          f"({self.xlsx_rows_left_out} left out; report.csv has every row)")

@@ -137,7 +137,7 @@ def test_amounts_list_every_kind_and_status_with_rows(tmp_path: Path) -> None:
         {"kind": "payments", "status": "valid", "rows": 2, "amount": 4.0}]
     assert sum(a["rows"] for a in amounts) == sum(summary.totals.values()) == 4
     lines = summary.summary_lines()
-    assert "  cancellations valid: 1 rows" in lines
+    assert "  cancellations valid: 1 row" in lines
     assert "  payments valid: 2 rows, 4.00 SEK" in lines
 
 
@@ -283,7 +283,7 @@ def test_csv_has_bom_and_summary_lines(tmp_path: Path) -> None:
     lines = summary.summary_lines()
     assert lines[0] == "file payments.csv: 2 rows"
     assert "rows: 2 (1 valid, 1 error)" in lines
-    assert "  payments valid: 1 rows, 1 234.50 SEK" in lines
+    assert "  payments valid: 1 row, 1 234.50 SEK" in lines
     assert lines[-1] == f"report: {tmp_path}"
 
 
