@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -100,11 +101,60 @@ def test_stored_payment_keeps_posted_fields_and_adds_status_fields(
 
 
 def test_unknown_and_read_only_fields_are_422(sandbox: RunningSandbox) -> None:
-    """Unknown fields say 'unknown field'; account and file_import_report are read-only."""
+    """Unknown fields say 'unknown field'; file_import_report is read-only."""
     issues = issues_of(post(sandbox, PAYMENTS, payment_body(
-        account=ACCOUNT, file_import_report="x", colour="blue")))
-    assert issues == {"account": "field is read-only", "file_import_report": "field is read-only",
-                      "colour": "unknown field"}
+        account="not-an-id", file_import_report="x", colour="blue")))
+    assert issues == {"account": "must be of objectid type",
+                      "file_import_report": "field is read-only", "colour": "unknown field"}
+    assert sandbox.state.count(PAYMENTS) == 0
+
+
+@pytest.mark.parametrize("resource", [PAYMENTS, CREDITINGS])
+def test_account_may_be_sent_as_the_seeds_examples_do(sandbox: RunningSandbox,
+                                                      resource: str) -> None:
+    """The seeds' example payment and crediting send `account` (the older doc generation
+    required it; the newer sets it from the case): taken, and the record carries the case's."""
+    body = payment_body(account=ACCOUNT) if resource == PAYMENTS else crediting_body(
+        account=ACCOUNT)
+    answer = post(sandbox, resource, body)
+    assert answer.status_code == 201, answer.text
+    record = requests.get(f"{sandbox.url}/{resource}/{answer.json()['_id']}",
+                          headers=sandbox.headers, timeout=10).json()
+    assert record["account"] == ACCOUNT
+
+
+def test_amounts_beyond_any_claim_are_422_not_a_crash(sandbox: RunningSandbox) -> None:
+    """Amounts too large to keep exact (1e30, a 30-digit integer, inf) are refused."""
+    for amount in ("1e30", "123456789012345678901234567890", "1e400", "1" + "0" * 400):
+        body = json.dumps(payment_body()).replace('"amount": 100.0', f'"amount": {amount}')
+        answer = requests.post(f"{sandbox.url}/{PAYMENTS}", data=body, timeout=10, headers={
+            **sandbox.headers, "Content-Type": "application/json"})
+        assert answer.status_code == 422, (amount, answer.status_code, answer.text)
+    assert sandbox.state.count(PAYMENTS) == 0
+
+
+def test_any_string_sent_can_be_read_back(sandbox: RunningSandbox) -> None:
+    """A lone surrogate (valid JSON escape) is stored and written back escaped, as Eve does; the
+    collection stays readable."""
+    answer = requests.post(
+        f"{sandbox.url}/{PAYMENTS}", headers={**sandbox.headers, "Content-Type":
+                                               "application/json"},
+        data=json.dumps(payment_body(creditor_payment_reference="\ud800")).replace(
+            "\\\\ud800", "\\ud800"), timeout=10)
+    assert answer.status_code == 201, answer.text
+    listing = requests.get(f"{sandbox.url}/{PAYMENTS}", headers=sandbox.headers, timeout=10)
+    assert listing.status_code == 200 and b"\\ud800" in listing.content
+    assert listing.content.isascii()
+
+
+def test_a_post_that_is_not_json_by_its_content_type_is_400(sandbox: RunningSandbox) -> None:
+    """Eve reads a body only with Content-Type application/json."""
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        answer = requests.post(f"{sandbox.url}/{PAYMENTS}", headers={**sandbox.headers,
+                                                                     **headers},
+                               data=json.dumps(payment_body()), timeout=10)
+        assert answer.status_code == 400
+        assert answer.json()["_error"]["message"] == "Unknown or no Content-Type header supplied"
     assert sandbox.state.count(PAYMENTS) == 0
 
 

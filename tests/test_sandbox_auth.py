@@ -118,6 +118,8 @@ def test_jwt_login_refusals_are_401(make_sandbox: Any, ec_key: Any, rsa_key: Any
         mismatched_curve(ec_key),  # ES512 label on a P-256 signature
         signed(rsa_key, "RS256"),  # RSA key not registered
         jwt.encode({"api_code": API_CODE}, ec_key, algorithm="ES256"),  # no exp
+        jwt.encode({"api_code": API_CODE, "exp": str(int(time.time()) + 60)}, ec_key,
+                   algorithm="ES256"),  # exp as text (PyJWT takes it; the sandbox crashed)
         "not-a-jwt",
     ]
     for token in refused:

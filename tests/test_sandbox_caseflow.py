@@ -26,6 +26,7 @@ CASE_DATA: dict[str, Any] = {
     }],
 }
 PAYMENT_DATA: dict[str, Any] = {
+    "account": "674dbeaf08847b9501cc9132",
     "creditor": "674dbeb208847b9501cc9138",
     "currency": "SEK",
     "amount": 2000.0,

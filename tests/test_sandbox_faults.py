@@ -165,3 +165,34 @@ def test_reset_restores_seeds_and_starting_faults(sandbox: RunningSandbox) -> No
     assert case is not None and case["total_remaining_capital_amount"] == OPEN_CASE.capital
     assert sandbox.faults.fail_503 == 0.0
     assert pay(sandbox).status_code == 201
+
+
+def test_admin_answers_loopback_only() -> None:
+    """The knobs change what every client sees: /_sandbox/* answers this machine only, also
+    when the sandbox listens on every address (called as ASGI with the client's address)."""
+    import asyncio
+
+    from importer.sandbox.app import build_app
+    from importer.sandbox.server import SandboxOptions, _runtime
+
+    app = build_app(_runtime(SandboxOptions(port=0)))
+
+    async def status(host: str, path: str = "/_sandbox/state") -> int:
+        sent: list[dict[str, Any]] = []
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "headers": [],
+                 "client": (host, 50000), "server": ("0.0.0.0", 8080), "scheme": "http",
+                 "root_path": ""}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+    assert asyncio.run(status("192.0.2.7")) == 403
+    assert asyncio.run(status("127.0.0.1")) == asyncio.run(status("::1")) == 200
+    assert asyncio.run(status("192.0.2.7", "/_sandbox/faults")) == 403

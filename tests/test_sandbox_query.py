@@ -121,6 +121,7 @@ def test_wrong_method_is_eve_405(sandbox: RunningSandbox) -> None:
     response = requests.delete(f"{sandbox.url}/{PAYMENTS}", headers=sandbox.headers, timeout=10)
     assert response.status_code == 405
     assert response.json()["_error"]["code"] == 405
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
 def test_in_by_ids_returns_exactly_those(sandbox: RunningSandbox) -> None:

@@ -7,6 +7,7 @@ event loop applies each request atomically.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from importer.sandbox.auth import Authenticator
@@ -65,20 +66,37 @@ class Runtime:
     base_url: str = ""
 
 
+class EveJSON(JSONResponse):
+    """JSON as Eve (Flask) writes it: non-ASCII escaped, so any string a client sent, even a
+    lone surrogate, can be written back."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def eve_error(code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """Eve's error body: ``{"_status": "ERR", "_error": {"code": n, "message": text}}``."""
-    return JSONResponse({"_status": "ERR", "_error": {"code": code, "message": message}},
-                        status_code=code, headers=headers)
+    return EveJSON({"_status": "ERR", "_error": {"code": code, "message": message}},
+                   status_code=code, headers=headers)
 
 
 def _retry_after(faults: Faults) -> dict[str, str]:
     if faults.retry_after is None:
         return {}
-    return {"Retry-After": str(int(faults.retry_after)) if faults.retry_after == int(
-        faults.retry_after) else str(faults.retry_after)}
+    # HTTP allows whole seconds (or a date); a fraction is sent as given when the knob asks for
+    # one, which only fast tests do (the importer reads both).
+    value = faults.retry_after
+    return {"Retry-After": str(int(value)) if value == int(value) else str(value)}
+
+
+NO_CONTENT_TYPE = "Unknown or no Content-Type header supplied"
 
 
 async def _json_body(request: Request) -> tuple[Any, Response | None]:
+    """The JSON body of a POST; Eve's 400s for another Content-Type or a body not JSON."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        return None, eve_error(400, NO_CONTENT_TYPE)
     raw = await request.body()
     try:
         return json.loads(raw), None
@@ -148,14 +166,14 @@ def build_app(rt: Runtime) -> ASGIApp:
 
     async def login_jwt(request: Request) -> Response:
         grant = auth.login_with_jwt(request.headers.get("x-api-key"))
-        return JSONResponse(grant) if grant else eve_error(401, CREDENTIALS)
+        return EveJSON(grant) if grant else eve_error(401, CREDENTIALS)
 
     async def login_code(request: Request) -> Response:
         body, error = await _json_body(request)
         if error:
             return error
         grant = auth.login_with_code(body.get("api_code") if isinstance(body, dict) else None)
-        return JSONResponse(grant) if grant else eve_error(401, CREDENTIALS)
+        return EveJSON(grant) if grant else eve_error(401, CREDENTIALS)
 
     # -- creditor actions -----------------------------------------------------------------
 
@@ -179,7 +197,7 @@ def build_app(rt: Runtime) -> ASGIApp:
                 failed = await after_store(request)
                 if failed:
                     return failed
-            return JSONResponse(outcome.body, status_code=outcome.status_code)
+            return EveJSON(outcome.body, status_code=outcome.status_code)
         return post
 
     # -- reads ----------------------------------------------------------------------------
@@ -187,7 +205,7 @@ def build_app(rt: Runtime) -> ASGIApp:
     def lister(resource: str) -> Callable[[Request], Awaitable[Response]]:
         async def get_list(request: Request) -> Response:
             try:
-                return JSONResponse(store.find(resource, dict(request.query_params)))
+                return EveJSON(store.find(resource, dict(request.query_params)))
             except QueryError as exc:
                 return eve_error(400, str(exc))
         return get_list
@@ -195,7 +213,7 @@ def build_app(rt: Runtime) -> ASGIApp:
     def getter(resource: str) -> Callable[[Request], Awaitable[Response]]:
         async def get_one(request: Request) -> Response:
             found = store.get(resource, request.path_params["id"])
-            return JSONResponse(found) if found is not None else eve_error(404, NOT_FOUND)
+            return EveJSON(found) if found is not None else eve_error(404, NOT_FOUND)
         return get_one
 
     # -- cases ----------------------------------------------------------------------------
@@ -205,7 +223,7 @@ def build_app(rt: Runtime) -> ASGIApp:
         if error:
             return error
         outcome = store.register_case(body)
-        return JSONResponse(outcome.body, status_code=outcome.status_code)
+        return EveJSON(outcome.body, status_code=outcome.status_code)
 
     async def media_upload(request: Request) -> Response:
         filename, content_type, size = _uploaded_file(
@@ -213,9 +231,22 @@ def build_app(rt: Runtime) -> ASGIApp:
         key = store.attach_media(request.path_params["id"], filename, content_type, size)
         if key is None:
             return eve_error(404, NOT_FOUND)
-        return JSONResponse({"url": f"{rt.base_url}/_sandbox/media/{key}"})
+        return EveJSON({"url": f"{rt.base_url}/_sandbox/media/{key}"})
 
     # -- admin ----------------------------------------------------------------------------
+
+    def loopback_only(handler: Callable[[Request], Awaitable[Response]]
+                      ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            host = request.client.host if request.client else ""
+            try:
+                local = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = False
+            if not local:  # the knobs change what every client sees: this machine only
+                return eve_error(403, "the sandbox's admin endpoints answer loopback only")
+            return await handler(request)
+        return endpoint
 
     async def admin_faults(request: Request) -> Response:
         if request.method == "POST":
@@ -228,27 +259,27 @@ def build_app(rt: Runtime) -> ASGIApp:
                 injector.configure(injector.faults.updated(body))
             except ValueError as exc:
                 return eve_error(400, str(exc))
-        return JSONResponse(injector.faults.as_dict())
+        return EveJSON(injector.faults.as_dict())
 
     async def admin_state(request: Request) -> Response:
-        return JSONResponse({**store.snapshot(), "faults_config": injector.faults.as_dict()})
+        return EveJSON({**store.snapshot(), "faults_config": injector.faults.as_dict()})
 
     async def admin_reset(request: Request) -> Response:
         store.reset()
         injector.configure(rt.initial_faults)
         injector.reseed()
-        return JSONResponse(store.snapshot())
+        return EveJSON(store.snapshot())
 
     async def admin_expire(request: Request) -> Response:
-        return JSONResponse({"expired": auth.expire_all()})
+        return EveJSON({"expired": auth.expire_all()})
 
     routes = [
         Route("/authenticates/api-code", login_jwt, methods=["GET"]),
         Route("/authenticates/api-code", login_code, methods=["POST"]),
-        Route("/_sandbox/faults", admin_faults, methods=["GET", "POST"]),
-        Route("/_sandbox/state", admin_state, methods=["GET"]),
-        Route("/_sandbox/reset", admin_reset, methods=["POST"]),
-        Route("/_sandbox/expire-tokens", admin_expire, methods=["POST"]),
+        Route("/_sandbox/faults", loopback_only(admin_faults), methods=["GET", "POST"]),
+        Route("/_sandbox/state", loopback_only(admin_state), methods=["GET"]),
+        Route("/_sandbox/reset", loopback_only(admin_reset), methods=["POST"]),
+        Route("/_sandbox/expire-tokens", loopback_only(admin_expire), methods=["POST"]),
     ]
     for resource in RESOURCES.values():
         path = f"/{resource.name}"
@@ -268,7 +299,12 @@ def build_app(rt: Runtime) -> ASGIApp:
     async def http_error(request: Request, exc: Exception) -> Response:
         code = exc.status_code if isinstance(exc, HTTPException) else 500
         message = {404: NOT_FOUND, 405: NOT_ALLOWED}.get(code, BAD_REQUEST)
-        return eve_error(code, message)
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+        if code == 405:  # Allow names every method of the path (one route per method here)
+            allowed = {m for route in routes if route.matches(request.scope)[0] != Match.NONE
+                       for m in route.methods or ()}
+            headers["Allow"] = ", ".join(sorted(allowed))
+        return eve_error(code, message, headers)
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     return _Counted(app, rt)

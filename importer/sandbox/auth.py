@@ -120,7 +120,11 @@ class Authenticator:
             except jwt.PyJWTError as exc:
                 log.info("login refused: %s", type(exc).__name__)
                 return None
-            if claims["exp"] > time.time() + self.max_jwt_lifetime + LEEWAY_SECONDS:
+            exp = claims["exp"]
+            if isinstance(exp, bool) or not isinstance(exp, int | float):
+                log.info("login refused: JWT exp is not a number of seconds")
+                return None  # (PyJWT takes "1764000000" as a string)
+            if exp > time.time() + self.max_jwt_lifetime + LEEWAY_SECONDS:
                 log.info("login refused: JWT exp more than %ss ahead", self.max_jwt_lifetime)
                 return None
             if not isinstance(claims["api_code"], str) or claims["api_code"] not in self.api_codes:

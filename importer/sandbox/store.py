@@ -11,6 +11,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 from importer.sandbox.query import list_page
 from importer.sandbox.validation import (
     INSERTION_FAILURE,
+    MAX_AMOUNT,
     OBJECT_ID,
     RESOURCES,
     Resource,
@@ -652,8 +654,11 @@ def _registration_issues(doc: Any) -> dict[str, Any]:
             if not isinstance(debt.get("invoice_number"), str) or not debt["invoice_number"]:
                 problems["invoice_number"] = "required field"
             capital = debt.get("capital_to_claim")
-            if isinstance(capital, bool) or not isinstance(capital, int | float) or capital <= 0:
+            if isinstance(capital, bool) or not isinstance(capital, int | float) or (
+                    isinstance(capital, float) and not math.isfinite(capital)) or capital <= 0:
                 problems["capital_to_claim"] = "must be a number greater than 0"
+            elif capital > MAX_AMOUNT:
+                problems["capital_to_claim"] = f"max value is {MAX_AMOUNT}"
             if problems:
                 issues.setdefault("debts", {})[str(i)] = problems
     return issues

@@ -38,9 +38,9 @@ PAYMENTS = Resource(
     fields={"creditor": "objectid", "case": "objectid", "invoice_number": "string",
             "currency": "string", "amount": "number", "bank_transaction_date": "datetime",
             "client_registration_date": "datetime", "creditor_payment_reference": "string",
-            "origin": "string"},
+            "origin": "string", "account": "objectid"},
     required=("creditor", "currency", "amount", "bank_transaction_date", "origin"),
-    read_only=("account", "file_import_report"),
+    read_only=("file_import_report",),
     locale="creditor_payment",
     amount=True,
 )
@@ -50,9 +50,9 @@ CREDITINGS = Resource(
     fields={"creditor": "objectid", "case": "objectid", "invoice_number": "string",
             "currency": "string", "amount": "number", "credit_invoice": "string",
             "client_registration_date": "datetime", "creditor_reference": "string",
-            "origin": "string"},
+            "origin": "string", "account": "objectid"},
     required=("creditor", "currency", "amount", "origin"),
-    read_only=("account", "file_import_report"),
+    read_only=("file_import_report",),
     locale="creditor_crediting",
     amount=True,
 )
@@ -67,7 +67,11 @@ CANCELLATIONS = Resource(
     locale="creditor_cancellation",
     amount=False,
 )
+# `account` on payments and creditings: the seeds' examples send it (and the older doc
+# generation required it), the newer one sets it from the case. Both are taken: it may be
+# sent, and the stored record carries the case's account either way.
 RESOURCES: dict[str, Resource] = {r.name: r for r in (PAYMENTS, CREDITINGS, CANCELLATIONS)}
+MAX_AMOUNT = 10**15  # above any real claim; keeps amounts exact to the cent as decimals
 ALLOWED = {"currency": ("SEK",), "origin": ("creditor_system",)}
 
 
@@ -124,8 +128,11 @@ def validate(resource: Resource, doc: Any) -> dict[str, Any]:
             continue
         if field in ALLOWED and value not in ALLOWED[field]:
             add(field, f"unallowed value {value}")
-        if field == "amount" and (math.isnan(value) or math.isinf(value) or value <= 0):
-            add(field, "must be a number greater than 0")
+        if field == "amount":
+            if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+                add(field, "must be a number greater than 0")
+            elif value > MAX_AMOUNT:
+                add(field, f"max value is {MAX_AMOUNT}")
     for field in resource.required:
         if field not in doc:
             add(field, "required field")
