@@ -212,7 +212,11 @@ def build_app(rt: Runtime) -> ASGIApp:
 
     def getter(resource: str) -> Callable[[Request], Awaitable[Response]]:
         async def get_one(request: Request) -> Response:
-            found = store.get(resource, request.path_params["id"])
+            try:
+                found = store.get(resource, request.path_params["id"],
+                                  request.query_params.get("projection"))
+            except QueryError as exc:
+                return eve_error(400, str(exc))
             return EveJSON(found) if found is not None else eve_error(404, NOT_FOUND)
         return get_one
 

@@ -84,6 +84,8 @@ class _InSet:
     def __contains__(self, values: object) -> bool:
         # Same as "any element equals any value", lists fanning out, as _match_condition does.
         assert isinstance(values, list)
+        if not values:  # a missing field is null to MongoDB
+            return _key(None) in self.keys
         for value in values:
             for x in value if isinstance(value, list) else (value,):
                 if not isinstance(x, dict | list) and _key(x) in self.keys:
@@ -124,6 +126,8 @@ def prepare(where: Any) -> Any:
 
 
 def _match_condition(values: list[Any], condition: Any) -> bool:
+    if condition is None and not values:
+        return True  # MongoDB: {"field": null} also matches a document without the field
     if not (isinstance(condition, dict) and condition and all(
             isinstance(k, str) and k.startswith("$") for k in condition)):
         # Plain equality; a list field matches when any element (or the list itself) is equal.
@@ -238,21 +242,27 @@ def sort_docs(docs: list[dict[str, Any]], keys: list[tuple[str, int]]) -> list[d
     return docs
 
 
-def parse_int(raw: str | None, name: str, default: int, minimum: int) -> int:
-    """Parse a positive integer query argument."""
-    if raw is None or raw == "":
-        return default
+def eve_page(raw: str | None) -> int:
+    """``page`` as Eve reads it: ``abs(int(page))``, 1 when that is 0 or not a number."""
     try:
-        value = int(raw)
+        return abs(int(raw or "")) or 1
     except ValueError:
-        raise QueryError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise QueryError(f"{name} must be at least {minimum}, got {value}")
-    return value
+        return 1
+
+
+def eve_max_results(raw: str | None) -> int:
+    """``max_results`` as Eve reads it: ``int(float(x))`` when above 0, else the default;
+    capped at the pagination limit."""
+    try:
+        value = int(float(raw or ""))
+    except (ValueError, OverflowError):
+        return DEFAULT_MAX_RESULTS
+    return min(value, PAGINATION_LIMIT) if value > 0 else DEFAULT_MAX_RESULTS
 
 
 def projector(raw: str | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A function applying Eve's ``projection`` (top-level fields, 1 include / 0 exclude)."""
+    """A function applying Eve's ``projection`` (1 include / 0 exclude; dotted paths reach
+    into sub-documents, as in MongoDB)."""
     if not raw:
         return lambda doc: doc
     try:
@@ -261,14 +271,50 @@ def projector(raw: str | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
         raise QueryError("projection is not valid JSON") from None
     if not isinstance(spec, dict) or any(v not in (0, 1) for v in spec.values()):
         raise QueryError("projection must be a JSON object of field: 0|1")
-    include = {k for k, v in spec.items() if v == 1}
-    exclude = {k for k, v in spec.items() if v == 0}
+    include = [k.split(".") for k, v in spec.items() if v == 1]
+    exclude = [k.split(".") for k, v in spec.items() if v == 0]
     if include and exclude:
         raise QueryError("projection cannot mix inclusion and exclusion")
     if include:
-        keep = include | set(META_FIELDS)
-        return lambda doc: {k: v for k, v in doc.items() if k in keep}
-    return lambda doc: {k: v for k, v in doc.items() if k not in exclude}
+        keep = include + [[m] for m in META_FIELDS]
+        return lambda doc: _kept(doc, keep)
+    return lambda doc: _dropped(doc, exclude)
+
+
+def _kept(doc: Any, paths: list[list[str]]) -> Any:
+    """Only the given paths of ``doc`` (whole when a path ends here)."""
+    if not isinstance(doc, dict):
+        return doc
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        rests = [p[1:] for p in paths if p[0] == key]
+        if not rests:
+            continue
+        if any(not r for r in rests):
+            out[key] = value
+        elif isinstance(value, list):
+            out[key] = [_kept(v, rests) for v in value]
+        elif isinstance(value, dict):
+            out[key] = _kept(value, rests)
+    return out
+
+
+def _dropped(doc: Any, paths: list[list[str]]) -> Any:
+    """``doc`` without the given paths."""
+    if not isinstance(doc, dict):
+        return doc
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        rests = [p[1:] for p in paths if p[0] == key]
+        if any(not r for r in rests):
+            continue
+        if rests and isinstance(value, list):
+            out[key] = [_dropped(v, rests) for v in value]
+        elif rests and isinstance(value, dict):
+            out[key] = _dropped(value, rests)
+        else:
+            out[key] = value
+    return out
 
 
 def list_page(docs: Iterable[dict[str, Any]], args: dict[str, str]) -> dict[str, Any]:
@@ -283,9 +329,8 @@ def list_page(docs: Iterable[dict[str, Any]], args: dict[str, str]) -> dict[str,
     """
     where = prepare(parse_where(args.get("where")))
     keys = parse_sort(args.get("sort"))
-    page = parse_int(args.get("page"), "page", 1, 1)
-    max_results = min(parse_int(args.get("max_results"), "max_results",
-                                DEFAULT_MAX_RESULTS, 1), PAGINATION_LIMIT)
+    page = eve_page(args.get("page"))
+    max_results = eve_max_results(args.get("max_results"))
     project = projector(args.get("projection"))
     found = [d for d in docs if matches(d, where)]
     found = sort_docs(found, keys)

@@ -25,7 +25,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from importer.sandbox.query import list_page
+from importer.sandbox.query import list_page, projector
 from importer.sandbox.validation import (
     INSERTION_FAILURE,
     MAX_AMOUNT,
@@ -281,10 +281,14 @@ class Store:
 
     # -- the API's reads ----------------------------------------------------------------------
 
-    def get(self, resource: str, record_id: str) -> dict[str, Any] | None:
-        """One record (not copied: the caller serialises it at once)."""
+    def get(self, resource: str, record_id: str, projection: str | None = None
+            ) -> dict[str, Any] | None:
+        """One record, projected as a list item would be (not copied: the caller serialises
+        it at once; raises QueryError for a bad projection)."""
+        project = projector(projection)
         with self.lock:
-            return self.collections[resource].get(record_id.lower())
+            found = self.collections[resource].get(record_id.lower())
+            return None if found is None else project(found)
 
     def find(self, resource: str, args: dict[str, str]) -> dict[str, Any]:
         """One page of a collection (raises QueryError for a bad query)."""
