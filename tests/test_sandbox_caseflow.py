@@ -25,6 +25,23 @@ CASE_DATA: dict[str, Any] = {
         "invoice_due_days_after_invoice_date": 31,
     }],
 }
+# The keys of the guide's answers to steps 3 (GET /cases/{id}) and 5 (the same, closed).
+CASE_KEYS = {
+    "_created", "_etag", "_id", "_updated", "account", "agreement_version", "case_registration",
+    "case_settings", "creditor", "creditor_name", "currency", "customer", "customer_id_number",
+    "customer_name", "customer_status", "debt", "debt_collection", "debtor", "debtor_id_number",
+    "debtor_name", "event_listeners", "latest_state_date", "limitation", "next_flow_item",
+    "original_invoice", "reference_number", "services", "state", "state_history", "status",
+    "status_history", "transactions",
+    *(f"{scope}_{kind}_{part}_amount" for scope in ("local", "total")
+      for kind in ("added", "remaining") for part in ("capital", "costs", "interest",
+                                                      "transaction")),
+}
+DEBT_KEYS = {"capital_to_claim", "debt_description", "interest_days_after_invoice_date",
+             "invoice_date", "invoice_due_days_after_invoice_date", "invoice_number",
+             "payout_reference"}
+CLOSED_CASE_KEYS = CASE_KEYS - {"event_listeners", "next_flow_item"} | {
+    "closed", "next_flow_item_on_close"}
 PAYMENT_DATA: dict[str, Any] = {
     "account": "674dbeaf08847b9501cc9132",
     "creditor": "674dbeb208847b9501cc9138",
@@ -61,6 +78,7 @@ def test_case_flow_example_runs_step_by_step(sandbox: RunningSandbox) -> None:
 
         # 3. Check the case status.
         case = http.get(f"{url}/cases/{case_id}", headers=headers, timeout=10).json()
+        assert set(case) == CASE_KEYS and set(case["debt"]) == DEBT_KEYS
         assert case["status"] == "debt_collection"
         assert case["debt"]["invoice_number"] == "INV-2025-003"
         assert case["creditor"] == CASE_DATA["creditor"]
@@ -86,6 +104,8 @@ def test_case_flow_example_runs_step_by_step(sandbox: RunningSandbox) -> None:
         # 5. Final case status: closed.
         final = http.get(f"{url}/cases/{case_id}", headers=headers, timeout=10).json()
     assert final["status"] == "closed"
+    assert set(final) == CLOSED_CASE_KEYS
+    assert final["next_flow_item_on_close"] == case["next_flow_item"]
     assert final["status_history"][-1]["status"] == "closed"
     assert set(final["closed"]) == {"close_date", "reason"}
     assert final["closed"]["reason"] == "fully_paid_depreciation"

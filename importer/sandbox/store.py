@@ -19,9 +19,9 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -474,6 +474,7 @@ class Store:
         case["closed"] = {"close_date": now, "reason": reason}
         if "next_flow_item" in case:
             case["next_flow_item_on_close"] = case.pop("next_flow_item")
+        case.pop("event_listeners", None)  # the guide's closed case has none
 
     def _answer(self, resource: Resource, record: dict[str, Any]) -> dict[str, Any]:
         body = {k: record[k] for k in ("_updated", "_created", "_etag", "_id")}
@@ -579,15 +580,28 @@ class Store:
             now=now, invoice_date=debt.get("invoice_date", now),
             description=debt.get("debt_description", ""),
             debtor=str(customer.get("name", "")), creditor_name="Sandbox Creditor")
-        for key in ("invoice_due_days_after_invoice_date",):
+        for key in ("invoice_due_days_after_invoice_date", "interest_days_after_invoice_date"):
             if key in debt:
                 case["debt"][key] = debt[key]
         case["case_registration"] = registration_id
         case["customer_id_number"] = case["debtor_id_number"] = customer.get("id_number", "")
         first_action = doc.get("first_action") or "debt_collection"
         case["state"] = case["status"] = first_action
+        case["services"][0]["service"] = first_action
         case["_etag"] = etag(case)
         return case
+
+
+def _years_later(moment: datetime, years: int) -> datetime:
+    try:
+        return moment.replace(year=moment.year + years)
+    except ValueError:  # 29 February
+        return moment.replace(year=moment.year + years, day=28)
+
+
+def _derived_id(*parts: str) -> str:
+    """A stable 24-hex id for things the sandbox does not model (agreements, debtors, flows)."""
+    return hashlib.sha1(":".join(parts).encode()).hexdigest()[:24]
 
 
 def _case_document(*, case_id: str, creditor: str, account: str, invoice_number: str,
@@ -596,13 +610,26 @@ def _case_document(*, case_id: str, creditor: str, account: str, invoice_number:
                    creditor_name: str) -> dict[str, Any]:
     """A case shaped like the case-flow guide's ``GET /cases/{id}`` answer."""
     total = sum(amounts.values(), Decimal(0))
+    today = parsedate_to_datetime(now)
+    flow = {"item": "case--debt-collections__debt_statement",
+            "schedule_to_execute": rfc1123(today.replace(hour=0, minute=0, second=0)
+                                           + timedelta(days=16)),
+            "flow_config": _derived_id("flow_config"), "is_failed": False,
+            "waiting_for": "api.wait.waiting_for_debt_collection_payment",
+            "moved_to_next_state": True, "flow_config_name_locale": "api.flow_config.default"}
     case: dict[str, Any] = {
         "_id": case_id, "_created": now, "_updated": now,
-        "debt": {"invoice_date": invoice_date, "capital_to_claim": _num(amounts["capital"]),
+        "debt": {"invoice_date": invoice_date, "invoice_due_days_after_invoice_date": 30,
+                 "capital_to_claim": _num(amounts["capital"]),
                  "debt_description": description, "invoice_number": invoice_number,
-                 "payout_reference": invoice_number},
-        "creditor": creditor, "account": account, "creditor_name": creditor_name,
-        "currency": "SEK", "customer_name": debtor, "debtor_name": debtor,
+                 "payout_reference": invoice_number, "interest_days_after_invoice_date": 30},
+        "creditor": creditor, "account": account,
+        "agreement_version": _derived_id("agreement", creditor),
+        "case_settings": {"interest_rate": {"reference_rate": True}},
+        "creditor_name": creditor_name, "currency": "SEK",
+        "customer": _derived_id("customer", creditor, debtor), "customer_id_number": "",
+        "customer_name": debtor, "customer_status": "initialized",
+        "debtor": _derived_id("debtor", debtor), "debtor_id_number": "", "debtor_name": debtor,
         "latest_state_date": now, "state": "debt_collection",
         "state_history": [{"state": "initializing", "state_date": now},
                           {"state": "debt_collection", "state_date": now}],
@@ -612,6 +639,14 @@ def _case_document(*, case_id: str, creditor: str, account: str, invoice_number:
                            {"status": "debt_collection", "status_date": now}],
         "reference_number": reference_number,
         "transactions": [],
+        # The rest of the guide's answer: the flow the case is in (moved to
+        # next_flow_item_on_close when it closes), its service and limitation.
+        "next_flow_item": flow,
+        "debt_collection": _derived_id("debt_collection", case_id),
+        "services": [{"service": "debt_collection", "service_date": now}],
+        "limitation": {"break_date": now, "limitation_date": rfc1123(_years_later(today, 10)),
+                       "locale_annotation": "api.log_messages.letter_sent_debt_collection"},
+        "event_listeners": {},
     }
     for scope in ("total", "local"):
         for kind in ("added", "remaining"):
