@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 
 # Rows read from the top of a sheet to find the header (it is within 20 non-empty rows).
 HEADER_PROBE_ROWS = 200
+# Columns a data sheet may use (Excel allows 16 384); more is a stray cell, refused by name.
+MAX_COLUMNS = 1000
 XML_BLOCK = 1 << 20
-_REL_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
 _P = rb"(?:[\w.-]+:)?"  # an optional namespace prefix (<x:c> in some generators' files)
 _CELL = re.compile(rb"<" + _P + rb"c\s([^>]*?)(?:/>|>(.*?)</" + _P + rb"c>)", re.S)
 _FORMULA = re.compile(rb"<" + _P + rb"f[\s>/]")
@@ -94,8 +96,9 @@ def _sheet_parts(path: Path) -> dict[str, str]:
                if r.tag.endswith("Relationship")}
     parts = {}
     for sheet in book.iter():
-        if sheet.tag.endswith("}sheet") and sheet.get(_REL_ID) in targets:
-            target = targets[sheet.get(_REL_ID)]
+        rel = next((v for k, v in sheet.attrib.items() if k.endswith("}id")), None)
+        if sheet.tag.endswith("}sheet") and rel in targets:
+            target = targets[rel]  # r:id in the Transitional or the Strict namespace
             parts[sheet.get("name", "")] = (target.lstrip("/") if target.startswith("/")
                                             else "xl/" + target)
     return parts
@@ -194,41 +197,77 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
         if meta.typ != SheetTypeEnum.WorkSheet:
             info.notes.append(f"sheet {sheet_name!r} is not a worksheet and was skipped")
             continue
-        sheet = book.get_sheet_by_name(sheet_name)
-        fixes = scan_sheet_xml(path, parts.get(sheet_name))
-        if sheet.start is None and not fixes:
-            info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
-            continue
-        first = sheet.start[0] if sheet.start is not None else min(fixes)
-        top = sheet.to_python(skip_empty_area=False, nrows=first + HEADER_PROBE_ROWS)
-        found = find_header((i + 1, _apply(row, fixes.get(i))) for i, row in enumerate(top))
-        if found is None:
-            info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
-            continue
-        header_row, header = found
-        if _not_data(sheet_name, path.stem, header, options):
-            info.notes.append(f"sheet {sheet_name!r} has no recognised columns and its name "
-                              "names no kind: skipped as not data")
-            continue
-        kind = kind_for(name, sheet_name, options, fallback=path.stem)
-        where = f"sheet {sheet_name!r}: "
-        if header_row > 1:
-            info.notes.append(f"{where}header on row {header_row}; the rows above it are read "
-                              "as titles and ignored")
-        width = max([len(header)] + [c + 1 for row in fixes.values() for c, _ in row])
-        header = header + [""] * (width - len(header))
-        with_values = _headerless_with_values(sheet, header, header_row, fixes)
-        positions, columns, fields = build_columns(
-            name, where, header, with_values.__contains__, column_letter, kind, options,
-            header_row, info.notes)
-        info.kinds.append(kind.name)
-        table = Table(file=info, sheet=sheet_name, kind=kind, header_row=header_row,
-                      columns=columns, fields=fields, chunks=lambda: iter(()))
-        table.chunks = _chunker(table, positions, fixes, options.chunk_rows)
-        tables.append(table)
+        with _sheet_errors(name, sheet_name):
+            table = _open_sheet(path, book, sheet_name, parts.get(sheet_name), info, options)
+        if table is not None:
+            tables.append(table)
     if not tables:
         raise FileRejected(name, "no visible worksheet holds data")
     return info, tables
+
+
+@contextmanager
+def _sheet_errors(name: str, sheet_name: str) -> Iterator[None]:
+    """A sheet calamine cannot read (a damaged part, a corrupt stream) rejects its file,
+    named, instead of ending the run."""
+    try:
+        yield
+    except FileRejected:
+        raise
+    except Exception as exc:  # calamine's and zipfile's errors vary by version
+        raise FileRejected(name, f"sheet {sheet_name!r} cannot be read ({exc}); the workbook "
+                                 "is damaged: save it again from Excel as .xlsx") from None
+
+
+def _sheet(book: Any, name: str, sheet_name: str) -> Any:
+    """A worksheet, refused when its used area is absurdly wide (a stray cell far to the
+    right would make every row that wide in memory)."""
+    sheet = book.get_sheet_by_name(sheet_name)
+    columns = sheet.end[1] + 1 if sheet.end is not None else 0
+    if columns > MAX_COLUMNS:
+        raise FileRejected(name, (
+            f"sheet {sheet_name!r} is used up to column {column_letter(columns - 1)} "
+            f"({columns:,} columns): a stray cell far to the right of the data? Delete the "
+            "columns right of your data (or copy the data to a new sheet) and save again"))
+    return sheet
+
+
+def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: FileInfo,
+                options: ReadOptions) -> Table | None:
+    """One visible worksheet as a Table; None (with a note) when it holds no data."""
+    name = path.name
+    sheet = _sheet(book, name, sheet_name)
+    fixes = scan_sheet_xml(path, part)
+    if sheet.start is None and not fixes:
+        info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
+        return None
+    first = sheet.start[0] if sheet.start is not None else min(fixes)
+    top = sheet.to_python(skip_empty_area=False, nrows=first + HEADER_PROBE_ROWS)
+    found = find_header((i + 1, _apply(row, fixes.get(i))) for i, row in enumerate(top))
+    if found is None:
+        info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
+        return None
+    header_row, header = found
+    if _not_data(sheet_name, path.stem, header, options):
+        info.notes.append(f"sheet {sheet_name!r} has no recognised columns and its name "
+                          "names no kind: skipped as not data")
+        return None
+    kind = kind_for(name, sheet_name, options, fallback=path.stem)
+    where = f"sheet {sheet_name!r}: "
+    if header_row > 1:
+        info.notes.append(f"{where}header on row {header_row}; the rows above it are read "
+                          "as titles and ignored")
+    width = max([len(header)] + [c + 1 for row in fixes.values() for c, _ in row])
+    header = header + [""] * (width - len(header))
+    with_values = _headerless_with_values(sheet, header, header_row, fixes)
+    positions, columns, fields = build_columns(
+        name, where, header, with_values.__contains__, column_letter, kind, options,
+        header_row, info.notes)
+    info.kinds.append(kind.name)
+    table = Table(file=info, sheet=sheet_name, kind=kind, header_row=header_row,
+                  columns=columns, fields=fields, chunks=lambda: iter(()))
+    table.chunks = _chunker(table, positions, fixes, options.chunk_rows)
+    return table
 
 
 def _headerless_with_values(sheet: Any, header: list[str], header_row: int,
@@ -271,8 +310,10 @@ def _chunker(table: Table, positions: list[int], fixes: Fixes,
         import pandas as pd
 
         info = table.file
-        sheet = _workbook(info.path).get_sheet_by_name(table.sheet)
-        rows = sheet.to_python(skip_empty_area=False)
+        assert table.sheet is not None
+        with _sheet_errors(info.name, table.sheet):
+            sheet = _sheet(_workbook(info.path), info.name, table.sheet)
+            rows = sheet.to_python(skip_empty_area=False)
         del sheet
         width = max(positions) + 1
         # calamine's range ends at its last cell with a value: rows below it holding only

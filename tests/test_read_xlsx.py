@@ -271,3 +271,68 @@ def test_not_a_workbook_rejected(tmp_path: Path) -> None:
     path.write_text("creditor,case\n")
     with pytest.raises(FileRejected, match="cannot be read as an Excel workbook"):
         open_file(path, ReadOptions())
+
+
+def _rewrite(path: Path, out: Path, change: Any) -> Path:
+    """A copy of a workbook with change(part name, text) applied to its XML parts."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith((".xml", ".rels")):
+                data = change(item.filename, data.decode()).encode()
+            dst.writestr(item, data)
+    return out
+
+
+def test_a_damaged_sheet_rejects_its_file_by_name(tmp_path: Path) -> None:
+    """A sheet whose compressed data is damaged rejects the workbook, naming the sheet;
+    nothing else is disturbed (the file is rejected, not the run)."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "Payments"
+    wb.active.append(PAY_HEADER)
+    wb.active.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
+    path = save(wb, tmp_path, "p.xlsx")
+    data = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("xl/worksheets/sheet1.xml")
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(FileRejected, match=r"p.xlsx: sheet 'Payments' cannot be read .*damaged"):
+        _, (table,) = open_file(path, ReadOptions())
+        rows(table)
+
+
+def test_a_stray_cell_far_to_the_right_is_refused_by_name(tmp_path: Path) -> None:
+    """One value in column XFD would make every row 16 384 cells wide in memory: the sheet
+    is refused, naming how far it reaches, before any row is read."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "Payments"
+    wb.active.append(PAY_HEADER)
+    wb.active.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
+    wb.active["XFD3"] = "x"
+    with pytest.raises(FileRejected, match=r"used up to column XFD \(16,384 columns\)"):
+        open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+
+
+def test_strict_open_xml_error_cells_are_read(tmp_path: Path) -> None:
+    """In a Strict Open XML workbook (other namespaces) an error cell still reaches
+    validation as its text, not as an empty cell."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "payments"
+    wb.active.append(PAY_HEADER)
+    wb.active.append([CRED, "=VLOOKUP(1,Z:Z,2,0)", "SEK", 1, dt.date(2025, 7, 1)])
+    plain = save(wb, tmp_path, "plain.xlsx")
+
+    def strict(name: str, text: str) -> str:
+        if name.endswith("sheet1.xml"):
+            text = text.replace("<f>VLOOKUP(1,Z:Z,2,0)</f><v />",
+                                "<f>VLOOKUP(1,Z:Z,2,0)</f><v>#N/A</v>").replace(
+                '<c r="B2">', '<c r="B2" t="e">')
+        return text.replace("http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+                            "http://purl.oclc.org/ooxml/spreadsheetml/main").replace(
+            "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+            "http://purl.oclc.org/ooxml/officeDocument/relationships")
+
+    path = _rewrite(plain, tmp_path / "strict.xlsx", strict)
+    assert b"#N/A" in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
+    _, (table,) = open_file(path, ReadOptions())
+    assert rows(table)[0]["Invoice Number"] == "#N/A"
