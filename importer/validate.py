@@ -80,7 +80,8 @@ REASONS: dict[str, str] = {
     "old_date": "warning: bank_transaction_date is more than a year old",
     "registered_before_transaction": "warning: client_registration_date is before "
                                      "bank_transaction_date",
-    "invalid_text": "a text has control characters or is a TRUE/FALSE or date cell",
+    "invalid_text": "a text has control or invisible characters, or is a TRUE/FALSE or date "
+                    "cell",
     "too_long": f"a text is longer than {normalise.MAX_TEXT} characters "
                 f"(any cell: {normalise.MAX_CELL})",
     "formula_without_value": "a formula cell has no saved result",
@@ -91,7 +92,10 @@ REASONS: dict[str, str] = {
 # Characters that make a spreadsheet treat a cell as a formula: no message of ours starts so.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _HEX24 = re.compile(r"[0-9a-f]{24}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters, and the invisible format characters (soft hyphen, zero-width spaces
+# and joiners, direction marks, BOM) that would make a value differ from what the user sees.
+_CONTROL = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 _TEXT_FIELDS = ("invoice_number", "credit_invoice", "creditor_payment_reference",
                 "creditor_reference")
 _ID_CODES = {"creditor": "invalid_creditor", "case": "invalid_case", "account": "invalid_account"}
@@ -137,8 +141,9 @@ _RULES: dict[str, Rule] = {
                         "have happened yet: check the date"),
     "too_long": Rule("too_long", ERROR, f"is longer than {normalise.MAX_TEXT} characters; "
                      "shorten it"),
-    "invalid_text": Rule("invalid_text", ERROR, "contains a control character (a line break, "
-                         "tab or similar); remove it"),
+    "invalid_text": Rule("invalid_text", ERROR, "contains a control or invisible character (a "
+                         "line break, tab, zero-width space or similar, shown as \\x.. or "
+                         "\\u....); remove it"),
     "case_and_invoice": Rule("case_and_invoice", ERROR, "both case and invoice number are "
                              "given; the API takes exactly one: clear one of them"),
     "missing_case_or_invoice": Rule("missing_case_or_invoice", ERROR, "neither case nor "

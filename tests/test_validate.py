@@ -222,6 +222,17 @@ def test_texts_checked() -> None:
     assert "'a\\x09b'" in out["message"][1]
 
 
+def test_invisible_characters_are_refused_and_shown() -> None:
+    """A zero-width space, soft hyphen or BOM inside a text would make it differ from what the
+    user sees (an invoice number that never matches): an error whose message shows it."""
+    out = check([payment(invoice_number="INV-1\u200b", case=""),
+                 payment(creditor_payment_reference="REF\u00ad1", amount="2"),
+                 payment(creditor_payment_reference="\ufeffREF", amount="3"),
+                 payment(creditor_payment_reference="Åsa’s – ok", amount="4")])
+    assert out["reason"].tolist() == ["invalid_text"] * 3 + [None]
+    assert "'INV-1\\u200b'" in out["message"][0] and "REF\\xad1" in out["message"][1]
+
+
 def test_duplicates_across_chunks_name_the_first_row() -> None:
     """The later of two equal rows is an error naming the first, across chunk boundaries;
     a row differing in any key column is not a duplicate."""
