@@ -410,6 +410,7 @@ _ODD_AMOUNT_LINE = re.compile(r"^(?!(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}$)", re.MULT
 # re.ASCII: \d is 0-9 only (Python's \d, float() and Decimal() also take ١٢٣ or １２３).
 _GROUPED = re.compile(r"(\d{1,3})((?:[ \u00a0\u202f\u2009]\d{3})+)([.,]\d+)?", re.ASCII)
 _PLAIN = re.compile(r"(\d+)(?:[.,](\d+))?", re.ASCII)
+_CURRENCY_MARK = re.compile(r"(?i)\b(?:kr|sek|eur|usd|nok|dkk)\b\.?|:-|[€$£]")
 _WRITE = "write the amount with digits and at most two decimals, e.g. 1234,50 or 1234.50"
 
 
@@ -422,6 +423,10 @@ def _amount_text(text: str) -> tuple[str | None, Problem | None]:
         sign, t = "-", t[1:].lstrip(_SPACES)
     elif t[0] == "+":
         t = t[1:].lstrip(_SPACES)
+    unit = _CURRENCY_MARK.search(t)
+    if unit:  # "1 234,50 kr", as Excel exports a currency-formatted cell to CSV
+        return None, Problem("invalid_amount", f"has a currency in it ({unit.group()!r}); write "
+                             "the amount alone, e.g. 1234,50 (the currency column says SEK)")
     grouped = _GROUPED.fullmatch(t)
     if grouped:
         head, groups, tail = grouped.groups()

@@ -164,6 +164,10 @@ def _workbook(path: Path) -> Any:
     try:
         return CalamineWorkbook.from_path(str(path))
     except Exception as exc:  # calamine's errors for a corrupt or foreign file vary by version
+        if "password" in str(exc).lower():
+            raise FileRejected(path.name, "the workbook is password-protected (encrypted): in "
+                               "Excel, File > Info > Protect Workbook > Encrypt with Password, "
+                               "clear the password, and save it again") from None
         raise FileRejected(path.name, f"cannot be read as an Excel workbook ({exc}); "
                                       "save it again from Excel as .xlsx") from None
 

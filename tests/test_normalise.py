@@ -44,6 +44,17 @@ def test_amount_forms_accepted(raw: str, expected: str) -> None:
     assert parsed.typed is not None and parsed.typed.iloc[0] == float(expected)
 
 
+@pytest.mark.parametrize(("raw", "unit"), [
+    ("1 234,50 kr", "kr"), ("1234,50 kr.", "kr."), ("SEK 1234,50", "SEK"), ("100:-", ":-"),
+    ("€5", "€"), ("5 EUR", "EUR"),
+])
+def test_amounts_with_a_currency_say_so(raw: str, unit: str) -> None:
+    """"1 234,50 kr" (Excel's CSV of a currency-formatted cell) is refused naming the currency,
+    not as a stray space."""
+    [(code, text)] = problems(normalise.amounts(col(raw))).values()
+    assert code == "invalid_amount" and f"has a currency in it ({unit!r})" in text
+
+
 @pytest.mark.parametrize(("raw", "hint"), [
     ("1,234.50", "1234.50"),
     ("1.234,50", "1234.50"),

@@ -336,3 +336,19 @@ def test_strict_open_xml_error_cells_are_read(tmp_path: Path) -> None:
     assert b"#N/A" in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
     _, (table,) = open_file(path, ReadOptions())
     assert rows(table)[0]["Invoice Number"] == "#N/A"
+
+
+def test_an_encrypted_workbook_says_to_remove_the_password(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """calamine's refusal of an encrypted workbook becomes advice that works (saving again
+    keeps the password). (Making a real encrypted workbook needs a library we do not ship.)"""
+    import python_calamine
+
+    def refuse(path: str) -> Any:
+        raise python_calamine.CalamineError("Workbook is password protected")
+
+    monkeypatch.setattr(python_calamine.CalamineWorkbook, "from_path", refuse)
+    path = tmp_path / "payments.xlsx"
+    path.write_bytes(b"\xd0\xcf\x11\xe0 an OLE file")
+    with pytest.raises(FileRejected, match="password-protected.*clear the password"):
+        open_file(path, ReadOptions())
