@@ -28,6 +28,7 @@ HASH_BLOCK = 1 << 20
 HEADER_SEARCH_ROWS = 20
 RECOGNISED: frozenset[str] = frozenset(ALL_FIELDS) | frozenset(READ_ONLY_FIELDS)
 ROW = "_row"
+HIDDEN = "_hidden"  # a workbook row hidden (or filtered out): only in chunks that have one
 
 
 class _FormulaWithoutValue(str):

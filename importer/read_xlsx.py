@@ -13,6 +13,7 @@ import re
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
@@ -21,6 +22,7 @@ from importer.errors import FileRejected
 from importer.kinds import kind_from_label
 from importer.read import (
     FORMULA_WITHOUT_VALUE,
+    HIDDEN,
     RECOGNISED,
     ROW,
     FileInfo,
@@ -51,6 +53,18 @@ _TYPE = re.compile(rb"\bt=\"(\w+)\"")
 _MAX_EXACT = 2**53
 
 Fixes = dict[int, list[tuple[int, str]]]  # 0-based row -> [(0-based column, value)]
+_HIDDEN_ROW = re.compile(rb"<" + _P + rb"row\s([^>]*\bhidden=\"(?:1|true)\"[^>]*)>")
+_ROW_NUMBER = re.compile(rb"\br=\"(\d+)\"")
+_HIDDEN_COLS = re.compile(rb"<" + _P + rb"col\s[^>]*\bhidden=\"(?:1|true)\"")
+
+
+@dataclass
+class SheetScan:
+    """What calamine does not tell about a sheet, from its XML."""
+
+    fixes: Fixes = field(default_factory=dict)
+    hidden_rows: set[int] = field(default_factory=set)  # 0-based
+    hidden_columns: bool = False
 
 
 def column_letter(index: int) -> str:
@@ -104,19 +118,21 @@ def _sheet_parts(path: Path) -> dict[str, str]:
     return parts
 
 
-def scan_sheet_xml(path: Path, part: str | None) -> Fixes:
-    """Find error cells (as their text, ``#N/A``) and formulas without a cached value.
+def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
+    """Find error cells (as their text, ``#N/A``), formulas without a cached value, and
+    hidden (or filtered-out) rows and columns.
 
     Args:
         path: the workbook.
         part: the worksheet's XML part, from ``_sheet_parts``.
 
     Returns:
-        the cells calamine shows as empty that must not be read as empty.
+        the cells calamine shows as empty that must not be read as empty, and what is hidden.
     """
-    fixes: Fixes = {}
+    scan = SheetScan()
+    fixes = scan.fixes
     if part is None:
-        return fixes
+        return scan
     with zipfile.ZipFile(path) as archive, archive.open(part) as stream:
         carry = b""
         while True:
@@ -132,8 +148,14 @@ def scan_sheet_xml(path: Path, part: str | None) -> Fixes:
             # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
             if b"<f" in data or b":f" in data or b't="e"' in data:
                 _fix_cells(data, fixes)
+            if b"hidden=" in data:
+                for match in _HIDDEN_ROW.finditer(data):
+                    number = _ROW_NUMBER.search(match.group(1))
+                    if number:
+                        scan.hidden_rows.add(int(number.group(1)) - 1)
+                scan.hidden_columns = scan.hidden_columns or bool(_HIDDEN_COLS.search(data))
             if not block:
-                return fixes
+                return scan
 
 
 def _fix_cells(data: bytes, fixes: Fixes) -> None:
@@ -241,7 +263,8 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: 
     """One visible worksheet as a Table; None (with a note) when it holds no data."""
     name = path.name
     sheet = _sheet(book, name, sheet_name)
-    fixes = scan_sheet_xml(path, part)
+    scan = scan_sheet_xml(path, part)
+    fixes = scan.fixes
     if sheet.start is None and not fixes:
         info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
         return None
@@ -268,9 +291,15 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: 
         name, where, header, with_values.__contains__, column_letter, kind, options,
         header_row, info.notes)
     info.kinds.append(kind.name)
+    hidden = {r for r in scan.hidden_rows if r >= header_row}
+    if hidden:
+        info.notes.append(f"{where}{len(hidden)} row(s) are hidden or filtered out (e.g. row "
+                          f"{min(hidden) + 1}): they are reported as errors, never posted")
+    if scan.hidden_columns:
+        info.notes.append(f"{where}some columns are hidden; they are read like the others")
     table = Table(file=info, sheet=sheet_name, kind=kind, header_row=header_row,
                   columns=columns, fields=fields, chunks=lambda: iter(()))
-    table.chunks = _chunker(table, positions, fixes, options.chunk_rows)
+    table.chunks = _chunker(table, positions, fixes, hidden, options.chunk_rows)
     return table
 
 
@@ -303,7 +332,7 @@ def _not_data(sheet_name: str, stem: str, header: list[str], options: ReadOption
     return recognised < 2
 
 
-def _chunker(table: Table, positions: list[int], fixes: Fixes,
+def _chunker(table: Table, positions: list[int], fixes: Fixes, hidden: set[int],
              chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
     """The table's ``chunks`` callable: re-reads the sheet on each call (memory stays bounded
     by one sheet, not by every workbook the run has opened)."""
@@ -338,6 +367,8 @@ def _chunker(table: Table, positions: list[int], fixes: Fixes,
                 continue
             out = pd.DataFrame(data, columns=table.columns, dtype=object)
             out[ROW] = pd.Series(numbers, dtype="int64")
+            if hidden:
+                out[HIDDEN] = pd.Series([n - 1 in hidden for n in numbers], dtype=bool)
             if not counted:
                 info.rows += len(out)
             yield out

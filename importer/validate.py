@@ -60,6 +60,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
 INPUT_PREFIX = "input:"
 VALID, WARNING, ERROR = "valid", "warning", "error"
 ROW = "_row"
+HIDDEN = "_hidden"  # read.HIDDEN: present when a workbook sheet has hidden rows
 
 # The reason codes, a stable vocabulary (reports and monitoring match on them).
 REASONS: dict[str, str] = {
@@ -87,6 +88,7 @@ REASONS: dict[str, str] = {
     "formula_without_value": "a formula cell has no saved result",
     "cell_error": "an Excel error value such as #N/A",
     "duplicate_row": "the same row appears earlier in the file; the later one is not posted",
+    "hidden_row": "the row is hidden (or filtered out) in the workbook: not posted",
 }
 
 # Characters that make a spreadsheet treat a cell as a formula: no message of ours starts so.
@@ -493,6 +495,13 @@ class Checker:
             if parsed.typed is not None:
                 typed[field] = parsed.typed
 
+        if HIDDEN in chunk:
+            # What the user does not see on screen is not posted on their behalf: a filter
+            # shows 400 kr where every row would send 600.
+            hidden = np.flatnonzero(chunk[HIDDEN].to_numpy(dtype=bool))
+            issues.add(hidden, -1, ERROR, ["hidden_row"] * len(hidden), [
+                f"row {rows[p]} is hidden (or filtered out) in the workbook; hidden rows are "
+                "never posted: unhide it to post it, or delete it" for p in hidden])
         frame = self._checked_frame(values, typed, unreadable, n)
         self._report(_failures(self.errors_schema, frame), chunk, unreadable, issues)
         self._report(_failures(self.warnings_schema, frame), chunk, unreadable, issues)

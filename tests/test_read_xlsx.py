@@ -352,3 +352,30 @@ def test_an_encrypted_workbook_says_to_remove_the_password(tmp_path: Path,
     path.write_bytes(b"\xd0\xcf\x11\xe0 an OLE file")
     with pytest.raises(FileRejected, match="password-protected.*clear the password"):
         open_file(path, ReadOptions())
+
+
+def test_hidden_and_filtered_rows_are_errors_never_posted(tmp_path: Path) -> None:
+    """A row hidden by hand or by a filter is not what the user sees on screen: it is an
+    error (hidden_row) naming its row, the others are read as usual, and the file notes say
+    so; hidden columns are noted."""
+    from importer.config import Config
+    from importer.validate import Checker
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append([*PAY_HEADER, "status"])
+    for n, state in enumerate(("ny", "bokförd", "ny"), start=1):
+        ws.append([CRED, f"INV-{n}", "SEK", 100 * n, dt.date(2025, 7, 1), state])
+    ws.auto_filter.ref = "A1:F4"
+    ws.auto_filter.add_filter_column(5, ["ny"])
+    ws.row_dimensions[3].hidden = True
+    ws.column_dimensions["F"].hidden = True
+    info, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+    assert any("1 row(s) are hidden or filtered out (e.g. row 3)" in n for n in info.notes)
+    assert any("some columns are hidden" in n for n in info.notes)
+    [chunk] = list(table.chunks())
+    out = Checker(table, Config(), dt.datetime(2025, 8, 1, tzinfo=dt.UTC)).check(chunk)
+    assert out["status"].tolist() == ["valid", "error", "valid"]
+    assert out["reason"][1] == "hidden_row" and "row 3 is hidden" in out["message"][1]
+    assert "_hidden" not in " ".join(out.columns)
