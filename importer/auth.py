@@ -358,6 +358,11 @@ class TokenProvider:
                 return self._token
             return self._login()
 
+    def fresh(self, token: str) -> bool:
+        """Whether ``token`` is still the current one, with time left (no lock, no login: asked
+        while holding a rate-limiter slot that a login would need)."""
+        return token == self._token and (not self.renewable or self._clock() < self._renew_at)
+
     def login(self) -> None:
         """Log in now, even if the current token is still valid (a ready token is kept).
 

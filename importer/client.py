@@ -321,11 +321,12 @@ class ApiClient:
         path = kind.endpoint
         attempts = failures = unreachable = 0
         renewed = False
+        token: str | None = None
         while True:
-            token = self.auth.get_valid_token()
             attempts += 1
             try:
-                response = self._once("POST", path, data=data, token=token, on_send=on_send)
+                response, token = self._once("POST", path, data=data, authenticated=True,
+                                             on_send=on_send)
             except _TRANSPORT_ERRORS as exc:
                 if _tls_verification_failed(exc):
                     raise ApiError(self._tls_message(exc)) from None
@@ -349,6 +350,7 @@ class ApiClient:
                                       f"HTTP {status} without a JSON object in the answer")
                 if status == 401 and not renewed:
                     # 401 means the request was refused before anything was stored.
+                    assert token is not None
                     self.auth.invalidate(token)
                     renewed = True
                     continue
@@ -458,10 +460,15 @@ class ApiClient:
         return self._limiter.slot() if self._limiter else nullcontext()
 
     def _once(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-              data: str | None = None, token: str | None = None,
+              data: str | None = None, authenticated: bool = False,
               headers: dict[str, str] | None = None,
-              on_send: Callable[[], None] | None = None) -> requests.Response:
+              on_send: Callable[[], None] | None = None
+              ) -> tuple[requests.Response, str | None]:
         """Send one request through the rate limiter; no retries here.
+
+        Returns:
+            The answer, and the token it was sent with: one still fresh when the rate limiter
+            let the request go (a wait in its queue may outlast a short-lived token).
 
         The request is prepared here and given to ``Session.send`` (the session's pool,
         adapter, cookies and default headers, as ``Session.request`` would use them) with the
@@ -474,8 +481,6 @@ class ApiClient:
         sent: CaseInsensitiveDict[str] = CaseInsensitiveDict(self._headers)
         if headers:
             sent.update(headers)
-        if token is not None:
-            sent["X-API-Key"] = token
         prepared.headers = sent
         if data is not None:
             body = data.encode("utf-8")
@@ -486,12 +491,20 @@ class ApiClient:
             sent["Content-Length"] = "0"
         prepared.prepare_cookies(self._session.cookies)
         prepared.hooks = default_hooks()
-        with self._slot():
-            if on_send is not None:
-                on_send()
-            # No redirects: a redirected POST could be re-sent, or turned into a GET.
-            return self._session.send(prepared, timeout=self._timeout, allow_redirects=False,
-                                      **self._send_settings)
+        for tries_left in range(2, -1, -1):
+            # Logging in takes a slot of its own: the token is had before this one's.
+            token = self.auth.get_valid_token() if authenticated else None
+            with self._slot():
+                if token is not None and tries_left and not self.auth.fresh(token):
+                    continue  # it aged while the rate limiter held the request back
+                if token is not None:
+                    sent["X-API-Key"] = token
+                if on_send is not None:
+                    on_send()
+                # No redirects: a redirected POST could be re-sent, or turned into a GET.
+                return self._session.send(prepared, timeout=self._timeout,
+                                          allow_redirects=False, **self._send_settings), token
+        raise AssertionError("unreachable: the last try always sends")
 
     def _send_safe(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                    data: str | None = None, headers: dict[str, str] | None = None,
@@ -506,14 +519,14 @@ class ApiClient:
         """
         attempts = failures = 0
         renewed = False
+        token: str | None = None
         while True:
-            token = self.auth.get_valid_token() if authenticated else None
             attempts += 1
             status: int | None = None
             retry_after = None
             try:
-                response = self._once(method, path, params=params, data=data, token=token,
-                                      headers=headers)
+                response, token = self._once(method, path, params=params, data=data,
+                                             authenticated=authenticated, headers=headers)
             except _TRANSPORT_ERRORS as exc:
                 if _tls_verification_failed(exc):
                     raise ApiError(self._tls_message(exc)) from None

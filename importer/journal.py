@@ -780,13 +780,17 @@ class Journal:
             (run_id, *states))]
 
     def known_ids(self, ids: Iterable[str]) -> set[str]:
-        """Which of these Amili ids the journal already holds for some row."""
-        ids = [i for i in ids if i]
+        """Which of these Amili ids the journal already holds for some row, in lower case.
+
+        Ids compare case-insensitively (ObjectIds are hex; an API may write them in either
+        case): each is looked up as given, in lower and in upper case, through the index.
+        """
+        ids = list(dict.fromkeys(v for i in ids if i for v in (i, i.lower(), i.upper())))
         known: set[str] = set()
-        for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
+        for start in range(0, len(ids), _LOOKUP_BATCH):
+            part = ids[start:start + _LOOKUP_BATCH]
             marks = ",".join("?" * len(part))
-            known.update(r[0] for r in self._query(
+            known.update(r[0].lower() for r in self._query(
                 f"SELECT DISTINCT amili_id FROM rows WHERE amili_id IN ({marks})", part))
         return known
 

@@ -1014,20 +1014,24 @@ class _Engine:
                         why = str(exc) or type(exc).__name__
                         conclusive = False
                     continue
-                candidates, unsure = self._compare(kind, payload, records)
+                candidates, unsure = self._compare(kind, payload, records,
+                                                   key.removeprefix("case:")
+                                                   if key.startswith("case:") else None)
                 if candidates or unsure:
                     known = self.journal.known_ids(record_id(r) or "" for r in
                                                    candidates + unsure)
-                    fresh = [r for r in candidates if record_id(r) not in known
+                    fresh = [r for r in candidates if _id_lower(r) not in known
                              and _created_after(r, sent_after)]
                     if fresh:
                         return max(fresh, key=_created_key), True, ""
-                    if any(record_id(r) not in known and _created_after(r, sent_after)
+                    if any(_id_lower(r) not in known and _created_after(r, sent_after)
                            for r in unsure):
                         # A record that may be this row's but cannot be compared: "not
                         # stored" cannot be concluded, and nothing is sent again.
                         why = (f"Amili holds record {record_id(unsure[0])} that may be this "
-                               "row's, but its amount or dates could not be compared")
+                               "row's, but it cannot be told apart: its amount, dates, case or "
+                               "invoice number are missing or not understood; check it in "
+                               "Amili")
                         conclusive = False
         if by_invoice and not key.startswith("case:") and not no_such_case:
             # The record may be stored without the invoice number (only its case): without
@@ -1036,8 +1040,8 @@ class _Engine:
                                 "not be looked up"
         return None, conclusive, why
 
-    def _compare(self, kind: Kind, payload: dict[str, Any], records: list[dict[str, Any]]
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _compare(self, kind: Kind, payload: dict[str, Any], records: list[dict[str, Any]],
+                 case_id: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Split the records a filter found into (matching, cannot tell); the rest differ.
 
         A list answer may leave fields out (an Eve projection): such a record is read whole
@@ -1049,11 +1053,11 @@ class _Engine:
             rid = record_id(record)
             if rid is None:
                 continue
-            verdict = matches(kind, payload, record)
+            verdict = matches(kind, payload, record, case_id)
             if verdict is None:
                 with suppress(Exception):  # unread, it stays "cannot tell"
                     record = self.client.get(kind, rid) or record
-                verdict = matches(kind, payload, record)
+                verdict = matches(kind, payload, record, case_id)
             if verdict:
                 same.append(record)
             elif verdict is None:
@@ -1087,6 +1091,10 @@ def _created_after(record: dict[str, Any], sent_after: str | None) -> bool:
     if created is None or sent is None:
         return True
     return created >= sent - CLOCK_SKEW
+
+
+def _id_lower(record: dict[str, Any]) -> str:
+    return (record_id(record) or "").lower()
 
 
 def _created_key(record: dict[str, Any]) -> float:
@@ -1277,24 +1285,45 @@ def look_alike(kind: Kind, payload: dict[str, Any]) -> str:
     return "\x1f".join(parts)
 
 
-def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any]) -> bool | None:
+def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any],
+            case_id: str | None = None) -> bool | None:
     """Whether a stored record is what this payload would have created.
 
     Every field sent must be equal where the record has it (amounts as decimals, dates as
     instants in RFC 1123 or ISO 8601, ids case-insensitively); amount kinds need the
     record's amount, and a row with a bank transaction date the record's (what tells two
-    look-alike payments apart).
+    look-alike payments apart). The record must also show whose it is: its creditor, and
+    its case (a row named by case id), or its invoice number, ``case_invoice_number`` or
+    case (a row named by invoice number, whose case is ``case_id`` when the plan knows it).
+    A server that ignores the read-back's filter answers with other cases' records too.
 
     Args:
         kind: the row's kind.
         payload: the row's body.
         record: one record from the API.
+        case_id: the case of a row named by invoice number, when known.
 
     Returns:
         True when it matches, False when a field differs, None when it cannot be told (the
-        amount missing, or an amount or date the API wrote in a form not understood).
+        amount or the record's case missing, or an amount or date the API wrote in a form
+        not understood).
     """
     verdict: bool | None = True
+    if record.get("creditor") is None:
+        verdict = None
+    if payload.get("case"):
+        if record.get("case") is None:
+            verdict = None
+    elif payload.get("invoice_number"):
+        shown = record.get("invoice_number") or record.get("case_invoice_number")
+        if shown is not None:
+            if str(shown).strip() != str(payload["invoice_number"]).strip():
+                return False
+        elif case_id and record.get("case") is not None:
+            if (id_text(record["case"]) or "").lower() != case_id.lower():
+                return False
+        else:
+            verdict = None
     if kind.amount and record.get("amount") is None:
         verdict = None
     if payload.get("bank_transaction_date") is not None and \

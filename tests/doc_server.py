@@ -47,6 +47,8 @@ class Variant:
     slow_seconds: float = 1.0
     fail_gets: int = 0  # answer every GET with this HTTP status (0: never)
     fail_lists: int = 0  # the same for list reads only (GET /<resource>?where=...)
+    ignore_where: bool = False  # list reads answer every record of the collection
+    drop_invoice: bool = False  # records keep no invoice_number (only what the case shows)
 
 
 class _State:
@@ -101,8 +103,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "code": v.fail_lists, "message": "Gateway Timeout"}})
         where = json.loads(query.get("where", "{}"))
         items = [r for r in self.state.records if r["_resource"] == parts[0]
-                 and all(r.get(k) in w["$in"] if isinstance(w, dict) and "$in" in w
-                         else r.get(k) == w for k, w in where.items())]
+                 and (v.ignore_where or all(
+                     r.get(k) in w["$in"] if isinstance(w, dict) and "$in" in w
+                     else r.get(k) == w for k, w in where.items()))]
         page = int(query.get("page", 1))
         size = min(int(query.get("max_results", 25)), v.page_cap)
         chunk = [_public(r) for r in items[(page - 1) * size:page * size]]
@@ -139,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
             for invoice, case in v.resolve.items():  # Amili shows the case's invoice number
                 if record.get("case") == case:
                     record["case_invoice_number"] = invoice
+            if v.drop_invoice:
+                record.pop("invoice_number", None)
             if lost == "late":
                 threading.Timer(v.late_seconds, self.state.records.append, [record]).start()
             else:

@@ -236,6 +236,25 @@ def test_status_reads_go_one_by_one_when_the_batch_read_fails(serve: Any,
     assert sorted(by_id) == sorted(f"/creditor--payments/{r['_id']}" for r in server.records)
 
 
+def test_a_read_back_never_takes_another_invoices_record(serve: Any, tmp_path: Path) -> None:
+    """A server that ignores the read-back's filter and keeps no invoice number on its
+    records holds another invoice's payment (same creditor, amount and date, posted by other
+    means): it cannot be told apart, so the row whose answer was lost is not claimed
+    `completed` with it, and nothing is sent again blind."""
+    server = serve(Variant(ignore_where=True, drop_invoice=True, lose=["late"],
+                           late_seconds=3600))
+    payload = {**{k: v for k, v in body(100.0, ref=None).items() if k != "case"},
+               "invoice_number": "INV-2"}
+    other = {k: v for k, v in payload.items() if k != "invoice_number"}
+    now = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+    server.add(RESOURCE, {**other, "_id": "68b82422d6fd1d378f17aaaa", "status": "completed",
+                          "_created": now})
+    [out] = post(server, tmp_path, [row(payload)], settle=0.2)
+    assert (out.status, out.reason, out.retryable) == ("error", "outcome_unknown", True)
+    assert out.amili_id is None and server.posts == 1
+    assert "may be this row's" in out.message
+
+
 def test_a_status_never_read_is_read_by_the_next_run(serve: Any, tmp_path: Path) -> None:
     """Stored, status unknown (the API went away before it was read); Amili then settles one
     record as error. Running the file again reads the status: that row is reported error,

@@ -376,6 +376,21 @@ def test_jwt_login_renewal_before_expiry(make_sandbox: MakeSandbox, tmp_path: An
     assert posts_seen(sb) == 2  # no 401 was needed
 
 
+def test_a_token_aged_in_the_rate_limiters_queue_is_not_sent(make_sandbox: MakeSandbox) -> None:
+    """Eight threads through a 4-per-second limit with a 2-s token: a request whose token
+    aged while it waited for its slot gets a fresh one first, so none is refused (a renewed
+    token refused again used to stop the run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sb = make_sandbox(token=None, token_lifetime=2)
+    with client_for(sb, access_token=None, api_code=API_CODE, rate_limit=4) as client, \
+            ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: client.post(PAYMENTS, payment_body(
+            OPEN_CASE, 1.0 + n)), range(16)))
+    assert [r.outcome for r in results] == ["created"] * 16
+    assert posts_seen(sb) == 16 and sb.state.count(RESOURCE) == 16  # not one 401
+
+
 def test_401_renews_once_and_retries(make_sandbox: MakeSandbox) -> None:
     """A token the API stops accepting is renewed once on the 401 and the POST goes through."""
     sb = make_sandbox(token=None)

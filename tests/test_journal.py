@@ -125,6 +125,16 @@ def test_rows_whose_status_was_never_read_are_found(journal: Journal) -> None:
     assert not journal.has_status_unknown("r1") and journal.status_unknown({"fp-a"}) == []
 
 
+def test_known_ids_compare_case_insensitively(journal: Journal) -> None:
+    """An id the API writes in upper case in a list is the one its 201 gave in lower case
+    (ObjectIds are hex): the journal knows it, so a read-back never claims it again."""
+    rid = journal.begin("r1", ref(2), "payments", "fp-a", "case:b", PAYLOAD)
+    journal.finish(rid, Settlement(state=COMPLETED, amili_id="68b82422d6fd1d378f18d2e9"))
+    assert journal.known_ids(["68B82422D6FD1D378F18D2E9", "ffffffffffffffffffffffff"]) == {
+        "68b82422d6fd1d378f18d2e9"}
+    assert journal.known_ids(["68b82422d6fd1d378f18d2e9"]) == {"68b82422d6fd1d378f18d2e9"}
+
+
 def test_rows_whose_status_was_never_read_are_found_among_many(journal: Journal) -> None:
     """A file of more rows than one query takes: each unread row is found once, in the
     order recorded, and rows of other fingerprints are not."""
