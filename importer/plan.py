@@ -80,7 +80,7 @@ def unify_case_keys(
     Args:
         rows: the planned rows.
         resolve: ``[(creditor, invoice_number)] -> {pair: case id}`` (API lookups); a pair
-            left out keeps its invoice key.
+            left out (its case could not be told) puts all its creditor's rows in one line.
 
     Returns:
         The rows, with case keys unified where needed.
@@ -91,10 +91,20 @@ def unify_case_keys(
     pairs = list(dict.fromkeys(_invoice_pair(r) for r in rows
                                if r.case_key.startswith("invoice:")))
     found = resolve(pairs)
+    # An invoice whose case could not be told (the lookup failed, or found none or several)
+    # may be any case of its creditor: all that creditor's rows go in one line, in file
+    # order, so that none overtakes another of the same case.
+    unsure = {pair[0] for pair in pairs if pair not in found}
     out = []
     for row in rows:
+        creditor = _invoice_pair(row)[0]
         case = found.get(_invoice_pair(row)) if row.case_key.startswith("invoice:") else None
-        out.append(replace(row, case_key=f"case:{case.lower()}") if case else row)
+        if creditor in unsure:
+            out.append(replace(row, case_key=f"creditor:{creditor.lower()}"))
+        elif case:
+            out.append(replace(row, case_key=f"case:{case.lower()}"))
+        else:
+            out.append(row)
     return out
 
 

@@ -522,3 +522,26 @@ def test_readback_filters() -> None:
         ["case_invoice_number", "creditor", "creditor_payment_reference"],
         ["case", "creditor", "creditor_payment_reference"]]
     assert found[2]["case"] == "abc"
+
+
+def test_an_invoice_whose_case_cannot_be_told_puts_its_creditor_in_one_line() -> None:
+    """The case of INV-9 could not be looked up: it may be any case of its creditor, so all
+    that creditor's rows (by id, by a resolved invoice, by INV-9) go in one line in file
+    order; another creditor's rows keep their own lines."""
+    from importer.plan import unify_case_keys
+
+    def by_id(case: str, creditor: str = CREDITOR) -> dict[str, Any]:
+        return {**payment_body(OPEN_CASE, 1.0), "case": case, "creditor": creditor}
+
+    def by_invoice(invoice: str) -> dict[str, Any]:
+        return {k: v for k, v in by_id("").items() if k != "case"} | {"invoice_number": invoice}
+
+    other = "5f1d7e8a9b0c1d2e3f4a5b6c"
+    rows = [planned(by_id(OPEN_CASE.id), 2), planned(by_invoice("INV-1"), 3),
+            planned(by_invoice("INV-9"), 4), planned(by_id(OPEN_CASE.id, other), 5)]
+    keys = [r.case_key for r in unify_case_keys(
+        rows, lambda pairs: {(CREDITOR, "INV-1"): OPEN_CASE.id})]
+    assert keys == [f"creditor:{CREDITOR}"] * 3 + [f"case:{OPEN_CASE.id}"]
+    resolved = [r.case_key for r in unify_case_keys(
+        rows[:2], lambda pairs: {(CREDITOR, "INV-1"): OPEN_CASE.id})]
+    assert resolved == [f"case:{OPEN_CASE.id}"] * 2
