@@ -996,7 +996,7 @@ class _Engine:
         if by_invoice and not key.startswith("case:"):
             key, no_such_case = self._case_of(payload, key)
         filters = readback_filters(kind, payload, key)
-        why = "no read-back tried"
+        why = ""  # set when a try fails or cannot tell; "" when it just found nothing
         conclusive = False
         for delay in delays or (0.0,):
             if delay:
