@@ -115,6 +115,10 @@ def test_null_matches_a_missing_field_and_projections_reach_inside(
                   projection='{"debt.invoice_number": 1}').json()["_items"]
     assert set(first) - {"_id", "_created", "_updated", "_etag"} == {"debt"}
     assert first["debt"] == {"invoice_number": cases[0]["debt"]["invoice_number"]}
+    [without] = get(sandbox, "/cases", max_results="1",
+                    projection='{"debt.invoice_number": 0}').json()["_items"]
+    assert "invoice_number" not in without["debt"] and "capital_to_claim" in without["debt"]
+    assert set(without) == set(cases[0])
     one = requests.get(f"{sandbox.url}/cases/{cases[0]['_id']}", timeout=10,
                        params={"projection": '{"status": 1}'}, headers=sandbox.headers).json()
     assert set(one) - {"_id", "_created", "_updated", "_etag"} == {"status"}

@@ -277,42 +277,24 @@ def projector(raw: str | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
         raise QueryError("projection cannot mix inclusion and exclusion")
     if include:
         keep = include + [[m] for m in META_FIELDS]
-        return lambda doc: _kept(doc, keep)
-    return lambda doc: _dropped(doc, exclude)
+        return lambda doc: _projected(doc, keep, True)
+    return lambda doc: _projected(doc, exclude, False)
 
 
-def _kept(doc: Any, paths: list[list[str]]) -> Any:
-    """Only the given paths of ``doc`` (whole when a path ends here)."""
+def _projected(doc: Any, paths: list[list[str]], keep: bool) -> Any:
+    """``doc`` with only (``keep``) or without the given dotted paths; lists fan out."""
     if not isinstance(doc, dict):
         return doc
     out: dict[str, Any] = {}
     for key, value in doc.items():
         rests = [p[1:] for p in paths if p[0] == key]
-        if not rests:
-            continue
-        if any(not r for r in rests):
-            out[key] = value
-        elif isinstance(value, list):
-            out[key] = [_kept(v, rests) for v in value]
-        elif isinstance(value, dict):
-            out[key] = _kept(value, rests)
-    return out
-
-
-def _dropped(doc: Any, paths: list[list[str]]) -> Any:
-    """``doc`` without the given paths."""
-    if not isinstance(doc, dict):
-        return doc
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        rests = [p[1:] for p in paths if p[0] == key]
-        if any(not r for r in rests):
-            continue
-        if rests and isinstance(value, list):
-            out[key] = [_dropped(v, rests) for v in value]
-        elif rests and isinstance(value, dict):
-            out[key] = _dropped(value, rests)
-        else:
+        if any(not r for r in rests) or not rests:  # a path ends here, or none comes here
+            if keep == bool(rests):
+                out[key] = value
+        elif isinstance(value, list | dict):
+            out[key] = ([_projected(v, rests, keep) for v in value] if isinstance(value, list)
+                        else _projected(value, rests, keep))
+        elif not keep:
             out[key] = value
     return out
 
