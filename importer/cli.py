@@ -207,8 +207,12 @@ def inbox(ctx: click.Context, target: str, min_age: float | None, require_sideca
     Ready files are moved to done/ (no row in error) or failed/ with a timestamped name; each
     run's report goes to DIR/reports/<run-id>/. The exit code is the worst of the files.
     """
+    from importer.errors import UsageError
     from importer.inbox import InboxOptions, inbox_main
 
+    if options.get("report_dir") is not None:
+        raise UsageError("--report-dir does not apply to inbox: each file's report goes to "
+                         "DIR/reports/<run-id>/ (for sftp://, see --pickup)")
     config = _config(ctx, {**options, "inbox_min_age": min_age,
                            "inbox_require_sidecar": require_sidecar})
     opts = InboxOptions(min_age=config.inbox_min_age,

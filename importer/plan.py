@@ -190,13 +190,14 @@ class FailedRows:
 def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None, str], FailedRows]:
     """The rows in error per (file, sheet, kind), with the input's own columns, for re-import.
 
-    Rows Amili stored with status error (``api_error``) are left out: they exist in Amili, so
-    importing them again can only be refused as already posted; they are settled in Amili.
+    Rows Amili stored with status error (``api_error``, or ``already_posted`` by an earlier
+    run) are left out: they exist in Amili, so importing them again can only be refused as
+    already posted; they are settled in Amili.
     """
     out: dict[tuple[str, str | None, str], FailedRows] = {}
     for chunk in chunks:
         frame = chunk.frame
-        stored = frame["reason"].astype(str).str.contains("api_error", regex=False)
+        stored = frame["reason"].astype(str).str.contains("api_error|already_posted")
         errors = frame[(frame["status"] == "error") & ~stored]
         if errors.empty:
             continue

@@ -140,3 +140,11 @@ def test_a_command_refused_leaves_a_json_line_too(cli: Callable[..., Result],
     assert event["exit_code"] == 3 and event["command"] == "inbox"
     assert "does not exist" in event["error"] and event["level"] == "error"
     assert any(x.startswith("amili-import: ") for x in result.stderr.splitlines())
+
+
+def test_inbox_refuses_report_dir(cli: Callable[..., Result], tmp_path: Path) -> None:
+    """--report-dir cannot apply to a drain of many files: a usage error, not ignored."""
+    result = cli(["inbox", str(tmp_path), "--report-dir", str(tmp_path / "r")],
+                 expect=ExitCode.USAGE, env={"AMILI_STATE_DIR": str(tmp_path / "state")})
+    assert "--report-dir does not apply to inbox" in result.output
+    assert not (tmp_path / "r").exists()

@@ -285,6 +285,15 @@ def test_per_case_order_close_then_error(cli: Callable[..., Result], tmp_path: P
         expect=ExitCode.ROWS_IN_ERROR, env=env_for(sandbox, tmp_path / "state"))
     statuses = [r["status"] for r in report(tmp_path / "o")["rows"]]
     assert statuses == ["completed", "error"]
+    assert not (tmp_path / "o" / "failed-payments.csv").exists()  # it is in Amili: settled there
+    # Run again: the row Amili stored with status error stays an error, already posted, and
+    # is still not in a failed-rows file (importing it again could only be refused).
+    cli(["run", str(source), "--report-dir", str(tmp_path / "again")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env_for(sandbox, tmp_path / "state"))
+    again = report(tmp_path / "again")["rows"]
+    assert [(r["status"], r["reason"]) for r in again] == [("completed", "already_posted"),
+                                                           ("error", "already_posted")]
+    assert not (tmp_path / "again" / "failed-payments.csv").exists()
 
 
 def test_a_case_waits_behind_its_row_that_failed(
