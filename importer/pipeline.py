@@ -346,8 +346,9 @@ class _Run:
                         f"not posted: {why}")
 
     def _cases_of_invoices(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """Case ids of (creditor, invoice number) pairs, looked up in parallel; a pair with no
-        single matching case is left out."""
+        """Case ids of (creditor, invoice number) pairs, looked up in parallel: ``""`` for a
+        pair Amili has no case for; a pair left out could not be told (the lookup failed, or
+        found several cases)."""
         from concurrent.futures import ThreadPoolExecutor
 
         def lookup(pair: tuple[str, str]) -> str | None:
@@ -358,11 +359,11 @@ class _Run:
                 self.log.warning("plan.case_lookup_failed", invoice_number=pair[1],
                                  error=str(exc))
                 return None
-            return ids[0] if len(ids) == 1 else None
+            return ids[0] if len(ids) == 1 else ("" if not ids else None)
 
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
             found = dict(zip(wanted, pool.map(lookup, wanted), strict=True))
-        return {pair: case for pair, case in found.items() if case}
+        return {pair: case for pair, case in found.items() if case is not None}
 
     def _dry_run(self, chunks: list[Checked], plan: Plan) -> dict[str, Any]:
         """Mark the rows a real run would not post (already done, or awaiting read-back)."""

@@ -79,8 +79,10 @@ def unify_case_keys(
 
     Args:
         rows: the planned rows.
-        resolve: ``[(creditor, invoice_number)] -> {pair: case id}`` (API lookups); a pair
-            left out (its case could not be told) puts all its creditor's rows in one line.
+        resolve: ``[(creditor, invoice_number)] -> {pair: case id}`` (API lookups); ``""``
+            for an invoice Amili has no case for (its row is refused, touching no case); a
+            pair left out (its case could not be told) puts all its creditor's rows in one
+            line.
 
     Returns:
         The rows, with case keys unified where needed.
@@ -91,9 +93,9 @@ def unify_case_keys(
     pairs = list(dict.fromkeys(_invoice_pair(r) for r in rows
                                if r.case_key.startswith("invoice:")))
     found = resolve(pairs)
-    # An invoice whose case could not be told (the lookup failed, or found none or several)
-    # may be any case of its creditor: all that creditor's rows go in one line, in file
-    # order, so that none overtakes another of the same case.
+    # An invoice whose case could not be told (the lookup failed, or found several) may be
+    # any case of its creditor: all that creditor's rows go in one line, in file order, so
+    # that none overtakes another of the same case. One with no case at all touches none.
     unsure = {pair[0] for pair in pairs if pair not in found}
     out = []
     for row in rows:

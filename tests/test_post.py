@@ -545,3 +545,7 @@ def test_an_invoice_whose_case_cannot_be_told_puts_its_creditor_in_one_line() ->
     resolved = [r.case_key for r in unify_case_keys(
         rows[:2], lambda pairs: {(CREDITOR, "INV-1"): OPEN_CASE.id})]
     assert resolved == [f"case:{OPEN_CASE.id}"] * 2
+    # An invoice Amili has no case for ("") touches no case: the others keep their lines.
+    no_case = [r.case_key for r in unify_case_keys(
+        rows[:3], lambda pairs: {(CREDITOR, "INV-1"): OPEN_CASE.id, (CREDITOR, "INV-9"): ""})]
+    assert no_case == [f"case:{OPEN_CASE.id}"] * 2 + [f"invoice:{CREDITOR}:INV-9"]
