@@ -24,8 +24,7 @@ KIND_CHOICE = click.Choice(["payments", "creditings", "credits", "cancellations"
 
 
 def _fail(message: str, code: int) -> None:
-    import json
-    from datetime import UTC, datetime
+    import structlog
 
     from importer import logs
 
@@ -34,10 +33,9 @@ def _fail(message: str, code: int) -> None:
     if logs.wants_json(log_format):
         # A JSON line too, so that a log read by machines says why the command ended (a lock
         # held, an SFTP host key refused…), not only the runs that got going.
-        click.echo(json.dumps({
-            "event": "command.failed", "level": "error", "error": message, "exit_code": int(code),
-            "command": ctx.info_name if ctx else None,
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}), err=True)
+        logs.configure(log_format)
+        structlog.get_logger().error("command.failed", error=message, exit_code=int(code),
+                                     command=ctx.info_name if ctx else None)
     click.echo(f"amili-import: {message}", err=True)
     sys.exit(int(code))
 

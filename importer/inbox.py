@@ -599,8 +599,9 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
             # A shared <stem>.done may already have moved with a sibling file.
             with contextlib.suppress(FileNotFoundError):
                 folder.move(sidecar, sub, archived(prefix, sidecar))
-        folder.move(entry.name, sub, archived(prefix, entry.name))
-        outcome.moved_to = f"{sub}/{archived(prefix, entry.name)}"
+        target = archived(prefix, entry.name)
+        folder.move(entry.name, sub, target)
+        outcome.moved_to = f"{sub}/{target}"
     except Exception as exc:
         error = f"cannot move to {sub}/: {_one_line(exc)}"
         outcome.error = f"{outcome.error}; {error}" if outcome.error else error

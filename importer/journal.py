@@ -508,6 +508,15 @@ class Journal:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
+    def _query_in(self, sql: str, values: Sequence[Any]) -> list[sqlite3.Row]:
+        """``sql`` with its ``IN ({})`` filled with ``values``, run in batches of
+        :data:`_LOOKUP_BATCH` (older SQLite builds allow 999 parameters)."""
+        found: list[sqlite3.Row] = []
+        for start in range(0, len(values), _LOOKUP_BATCH):
+            batch = values[start:start + _LOOKUP_BATCH]
+            found += self._query(sql.format(",".join("?" * len(batch))), batch)
+        return found
+
     # --- runs and files -------------------------------------------------------------
 
     def start_run(
@@ -743,12 +752,8 @@ class Journal:
         was never read: the 201 carried none and the read-back failed."""
         # By the fingerprint index, in batches: the cost follows the file, not the journal,
         # which keeps every row ever posted.
-        wanted = sorted(fingerprints)
-        found: list[sqlite3.Row] = []
-        for start in range(0, len(wanted), _LOOKUP_BATCH):
-            batch = wanted[start:start + _LOOKUP_BATCH]
-            found += self._query(f"SELECT * FROM rows WHERE fingerprint IN "
-                                 f"({','.join('?' * len(batch))}) AND {_STATUS_UNREAD}", batch)
+        found = self._query_in("SELECT * FROM rows WHERE fingerprint IN ({}) AND "
+                               + _STATUS_UNREAD, sorted(fingerprints))
         return [_row(r) for r in sorted(found, key=lambda r: r["id"])]
 
     def pending(self, exclude_run: str | None = None) -> list[RowRecord]:
@@ -786,13 +791,8 @@ class Journal:
         case): each is looked up as given, in lower and in upper case, through the index.
         """
         ids = list(dict.fromkeys(v for i in ids if i for v in (i, i.lower(), i.upper())))
-        known: set[str] = set()
-        for start in range(0, len(ids), _LOOKUP_BATCH):
-            part = ids[start:start + _LOOKUP_BATCH]
-            marks = ",".join("?" * len(part))
-            known.update(r[0].lower() for r in self._query(
-                f"SELECT DISTINCT amili_id FROM rows WHERE amili_id IN ({marks})", part))
-        return known
+        return {r[0].lower() for r in self._query_in(
+            "SELECT DISTINCT amili_id FROM rows WHERE amili_id IN ({})", ids)}
 
     def counts(self, run_id: str) -> dict[str, int]:
         """Rows of a run per state."""
@@ -807,7 +807,7 @@ _ROW_COLUMNS = (
 _INSERT_ROW = f"INSERT INTO rows ({_ROW_COLUMNS})"
 # Stored rows (an Amili id is known) whose status was never read.
 _STATUS_UNREAD = "reason = 'status_unknown' AND amili_id IS NOT NULL"
-_LOOKUP_BATCH = 500  # fingerprints per query (SQLite allows 999 parameters in older builds)
+_LOOKUP_BATCH = 500  # values per IN (...) query (SQLite allows 999 parameters in older builds)
 # The rows that decide whether a fingerprint may be posted (see Journal.prior).
 _PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND"
           " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299)))")

@@ -861,7 +861,7 @@ class _Engine:
             else:
                 wanted = {i.lower() for i in ids}
                 for record in records:
-                    key = (record_id(record) or "").lower()
+                    key = _id_lower(record)
                     if key in wanted:
                         found.setdefault(key, record)
         for item in batch:

@@ -41,6 +41,7 @@ import pandera.pandas as pa
 
 from importer import normalise
 from importer.kinds import CREDITOR_ORIGIN, CURRENCY, KINDS, Kind
+from importer.read import HIDDEN, ROW, canonical_header
 
 if TYPE_CHECKING:
     from importer.config import Config
@@ -59,8 +60,6 @@ FRAME_COLUMNS: tuple[str, ...] = (
 )
 INPUT_PREFIX = "input:"
 VALID, WARNING, ERROR = "valid", "warning", "error"
-ROW = "_row"
-HIDDEN = "_hidden"  # read.HIDDEN: present when a workbook sheet has hidden rows
 
 # The reason codes, a stable vocabulary (reports and monitoring match on them).
 REASONS: dict[str, str] = {
@@ -698,8 +697,6 @@ class Checker:
 
 
 def _account(row: Mapping[str, Any]) -> str | None:
-    from importer.read import canonical_header  # read.py is light; only needed here
-
     value = row.get("account")
     if not value:
         for key, cell in row.items():

@@ -11,7 +11,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 import os
 import random
 import threading
@@ -28,10 +27,10 @@ from typing import Any
 from importer.sandbox.query import list_page, projector
 from importer.sandbox.validation import (
     INSERTION_FAILURE,
-    MAX_AMOUNT,
     OBJECT_ID,
     RESOURCES,
     Resource,
+    amount_problem,
     unprocessable,
     validate,
 )
@@ -692,12 +691,9 @@ def _registration_issues(doc: Any) -> dict[str, Any]:
                 continue
             if not isinstance(debt.get("invoice_number"), str) or not debt["invoice_number"]:
                 problems["invoice_number"] = "required field"
-            capital = debt.get("capital_to_claim")
-            if isinstance(capital, bool) or not isinstance(capital, int | float) or (
-                    isinstance(capital, float) and not math.isfinite(capital)) or capital <= 0:
-                problems["capital_to_claim"] = "must be a number greater than 0"
-            elif capital > MAX_AMOUNT:
-                problems["capital_to_claim"] = f"max value is {MAX_AMOUNT}"
+            capital_problem = amount_problem(debt.get("capital_to_claim"))
+            if capital_problem:
+                problems["capital_to_claim"] = capital_problem
             if problems:
                 issues.setdefault("debts", {})[str(i)] = problems
     return issues

@@ -95,6 +95,16 @@ def _type_ok(kind: str, value: Any) -> bool:
     raise AssertionError(kind)
 
 
+def amount_problem(value: Any) -> str | None:
+    """Why a JSON value is no amount (or capital) the sandbox keeps exact; None when it is."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not math.isfinite(value)) or value <= 0:
+        return "must be a number greater than 0"
+    if value > MAX_AMOUNT:
+        return f"max value is {MAX_AMOUNT}"
+    return None
+
+
 def validate(resource: Resource, doc: Any) -> dict[str, Any]:
     """Check one posted document against the resource's schema.
 
@@ -128,11 +138,9 @@ def validate(resource: Resource, doc: Any) -> dict[str, Any]:
             continue
         if field in ALLOWED and value not in ALLOWED[field]:
             add(field, f"unallowed value {value}")
-        if field == "amount":
-            if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
-                add(field, "must be a number greater than 0")
-            elif value > MAX_AMOUNT:
-                add(field, f"max value is {MAX_AMOUNT}")
+        problem = amount_problem(value) if field == "amount" else None
+        if problem:
+            add(field, problem)
     for field in resource.required:
         if field not in doc:
             add(field, "required field")
