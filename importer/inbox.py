@@ -83,6 +83,8 @@ class InboxFileResult:
             every row of it was posted).
         stop_before: why the drain stops with this file left in place (a signal came before
             every row was posted, or the API became unusable); its rows so far are counted.
+        earlier_exit_code: 1 when the run found rows of earlier runs in error in Amili (their
+            statuses were unread): the drain's exit code says so, the file's place does not.
     """
 
     exit_code: ExitCode
@@ -93,6 +95,7 @@ class InboxFileResult:
     sha256: str | None = None
     stop_after: str | None = None
     stop_before: str | None = None
+    earlier_exit_code: ExitCode = ExitCode.OK
 
 
 ProcessOne = Callable[[Path, Path], InboxFileResult]
@@ -113,6 +116,7 @@ class FileOutcome:
     error: str | None = None  # an IO or processing error, in one line
     sha256: str | None = None
     stop_after: str | None = None  # see InboxFileResult.stop_after
+    earlier_exit_code: ExitCode = ExitCode.OK  # see InboxFileResult.earlier_exit_code
 
 
 @dataclass
@@ -127,8 +131,9 @@ class InboxSummary:
 
     @property
     def exit_code(self) -> ExitCode:
-        """The worst exit code of the files (0 with no files; 3 when stopped early)."""
-        codes = [f.exit_code for f in self.files]
+        """The worst exit code of the files and of what their runs found about earlier runs
+        (0 with no files; 3 when stopped early)."""
+        codes = [max(f.exit_code, f.earlier_exit_code) for f in self.files]
         if self.stopped:
             codes.append(ExitCode.CANNOT_RUN)
         return max(codes, default=ExitCode.OK)
@@ -561,6 +566,7 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         outcome.duplicate = result.duplicate
         outcome.sha256 = outcome.sha256 or result.sha256
         outcome.stop_after = result.stop_after
+        outcome.earlier_exit_code = result.earlier_exit_code
         if result.stop_before:
             outcome.exit_code = ExitCode.CANNOT_RUN
             outcome.error = f"{result.stop_before}; left in place for the next run"
@@ -725,6 +731,10 @@ def summary_lines(summary: InboxSummary) -> list[str]:
                      "which and why; transient failures go again with `amili-import retry "
                      "RUN_ID`, data errors are fixed in the failed-*.csv of the run's report "
                      "folder (see README, 'The morning after')")
+    for f in summary.files:
+        if f.earlier_exit_code:
+            lines.append(f"run {f.run_id} found rows of earlier runs in error in Amili (their "
+                         "status could not be read then): see earlier_rows in its report.json")
     if summary.stopped:
         lines.append(f"stopped: {summary.stopped}; the remaining files were left in place")
     rows = ", ".join(f"{k} {v}" for k, v in sorted(summary.totals.items())) or "no rows"

@@ -123,6 +123,8 @@ CREATE INDEX IF NOT EXISTS rows_fingerprint ON rows(fingerprint);
 CREATE INDEX IF NOT EXISTS rows_run_state ON rows(run_id, state);
 CREATE INDEX IF NOT EXISTS rows_state ON rows(state);
 CREATE INDEX IF NOT EXISTS rows_amili_id ON rows(amili_id);
+CREATE INDEX IF NOT EXISTS rows_status_unread ON rows(id)
+    WHERE reason = 'status_unknown' AND amili_id IS NOT NULL;
 """
 
 
@@ -747,14 +749,19 @@ class Journal:
         return bool(self._query(f"SELECT 1 FROM rows WHERE run_id = ? AND {_STATUS_UNREAD}"
                                 " LIMIT 1", (run_id,)))
 
-    def status_unknown(self, fingerprints: set[str]) -> list[RowRecord]:
-        """Rows with one of these fingerprints stored in Amili (an id is known) whose status
-        was never read: the 201 carried none and the read-back failed."""
-        # By the fingerprint index, in batches: the cost follows the file, not the journal,
-        # which keeps every row ever posted.
-        found = self._query_in("SELECT * FROM rows WHERE fingerprint IN ({}) AND "
-                               + _STATUS_UNREAD, sorted(fingerprints))
-        return [_row(r) for r in sorted(found, key=lambda r: r["id"])]
+    def status_unread(self, exclude_run: str | None = None) -> list[RowRecord]:
+        """Rows stored in Amili (an id is known) whose status was never read: the 201 carried
+        none and the read-back failed. Every run reads them again, whichever file they came
+        from, so that a status left unread one night is settled by the next night's run.
+
+        Args:
+            exclude_run: a run whose rows are left out (the current one).
+        """
+        # By a partial index that holds only these rows: the cost follows how many are
+        # unread, not the journal, which keeps every row ever posted.
+        return [_row(r) for r in self._query(
+            f"SELECT * FROM rows INDEXED BY rows_status_unread WHERE {_STATUS_UNREAD}"
+            " AND run_id IS NOT ? ORDER BY id", (exclude_run,))]
 
     def pending(self, exclude_run: str | None = None) -> list[RowRecord]:
         """Rows left ``in_flight``/``unknown`` by runs that are over (finished, or whose

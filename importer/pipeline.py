@@ -88,6 +88,8 @@ def _announce(result: RunResult, options: RunOptions) -> ExitCode:
                   "run the same command again to post them", file=sys.stderr)
         elif result.extra.get("stopped"):
             print("stopped after every row was posted: the report is complete", file=sys.stderr)
+        for line in earlier_lines(result.extra.get("earlier_rows", [])):
+            print(line, file=sys.stderr)
     print(result.report_dir)
     return result.exit_code
 
@@ -188,9 +190,13 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
         # reached (the journal skips every row already done).
         stop_before = f"stopped by a signal; report in {result.report_dir}"
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
-    return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected,
+    # The file's own code decides where it goes; rows of earlier runs found in error count
+    # for the drain's exit code only (the file has nothing to do with them).
+    own = exit_code(result.files, result.summary.totals, bool(result.extra.get("could_not_run")))
+    return InboxFileResult(own, result.run_id, result.summary.totals, rejected,
                            sha256=digest, stop_after="stopped by a signal"
-                           if result.extra.get("stopped") else None, stop_before=stop_before)
+                           if result.extra.get("stopped") else None, stop_before=stop_before,
+                           earlier_exit_code=earlier_exit_code(result.extra))
 
 
 class _Run:
@@ -288,7 +294,8 @@ class _Run:
 
     def _close(self, writer: Any, files: list[FileInfo], extra: dict[str, Any]) -> RunResult:
         summary = writer.close(files, datetime.now(UTC), extra)
-        code = exit_code(files, summary.totals, bool(extra.get("could_not_run")))
+        code = max(exit_code(files, summary.totals, bool(extra.get("could_not_run"))),
+                   earlier_exit_code(extra))
         if self.journal is not None:
             for info in files:
                 self.journal.record_file(self.run_id, info)
@@ -325,10 +332,17 @@ class _Run:
 
         rows = unify_case_keys(rows, self._cases_of_invoices)
         stop = threading.Event()  # set by SIGINT/SIGTERM, or when the API became unusable
+        earlier: list[RowRecord] = []
         with _progress(len(rows), self.config) as advance:
             outcomes = post_rows(rows, self.client, self.journal, self.run_id, self.config,
-                                 self.log, advance, stop=stop)
+                                 self.log, advance, stop=stop, earlier=earlier)
         extra: dict[str, Any] = {"posted": sum(o.posted for o in outcomes)}
+        if earlier:
+            extra["earlier_rows"] = [_earlier_row(r) for r in earlier]
+            for row in extra["earlier_rows"]:
+                if row["status"] == "error":
+                    self.log.error("earlier.row_in_error", **{
+                        ("earlier_run" if k == "run_id" else k): v for k, v in row.items()})
         unusable = [o.message for o in outcomes if o.reason == "api_unusable"]
         if unusable:
             extra["could_not_run"] = unusable[0]
@@ -487,6 +501,38 @@ def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Che
         except FileRejected as exc:
             table.file.rejected = exc.reason
             log.error("file.rejected", file=table.file.name, reason=exc.reason)
+
+
+def earlier_exit_code(extra: dict[str, Any]) -> ExitCode:
+    """1 when a row of an earlier run, whose status that run could not read, turned out to
+    be in error in Amili: its run ended 0, so only this run's exit code can tell."""
+    return (ExitCode.ROWS_IN_ERROR if any(r["status"] == "error" and r["amili_id"]
+                                          for r in extra.get("earlier_rows", ()))
+            else ExitCode.OK)
+
+
+def earlier_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Human lines about the rows of earlier runs whose fate a run learned."""
+    if not rows:
+        return []
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(
+        {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}.items()))
+    lines = [f"earlier runs: {len(rows)} row(s) whose fate was open were settled now "
+             f"({counts}); listed under earlier_rows in report.json"]
+    lines += [f"  in error: run {r['run_id']}, file {r['file']}"
+              + (f", sheet {r['sheet']}" if r["sheet"] else "") + f", row {r['row']}: "
+              f"{r['message'] or r['reason']}" for r in rows if r["status"] == "error"][:20]
+    return lines
+
+
+def _earlier_row(rec: RowRecord) -> dict[str, Any]:
+    """A row of an earlier run whose fate this run learned, for report.json and the log."""
+    from importer.journal import COMPLETED, WARNING
+
+    return {"run_id": rec.run_id, "file": rec.ref.file_name, "sheet": rec.ref.sheet,
+            "row": rec.ref.row, "kind": rec.kind,
+            "status": rec.state if rec.state in (COMPLETED, WARNING) else "error",
+            "reason": rec.reason, "message": rec.message, "amili_id": rec.amili_id}
 
 
 def exit_code(files: list[FileInfo], totals: dict[str, int], could_not_run: bool = False

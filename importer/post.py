@@ -235,10 +235,12 @@ def post_rows(
     stop: threading.Event | None = None,
     tuning: Tuning | None = None,
     handle_signals: bool = True,
+    earlier: list[RowRecord] | None = None,
 ) -> list[Outcome]:
     """Post planned rows exactly once; return one outcome per row, in the order given.
 
-    Reconciles pending rows of earlier runs first. A stop (``stop`` set, SIGTERM, or Ctrl-C
+    Reconciles pending rows of earlier runs first, and reads again the statuses earlier runs
+    could not read. A stop (``stop`` set, SIGTERM, or Ctrl-C
     when called from the main thread) lets requests in flight finish and starts no new ones;
     rows not reached get ``error``/``not_posted`` (retryable). A second Ctrl-C raises
     KeyboardInterrupt at once (rows in flight are then reconciled by the next run).
@@ -254,6 +256,8 @@ def post_rows(
         stop: an event the caller may set to stop the run; set here when a signal stops it.
         tuning: engine knobs (read-back spacing, extra posts).
         handle_signals: install SIGINT/SIGTERM handlers for the duration (main thread only).
+        earlier: when given, extended with the rows of other files (earlier runs) whose fate
+            this run learned (reconciled, or their status read), as the journal now has them.
 
     Returns:
         One :class:`Outcome` per row, ``outcomes[i]`` for ``rows[i]``.
@@ -261,8 +265,10 @@ def post_rows(
     engine = _Engine(client, journal, run_id, config, log, progress, stop, tuning)
     guard = _stop_on_signals(engine.stop) if handle_signals else _nothing()
     with guard:
-        engine.reconcile()
-        engine.refresh_statuses(rows)
+        learned = engine.reconcile() + engine.refresh_statuses()
+        if earlier is not None:
+            mine = {row.fingerprint for row in rows}
+            earlier.extend(r for r in learned if r.fingerprint not in mine)
         return engine.post_all(rows)
 
 
@@ -427,11 +433,18 @@ class _Engine:
                 out.append(now)
         return out
 
-    def refresh_statuses(self, rows: list[PlannedRow]) -> None:
-        """Read again the status of rows of these files that an earlier run stored without
-        learning it (``status_unknown``), so that they are reported with Amili's status."""
-        earlier = self.journal.status_unknown({row.fingerprint for row in rows})
-        for rec in earlier:
+    def refresh_statuses(self) -> list[RowRecord]:
+        """Read again the status of every row an earlier run stored without learning it
+        (``status_unknown``), whichever file it came from: a drop folder's files are new
+        each night, so a status left unread is otherwise never read.
+
+        Rows of this run's files are then reported with Amili's status (``already_posted``).
+
+        Returns:
+            The rows whose status was read, as the journal now holds them.
+        """
+        read: list[tuple[int, Outcome]] = []
+        for rec in self.journal.status_unread(exclude_run=self.run_id):
             kind = KINDS.get(rec.kind)
             if kind is None or not rec.amili_id:
                 continue
@@ -441,9 +454,12 @@ class _Engine:
                               attempts=rec.attempts, http_status=rec.http_status)
             self._status_todo.append(_StatusTodo(kind, rec.amili_id, rec.id, {}, outcome, rlog,
                                                  earlier=True))
+            read.append((rec.id, outcome))
         if self._status_todo:
             self.log.info("post.refresh_statuses", rows=len(self._status_todo))
-            self._read_statuses()
+        self._read_statuses()
+        return [now for row_id, outcome in read if outcome.reason != "status_unknown"
+                and (now := self.journal.row(row_id)) is not None]
 
     # -- posting ----------------------------------------------------------------------------
 
@@ -912,6 +928,8 @@ class _Engine:
             settled.message = (f"stored (Amili answered {item.kind.status_field} "
                                "'completed'), but its processing status could not be read")
         settled.message = _join(settled.message, note)
+        if item.earlier:
+            settled.message = _join(settled.message, f"status read in run {self.run_id}")
         self.journal.finish(item.journal_id, settled)
         final = _outcome(item.outcome.index, settled, posted=True, journal_id=item.journal_id)
         item.outcome.__dict__.update(final.__dict__)

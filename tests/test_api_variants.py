@@ -62,14 +62,15 @@ def serve() -> Iterator[Any]:
 def post(server: DocServer, tmp_path: Path, rows: list[PlannedRow],
          run_id: str = "r1", settle: float = 60.0,
          stop: threading.Event | None = None, concurrency: int = 8,
-         client_class: type[ApiClient] = ApiClient) -> list[Outcome]:
+         client_class: type[ApiClient] = ApiClient,
+         earlier: list[Any] | None = None) -> list[Outcome]:
     config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
                     backoff_base=0.01, backoff_max=0.02, read_timeout=5.0,
                     settle_seconds=settle, concurrency=concurrency)
     with Journal(tmp_path / "state") as journal, client_class(config) as client:
         journal.start_run(run_id, "run")
         return post_rows(rows, client, journal, run_id, config, structlog.get_logger(),
-                         tuning=FAST, handle_signals=False, stop=stop)
+                         tuning=FAST, handle_signals=False, stop=stop, earlier=earlier)
 
 
 def test_iso_dates_in_answers_are_matched(serve: Any, tmp_path: Path) -> None:
@@ -269,6 +270,35 @@ def test_a_status_never_read_is_read_by_the_next_run(serve: Any, tmp_path: Path)
     assert server.posts == 2
     assert [(o.status, o.reason) for o in again] == [("completed", "already_posted"),
                                                      ("error", "already_posted")]
+
+
+def test_a_status_never_read_is_read_by_the_next_run_of_another_file(
+        serve: Any, tmp_path: Path) -> None:
+    """A drop folder's files are new every night: the status a run could not read is read
+    by the next run whatever file it posts, its journal row is settled, and the run hands
+    the rows it learned about to its caller (report.json's earlier_rows, the exit code)."""
+    server = serve(Variant(fail_gets=503))
+    first = post(server, tmp_path, [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2)
+                                    for n in range(2)])
+    assert {o.reason for o in first} == {"status_unknown"}
+    server.state.variant.fail_gets = 0
+    server.records[1]["status"] = "error"
+    server.records[1]["status_reason_locale"] = "Case closed"
+    tonight = PlannedRow(index=0, file_name="payments-tonight.csv", file_sha256="c" * 64,
+                         sheet=None, row=2, kind=PAYMENTS, payload=body(7.0, ref="PAY-9"),
+                         fingerprint=fingerprint(PAYMENTS, body(7.0, ref="PAY-9")),
+                         case_key=case_key(body(7.0, ref="PAY-9")))
+    earlier: list[Any] = []
+    [out] = post(server, tmp_path, [tonight], run_id="r2", earlier=earlier)
+    assert (out.status, server.posts) == ("completed", 3)
+    assert [(r.run_id, r.ref.row, r.state, r.reason) for r in earlier] == [
+        ("r1", 2, "completed", None), ("r1", 3, "error", "api_error")]
+    assert "Case closed" in (earlier[1].message or "")
+    with Journal(tmp_path / "state") as journal:
+        assert journal.status_unread() == [] and not journal.has_status_unknown("r1")
+    again: list[Any] = []
+    post(server, tmp_path, [tonight], run_id="r3", earlier=again)
+    assert again == [] and server.posts == 3  # settled once; nothing posted twice
 
 
 def test_a_read_back_reads_a_busy_case_whole(serve: Any, tmp_path: Path) -> None:

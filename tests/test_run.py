@@ -601,3 +601,35 @@ def test_retry_keeps_the_runs_allow_duplicates(cli: Callable[..., Result], tmp_p
     cli(["retry", str(tmp_path / "r1"), "--report-dir", str(tmp_path / "r2")], env=env)
     assert [r["status"] for r in report(tmp_path / "r2")["rows"]] == ["completed", "completed"]
     assert stored_references(box) == Counter({"R1": 2, "R2": 1})
+
+
+def test_run_exits_1_when_an_earlier_runs_unread_status_turns_out_error(
+        cli: Callable[..., Result], tmp_path: Path) -> None:
+    """`run` of another file reads the status an earlier run could not: Amili has it in
+    error, so this run exits 1 (its own row completed) and says which row, where."""
+    from doc_server import DocServer, Variant
+
+    server = DocServer(Variant(fail_gets=503))
+    try:
+        quick = tmp_path / "quick.toml"
+        quick.write_text("backoff_base = 0.01\nbackoff_max = 0.02\n", encoding="utf-8")
+        env = {"AMILI_API_URL": server.url, "AMILI_ACCESS_TOKEN": TOKEN,
+               "AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": str(quick)}
+        first = write_csv(tmp_path / "payments-a.csv",
+                          [[CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "A1"]])
+        cli(["run", str(first), "--report-dir", str(tmp_path / "r1")], env=env)
+        server.state.variant.fail_gets = 0
+        server.records[0]["status"] = "error"
+        other = write_csv(tmp_path / "payments-b.csv",
+                          [[CREDITOR, OPEN_CASE.id, "", "SEK", "20", BANK_DATE, "B1"]])
+        result = cli(["run", str(other), "--report-dir", str(tmp_path / "r2")],
+                     expect=ExitCode.ROWS_IN_ERROR, env=env)
+        report = json.loads((tmp_path / "r2" / "report.json").read_text(encoding="utf-8"))
+        assert report["totals"] == {"completed": 1}
+        assert [(r["file"], r["row"], r["status"]) for r in report["earlier_rows"]] == [
+            ("payments-a.csv", 2, "error")]
+        assert ("earlier runs: 1 row(s) whose fate was open were settled now (1 error)"
+                in result.stderr)
+        assert "  in error: run " in result.stderr and "file payments-a.csv, row 2" in result.stderr
+    finally:
+        server.close()
