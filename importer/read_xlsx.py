@@ -9,6 +9,7 @@ test, so an ordinary sheet costs one decompression pass.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import zipfile
 from collections.abc import Callable, Iterator
@@ -65,6 +66,7 @@ class SheetScan:
     fixes: Fixes = field(default_factory=dict)
     hidden_rows: set[int] = field(default_factory=set)  # 0-based
     hidden_columns: bool = False
+    totals_rows: dict[int, str] = field(default_factory=dict)  # 0-based row -> table name
 
 
 def column_letter(index: int) -> str:
@@ -134,6 +136,7 @@ def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
     if part is None:
         return scan
     with zipfile.ZipFile(path) as archive, archive.open(part) as stream:
+        scan.totals_rows = _totals_rows(archive, part)
         carry = b""
         while True:
             block = stream.read(XML_BLOCK)
@@ -156,6 +159,33 @@ def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
                 scan.hidden_columns = scan.hidden_columns or bool(_HIDDEN_COLS.search(data))
             if not block:
                 return scan
+
+
+def _totals_rows(archive: zipfile.ZipFile, part: str) -> dict[int, str]:
+    """The totals rows of the sheet's Excel tables (Table Design > Total Row): a sum, not a
+    payment. Found from the sheet's relationships to its table parts; a part that cannot be
+    read gives none (its totals row is then read as data, and fails validation)."""
+    folder, _, base = part.rpartition("/")
+    try:
+        rels = ElementTree.fromstring(archive.read(f"{folder}/_rels/{base}.rels"))
+    except (KeyError, ElementTree.ParseError):
+        return {}
+    found: dict[int, str] = {}
+    for rel in rels.iter():
+        if not (rel.tag.endswith("Relationship") and rel.get("Type", "").endswith("/table")):
+            continue
+        target = rel.get("Target", "")
+        name = (target.lstrip("/") if target.startswith("/")
+                else posixpath.normpath(f"{folder}/{target}"))
+        try:
+            table = ElementTree.fromstring(archive.read(name))
+            count = int(table.get("totalsRowCount") or 0)
+            last = int(re.sub(r"^.*?(\d+)$", r"\1", table.get("ref", "")))
+        except (KeyError, ElementTree.ParseError, ValueError):
+            continue
+        for row in range(last - count, last):
+            found[row] = table.get("displayName") or table.get("name") or "a table"
+    return found
 
 
 def _fix_cells(data: bytes, fixes: Fixes) -> None:
@@ -297,9 +327,13 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: 
                           f"{min(hidden) + 1}): they are reported as errors, never posted")
     if scan.hidden_columns:
         info.notes.append(f"{where}some columns are hidden; they are read like the others")
+    totals = {r: t for r, t in scan.totals_rows.items() if r >= header_row}
+    for row, table_name in sorted(totals.items()):
+        info.notes.append(f"{where}row {row + 1} is the totals row of the Excel table "
+                          f"{table_name!r}: a sum, not data; skipped")
     table = Table(file=info, sheet=sheet_name, kind=kind, header_row=header_row,
                   columns=columns, fields=fields, chunks=lambda: iter(()))
-    table.chunks = _chunker(table, positions, fixes, hidden, options.chunk_rows)
+    table.chunks = _chunker(table, positions, fixes, hidden, set(totals), options.chunk_rows)
     return table
 
 
@@ -333,9 +367,10 @@ def _not_data(sheet_name: str, stem: str, header: list[str], options: ReadOption
 
 
 def _chunker(table: Table, positions: list[int], fixes: Fixes, hidden: set[int],
-             chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
+             skip: set[int], chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
     """The table's ``chunks`` callable: re-reads the sheet on each call (memory stays bounded
-    by one sheet, not by every workbook the run has opened)."""
+    by one sheet, not by every workbook the run has opened). Rows in ``skip`` (0-based: the
+    totals rows of Excel tables) are left out like empty rows."""
     counted = False
 
     def chunks() -> Iterator[pd.DataFrame]:
@@ -356,6 +391,8 @@ def _chunker(table: Table, positions: list[int], fixes: Fixes, hidden: set[int],
             data: list[list[Any]] = []
             numbers: list[int] = []
             for index in range(start, min(start + chunk_rows, end)):
+                if index in skip:
+                    continue
                 row = _apply(rows[index] if index < len(rows) else [], fixes.get(index))
                 if len(row) < width:
                     row = list(row) + [""] * (width - len(row))

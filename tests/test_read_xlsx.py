@@ -379,3 +379,36 @@ def test_hidden_and_filtered_rows_are_errors_never_posted(tmp_path: Path) -> Non
     assert out["status"].tolist() == ["valid", "error", "valid"]
     assert out["reason"][1] == "hidden_row" and "row 3 is hidden" in out["message"][1]
     assert "_hidden" not in " ".join(out.columns)
+
+
+def test_an_excel_tables_totals_row_is_skipped_with_a_note(tmp_path: Path) -> None:
+    """A finance person's data is often an Excel table with its Total Row on: that row is a
+    sum (SUBTOTAL), not a payment, so it is left out with a note naming it, the rows of
+    the table are read as usual, and a row below the table is data again."""
+    from openpyxl.worksheet.table import Table as ExcelTable
+    from openpyxl.worksheet.table import TableColumn
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Payments"
+    ws["A1"] = "Payments November"  # a title row above the table
+    ws.append([])
+    ws.append(PAY_HEADER)  # row 3
+    ws.append([CRED, "INV-1", "SEK", 100, dt.date(2025, 7, 1)])
+    ws.append([CRED, "INV-2", "SEK", 250.5, dt.date(2025, 7, 2)])
+    ws.append(["Total", None, None, "=SUBTOTAL(109,Betalningar[Amount])", None])  # row 6
+    ws.append([CRED, "INV-3", "SEK", 7, dt.date(2025, 7, 3)])  # row 7, below the table
+    table = ExcelTable(displayName="Betalningar", ref="A3:E6", totalsRowCount=1)
+    table.tableColumns = [TableColumn(id=i + 1, name=h) for i, h in enumerate(PAY_HEADER)]
+    table.tableColumns[0].totalsRowLabel = "Total"
+    table.tableColumns[3].totalsRowFunction = "sum"
+    ws.add_table(table)
+    path = save(wb, tmp_path, "p.xlsx")
+    with zipfile.ZipFile(path) as archive:  # the table part is where Excel puts it
+        assert any(n.startswith("xl/tables/") for n in archive.namelist())
+    info, (read,) = open_file(path, ReadOptions())
+    assert ("sheet 'Payments': row 6 is the totals row of the Excel table 'Betalningar': "
+            "a sum, not data; skipped") in info.notes
+    assert [(r["_row"], r["Invoice Number"]) for r in rows(read)] == [
+        (4, "INV-1"), (5, "INV-2"), (7, "INV-3")]
+    assert info.rows == 3
