@@ -412,3 +412,54 @@ def test_an_excel_tables_totals_row_is_skipped_with_a_note(tmp_path: Path) -> No
     assert [(r["_row"], r["Invoice Number"]) for r in rows(read)] == [
         (4, "INV-1"), (5, "INV-2"), (7, "INV-3")]
     assert info.rows == 3
+
+
+def test_numbers_formatted_as_text_are_read_as_shown(tmp_path: Path) -> None:
+    """An invoice number kept as a number and formatted 0000000 shows as 0010045 in Excel,
+    and that is the invoice number Amili knows: it is read as shown, with a note. A format
+    adding text ("OCR "0) likewise. An amount keeps its number whatever its format, and a
+    format that is not understood (decimals, two groups of digits) leaves the number as is."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append([*PAY_HEADER, "Creditor payment reference"])
+    ws.append([CRED, 10045, "SEK", 120, dt.date(2025, 7, 1), 778])
+    ws.append([CRED, 7, "SEK", 5, dt.date(2025, 7, 1), 123456])
+    ws.append([CRED, 55, "SEK", 5, dt.date(2025, 7, 1), 9])
+    for row in (2, 3):
+        ws.cell(row, 2).number_format = "0000000"
+        ws.cell(row, 4).number_format = "0000"  # an amount: stays a number
+        ws.cell(row, 6).number_format = '"OCR "0'
+    ws.cell(4, 2).number_format = "000-000"  # two groups: not understood, read as is
+    ws.cell(4, 6).number_format = "0.00"
+    info, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+    got = [(r["Invoice Number"], r["Amount"], r["Creditor payment reference"])
+           for r in rows(table)]
+    assert got == [("0010045", 120, "OCR 778"), ("0000007", 5, "OCR 123456"), (55, 5, 9)]
+    assert ("sheet 'payments': column B shows its numbers with the format '0000000' "
+            "(e.g. '0010045'): read as shown") in info.notes
+    assert not any("column D" in n for n in info.notes)
+
+
+@pytest.mark.parametrize(("code", "value", "shown"), [
+    ("0000000", 10045, "0010045"),
+    ('"OCR "0', 778, "OCR 778"),
+    ("\\I\\N\\V\\-000000", 45.0, "INV-000045"),
+    ("[Blue]00000;[Red]-00000", 12, "00012"),
+    ('000" kr"', 5, "005 kr"),
+    ("00000", 12.5, None),  # not a whole number: read as it is
+    ("00000", -3, None),
+])
+def test_integer_formats(code: str, value: Any, shown: str | None) -> None:
+    from importer.xlsx_formats import parse_format
+
+    fmt = parse_format(code)
+    assert fmt is not None and fmt.show(value) == shown
+
+
+@pytest.mark.parametrize("code", ["0", "#", "General", "0.00", "#,##0", "0%", "yyyy-mm-dd",
+                                  "000-000", "@", '[>100]"big"0;0', "0.00E+00", "# ?/?"])
+def test_formats_left_alone(code: str) -> None:
+    from importer.xlsx_formats import parse_format
+
+    assert parse_format(code) is None
