@@ -511,6 +511,7 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
         rows=summary.totals,
         errors={f.name: f.error for f in summary.files if f.error},
         stopped=summary.stopped,
+        earlier_in_error=[f.run_id for f in summary.files if f.earlier_exit_code] or None,
         exit_code=int(summary.exit_code),
         duration=summary.duration,
     )
@@ -733,8 +734,8 @@ def summary_lines(summary: InboxSummary) -> list[str]:
                      "folder (see README, 'The morning after')")
     for f in summary.files:
         if f.earlier_exit_code:
-            lines.append(f"run {f.run_id} found rows of earlier runs in error in Amili (their "
-                         "status could not be read then): see earlier_rows in its report.json")
+            lines.append(f"run {f.run_id} found rows of earlier runs stored in error in Amili "
+                         "(that no report had said so): see earlier_rows in its report.json")
     if summary.stopped:
         lines.append(f"stopped: {summary.stopped}; the remaining files were left in place")
     rows = ", ".join(f"{k} {v}" for k, v in sorted(summary.totals.items())) or "no rows"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from importer.client import ApiClient
     from importer.journal import Journal, RowRecord
     from importer.plan import Checked, Plan
-    from importer.post import Outcome, PlannedRow
+    from importer.post import Learned, Outcome, PlannedRow
     from importer.read import FileInfo, Table
     from importer.report import Summary
 
@@ -91,7 +92,7 @@ def _announce(result: RunResult, options: RunOptions) -> ExitCode:
         for line in earlier_lines(result.extra.get("earlier_rows", [])):
             print(line, file=sys.stderr)
     print(result.report_dir)
-    return result.exit_code
+    return max(result.exit_code, earlier_exit_code(result.extra))
 
 
 def execute(paths: list[Path], config: Config, mode: Mode, options: RunOptions) -> RunResult:
@@ -191,9 +192,8 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
         stop_before = f"stopped by a signal; report in {result.report_dir}"
     rejected = "; ".join(f.rejected for f in result.files if f.rejected)
     # The file's own code decides where it goes; rows of earlier runs found in error count
-    # for the drain's exit code only (the file has nothing to do with them).
-    own = exit_code(result.files, result.summary.totals, bool(result.extra.get("could_not_run")))
-    return InboxFileResult(own, result.run_id, result.summary.totals, rejected,
+    # in the drain's exit code only (the file has nothing to do with them).
+    return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected,
                            sha256=digest, stop_after="stopped by a signal"
                            if result.extra.get("stopped") else None, stop_before=stop_before,
                            earlier_exit_code=earlier_exit_code(result.extra))
@@ -212,6 +212,7 @@ class _Run:
         self._stack = ExitStack()
         self.journal: Journal | None = None
         self.client: ApiClient | None = None
+        self.learned: list[Learned] = []  # journaled once the report listing them is written
 
     def __enter__(self) -> _Run:
         try:
@@ -294,9 +295,12 @@ class _Run:
 
     def _close(self, writer: Any, files: list[FileInfo], extra: dict[str, Any]) -> RunResult:
         summary = writer.close(files, datetime.now(UTC), extra)
-        code = max(exit_code(files, summary.totals, bool(extra.get("could_not_run"))),
-                   earlier_exit_code(extra))
+        # The run's own code (the journal keeps it: it says whether its files need running
+        # again); rows of earlier runs found in error count in the process exit code only.
+        code = exit_code(files, summary.totals, bool(extra.get("could_not_run")))
         if self.journal is not None:
+            for item in self.learned:  # the report listing them is written: now journal them
+                item.commit(self.journal)
             for info in files:
                 self.journal.record_file(self.run_id, info)
             self.journal.finish_run(self.run_id, int(code), summary.totals)
@@ -332,15 +336,14 @@ class _Run:
 
         rows = unify_case_keys(rows, self._cases_of_invoices)
         stop = threading.Event()  # set by SIGINT/SIGTERM, or when the API became unusable
-        earlier: list[RowRecord] = []
         with _progress(len(rows), self.config) as advance:
             outcomes = post_rows(rows, self.client, self.journal, self.run_id, self.config,
-                                 self.log, advance, stop=stop, earlier=earlier)
+                                 self.log, advance, stop=stop, earlier=self.learned)
         extra: dict[str, Any] = {"posted": sum(o.posted for o in outcomes)}
-        if earlier:
-            extra["earlier_rows"] = [_earlier_row(r) for r in earlier]
+        if self.learned:
+            extra["earlier_rows"] = [_earlier_row(item.record) for item in self.learned]
             for row in extra["earlier_rows"]:
-                if row["status"] == "error":
+                if _in_error_in_amili(row):
                     self.log.error("earlier.row_in_error", **{
                         ("earlier_run" if k == "run_id" else k): v for k, v in row.items()})
         unusable = [o.message for o in outcomes if o.reason == "api_unusable"]
@@ -504,29 +507,42 @@ def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Che
 
 
 def earlier_exit_code(extra: dict[str, Any]) -> ExitCode:
-    """1 when a row of an earlier run, whose status that run could not read, turned out to
-    be in error in Amili: its run ended 0, so only this run's exit code can tell."""
-    return (ExitCode.ROWS_IN_ERROR if any(r["status"] == "error" and r["amili_id"]
-                                          for r in extra.get("earlier_rows", ()))
+    """1 when a row of an earlier run turned out to be stored in error in Amili (its status
+    could not be read then, so that run ended without saying so): only this run can tell."""
+    return (ExitCode.ROWS_IN_ERROR if any(map(_in_error_in_amili, extra.get("earlier_rows", ())))
             else ExitCode.OK)
+
+
+def _in_error_in_amili(row: dict[str, Any]) -> bool:
+    return row["reason"] == "api_error" and bool(row["amili_id"])
+
+
+EARLIER_LINES = 20  # rows in error named on stderr; report.json lists them all
 
 
 def earlier_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Human lines about the rows of earlier runs whose fate a run learned."""
     if not rows:
         return []
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(
-        {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}.items()))
-    lines = [f"earlier runs: {len(rows)} row(s) whose fate was open were settled now "
-             f"({counts}); listed under earlier_rows in report.json"]
-    lines += [f"  in error: run {r['run_id']}, file {r['file']}"
-              + (f", sheet {r['sheet']}" if r["sheet"] else "") + f", row {r['row']}: "
-              f"{r['message'] or r['reason']}" for r in rows if r["status"] == "error"][:20]
+    kinds = Counter(f"{r['status']}" + (f" ({r['reason']})" if r["reason"] else "")
+                    for r in rows)
+    lines = [f"earlier runs: {len(rows)} of their row(s) looked up again: "
+             + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+             + "; listed under earlier_rows in report.json"]
+    in_error = [r for r in rows if _in_error_in_amili(r)]
+    for r in in_error[:EARLIER_LINES]:
+        lines.append(f"  in error in Amili: run {r['run_id']}, file {r['file']}"
+                     + (f", sheet {r['sheet']}" if r["sheet"] else "")
+                     + f", row {r['row']}: {r['message'] or r['reason']}")
+    if len(in_error) > EARLIER_LINES:
+        lines.append(f"  ... and {len(in_error) - EARLIER_LINES} more in error (report.json)")
     return lines
 
 
 def _earlier_row(rec: RowRecord) -> dict[str, Any]:
-    """A row of an earlier run whose fate this run learned, for report.json and the log."""
+    """A row of an earlier run whose fate this run learned, for report.json and the log:
+    ``status`` as a report gives it (``error`` also for a row found not stored, or still of
+    unknown outcome: ``reason`` tells which)."""
     from importer.journal import COMPLETED, WARNING
 
     return {"run_id": rec.run_id, "file": rec.ref.file_name, "sheet": rec.ref.sheet,

@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -235,7 +235,7 @@ def post_rows(
     stop: threading.Event | None = None,
     tuning: Tuning | None = None,
     handle_signals: bool = True,
-    earlier: list[RowRecord] | None = None,
+    earlier: list[Learned] | None = None,
 ) -> list[Outcome]:
     """Post planned rows exactly once; return one outcome per row, in the order given.
 
@@ -256,8 +256,10 @@ def post_rows(
         stop: an event the caller may set to stop the run; set here when a signal stops it.
         tuning: engine knobs (read-back spacing, extra posts).
         handle_signals: install SIGINT/SIGTERM handlers for the duration (main thread only).
-        earlier: when given, extended with the rows of other files (earlier runs) whose fate
-            this run learned (reconciled, or their status read), as the journal now has them.
+        earlier: when given, extended with the rows of earlier runs that this run's report
+            does not show and whose fate this run learned (reconciled, or their status read);
+            the caller writes the statuses read to the journal (``Learned.commit``) once its
+            report is written.
 
     Returns:
         One :class:`Outcome` per row, ``outcomes[i]`` for ``rows[i]``.
@@ -265,11 +267,20 @@ def post_rows(
     engine = _Engine(client, journal, run_id, config, log, progress, stop, tuning)
     guard = _stop_on_signals(engine.stop) if handle_signals else _nothing()
     with guard:
-        learned = engine.reconcile() + engine.refresh_statuses()
+        reconciled = engine.reconcile()
+        shown = _shown_by(rows, config.allow_duplicates)
+        unread = journal.status_unread(exclude_run=run_id)
+        # Statuses this run's report shows (its rows' `already_posted`) are read before the
+        # posting; the others after it, so that they never delay it.
+        engine.queue_statuses([r for r in unread if shown(r)], held=False)
+        engine._read_statuses()
+        engine.queue_statuses([r for r in unread if not shown(r)], held=True)
+        outcomes = engine.post_all(rows)
         if earlier is not None:
-            mine = {row.fingerprint for row in rows}
-            earlier.extend(r for r in learned if r.fingerprint not in mine)
-        return engine.post_all(rows)
+            found = {r.id: Learned(r) for r in reconciled if not shown(r)}
+            found.update((item.record.id, item) for item in engine.learned)
+            earlier.extend(found.values())
+        return outcomes
 
 
 def not_sent(rows: list[PlannedRow], journal: Journal, run_id: str, config: Config,
@@ -327,6 +338,9 @@ class _StatusTodo:
 
     ``earlier``: a row an earlier run stored (``status_unknown``), read again; its journal
     entry changes only when the record is read, and it is judged as a record read back.
+    ``held``: that row is not shown in this run's report, so its status goes to
+    ``_Engine.learned`` and is written to the journal only once the report that lists it is
+    written (``Learned.commit``): a run killed before that leaves it unread for the next.
     """
 
     kind: Kind
@@ -336,6 +350,26 @@ class _StatusTodo:
     outcome: Outcome
     log: Any
     earlier: bool = False
+    held: RowRecord | None = None
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A row of an earlier run, not shown in this run's report, whose fate this run learned.
+
+    Attributes:
+        record: the row as it is now known (state, reason, message, Amili id).
+        pending: the status read, still to be written to the journal once this run's report
+            (which lists the row) is written; None when the journal already has it.
+    """
+
+    record: RowRecord
+    pending: Settlement | None = None
+
+    def commit(self, journal: Journal) -> None:
+        """Write the status read to the journal (after the report that lists it)."""
+        if self.pending is not None:
+            journal.finish(self.record.id, self.pending)
 
 
 class _Engine:
@@ -353,6 +387,8 @@ class _Engine:
         self.fatal: str | None = None  # why the run stopped, when the API became unusable
         self._progress_lock = threading.Lock()
         self._status_todo: list[_StatusTodo] = []  # created rows whose 201 had no status
+        self.learned: list[Learned] = []  # held status reads (see _StatusTodo.held)
+        self._learned_lock = threading.Lock()
         self._batch_reads = True  # False once the API refused an "$in" read-back
         self._reads_down: str | None = None  # why status reads stopped (the API went away)
         # See LOST_IN_A_ROW: attempts are numbered as they go out; the last one the API
@@ -433,18 +469,16 @@ class _Engine:
                 out.append(now)
         return out
 
-    def refresh_statuses(self) -> list[RowRecord]:
-        """Read again the status of every row an earlier run stored without learning it
-        (``status_unknown``), whichever file it came from: a drop folder's files are new
-        each night, so a status left unread is otherwise never read.
+    def queue_statuses(self, records: list[RowRecord], *, held: bool) -> None:
+        """Queue rows an earlier run stored without learning their status
+        (``status_unknown``) for reading again (``_read_statuses``).
 
-        Rows of this run's files are then reported with Amili's status (``already_posted``).
-
-        Returns:
-            The rows whose status was read, as the journal now holds them.
+        Args:
+            records: the rows (from ``Journal.status_unread``).
+            held: they are not shown in this run's report: what is read goes to
+                ``learned`` and reaches the journal only after the report (``Learned``).
         """
-        read: list[tuple[int, Outcome]] = []
-        for rec in self.journal.status_unread(exclude_run=self.run_id):
+        for rec in records:
             kind = KINDS.get(rec.kind)
             if kind is None or not rec.amili_id:
                 continue
@@ -453,13 +487,10 @@ class _Engine:
             outcome = Outcome(index=-1, status=WARNING, reason="status_unknown", message="",
                               attempts=rec.attempts, http_status=rec.http_status)
             self._status_todo.append(_StatusTodo(kind, rec.amili_id, rec.id, {}, outcome, rlog,
-                                                 earlier=True))
-            read.append((rec.id, outcome))
-        if self._status_todo:
-            self.log.info("post.refresh_statuses", rows=len(self._status_todo))
-        self._read_statuses()
-        return [now for row_id, outcome in read if outcome.reason != "status_unknown"
-                and (now := self.journal.row(row_id)) is not None]
+                                                 earlier=True, held=rec if held else None))
+        if records:
+            self.log.info("post.refresh_statuses", rows=len(records),
+                          when="after the posting" if held else "now")
 
     # -- posting ----------------------------------------------------------------------------
 
@@ -930,6 +961,16 @@ class _Engine:
         settled.message = _join(settled.message, note)
         if item.earlier:
             settled.message = _join(settled.message, f"status read in run {self.run_id}")
+        if item.held is not None:
+            if settled.reason != "status_unknown":  # learned: journaled after the report
+                with self._learned_lock:
+                    self.learned.append(Learned(replace(
+                        item.held, state=settled.state, reason=settled.reason,
+                        message=settled.message, amili_id=settled.amili_id or item.amili_id),
+                        settled))
+            item.log.info("row.status", status=settled.state, reason=settled.reason,
+                          amili_id=item.amili_id, detail=settled.message or None)
+            return
         self.journal.finish(item.journal_id, settled)
         final = _outcome(item.outcome.index, settled, posted=True, journal_id=item.journal_id)
         item.outcome.__dict__.update(final.__dict__)
@@ -1147,6 +1188,24 @@ def readback_filters(kind: Kind, payload: dict[str, Any], key: str = "") -> list
     if key.startswith("case:"):
         filters.append({**base, "case": key.removeprefix("case:")})
     return filters
+
+
+def _shown_by(rows: list[PlannedRow], allow_duplicates: bool) -> Callable[[RowRecord], bool]:
+    """Whether a row of an earlier run is shown in this run's report: a row of this run with
+    its fingerprint is reported ``already_posted`` with its outcome (see ``_decide``), unless
+    ``--allow-duplicates`` posts that row anew because it comes from another file."""
+    sources: dict[str, list[tuple[str, str]]] = {}
+    for row in rows:
+        sources.setdefault(row.fingerprint, []).append((row.file_sha256, row.file_name))
+
+    def shown(rec: RowRecord) -> bool:
+        mine = sources.get(rec.fingerprint, [])
+        if not allow_duplicates:
+            return bool(mine)
+        return any(rec.ref.file_sha256 == sha or rec.ref.file_name == name
+                   for sha, name in mine)
+
+    return shown
 
 
 def _covers(earlier: RowRecord, row: PlannedRow) -> bool:

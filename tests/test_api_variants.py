@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,11 @@ def post(server: DocServer, tmp_path: Path, rows: list[PlannedRow],
          run_id: str = "r1", settle: float = 60.0,
          stop: threading.Event | None = None, concurrency: int = 8,
          client_class: type[ApiClient] = ApiClient,
-         earlier: list[Any] | None = None) -> list[Outcome]:
+         earlier: list[Any] | None = None, allow_duplicates: bool = False) -> list[Outcome]:
     config = Config(api_url=server.url, access_token="T", state_dir=tmp_path / "state",
                     backoff_base=0.01, backoff_max=0.02, read_timeout=5.0,
-                    settle_seconds=settle, concurrency=concurrency)
+                    settle_seconds=settle, concurrency=concurrency,
+                    allow_duplicates=allow_duplicates)
     with Journal(tmp_path / "state") as journal, client_class(config) as client:
         journal.start_run(run_id, "run")
         return post_rows(rows, client, journal, run_id, config, structlog.get_logger(),
@@ -275,8 +277,10 @@ def test_a_status_never_read_is_read_by_the_next_run(serve: Any, tmp_path: Path)
 def test_a_status_never_read_is_read_by_the_next_run_of_another_file(
         serve: Any, tmp_path: Path) -> None:
     """A drop folder's files are new every night: the status a run could not read is read
-    by the next run whatever file it posts, its journal row is settled, and the run hands
-    the rows it learned about to its caller (report.json's earlier_rows, the exit code)."""
+    by the next run whatever file it posts (after its own posting), and handed to the caller
+    (report.json's earlier_rows, the exit code), which writes it to the journal once its
+    report is written. Until then the row stays unread: a run killed before its report
+    leaves it for the next run to read and report again."""
     server = serve(Variant(fail_gets=503))
     first = post(server, tmp_path, [row(body(100.0 + n, ref=f"PAY-{n}"), n + 2)
                                     for n in range(2)])
@@ -288,17 +292,99 @@ def test_a_status_never_read_is_read_by_the_next_run_of_another_file(
                          sheet=None, row=2, kind=PAYMENTS, payload=body(7.0, ref="PAY-9"),
                          fingerprint=fingerprint(PAYMENTS, body(7.0, ref="PAY-9")),
                          case_key=case_key(body(7.0, ref="PAY-9")))
-    earlier: list[Any] = []
-    [out] = post(server, tmp_path, [tonight], run_id="r2", earlier=earlier)
-    assert (out.status, server.posts) == ("completed", 3)
-    assert [(r.run_id, r.ref.row, r.state, r.reason) for r in earlier] == [
-        ("r1", 2, "completed", None), ("r1", 3, "error", "api_error")]
-    assert "Case closed" in (earlier[1].message or "")
+    for run_id in ("r2", "r3"):  # r2 is "killed" before its report: nothing committed
+        earlier: list[Any] = []
+        [out] = post(server, tmp_path, [tonight], run_id=run_id, earlier=earlier)
+        learned = sorted(earlier, key=lambda item: item.record.id)
+        assert [(i.record.run_id, i.record.ref.row, i.record.state, i.record.reason)
+                for i in learned] == [("r1", 2, "completed", None), ("r1", 3, "error", "api_error")]
+        assert "Case closed" in (learned[1].record.message or "")
+        with Journal(tmp_path / "state") as journal:
+            assert len(journal.status_unread()) == 2  # not yet journaled
+    assert out.status == "completed" and server.posts == 3
     with Journal(tmp_path / "state") as journal:
+        for item in earlier:
+            item.commit(journal)
         assert journal.status_unread() == [] and not journal.has_status_unknown("r1")
+        assert journal.counts("r1") == {"completed": 1, "error": 1}
     again: list[Any] = []
-    post(server, tmp_path, [tonight], run_id="r3", earlier=again)
+    post(server, tmp_path, [tonight], run_id="r4", earlier=again)
     assert again == [] and server.posts == 3  # settled once; nothing posted twice
+
+
+def test_an_identical_row_of_another_file_does_not_hide_the_earlier_rows_error(
+        serve: Any, tmp_path: Path) -> None:
+    """With --allow-duplicates, tonight's identical payment from another file is posted as
+    its own event; the earlier row's status, read in the same run, is still handed over
+    (earlier_rows), since tonight's report does not show it."""
+    server = serve(Variant(fail_gets=503))
+    [first] = post(server, tmp_path, [row(body(100.0, ref="PAY-1"))])
+    assert first.reason == "status_unknown"
+    server.state.variant.fail_gets = 0
+    server.records[0]["status"] = "error"
+    other = replace(row(body(100.0, ref="PAY-1")), file_name="b.csv", file_sha256="e" * 64)
+    earlier: list[Any] = []
+    [out] = post(server, tmp_path, [other], run_id="r2", earlier=earlier,
+                 allow_duplicates=True)
+    assert (out.status, out.reason, server.posts) == ("completed", None, 2)
+    assert [(i.record.run_id, i.record.state, i.record.reason) for i in earlier] == [
+        ("r1", "error", "api_error")]
+
+
+def test_a_row_reconciled_then_read_again_is_handed_over_once(
+        serve: Any, tmp_path: Path) -> None:
+    """A killed run left a row in flight; Amili stored it without a status yet. Reconcile
+    finds it (status unknown, with its id), and the status read of the same run reads it
+    again, settled by now: it is handed over once, with what was learned last."""
+    server = serve(Variant())
+    payload = body()
+    planned = row(payload)
+    with Journal(tmp_path / "state") as journal:
+        journal.start_run("r0", "run")
+        assert journal.claim("r0", planned.ref, "payments", planned.fingerprint,
+                             case_key(payload), payload)
+        journal.finish_run("r0", 3, {})
+    now = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+    server.add(RESOURCE, {**payload, "_id": "68b82422d6fd1d378f17ffff", "_created": now})
+
+    class Settling(ApiClient):
+        def post(self, kind: Any, body: dict[str, Any], on_send: Any = None) -> Any:
+            server.records[0]["status"] = "error"  # Amili settles it meanwhile
+            return super().post(kind, body, on_send)
+
+    tonight = replace(row(body(7.0, ref="PAY-9")), file_name="b.csv", file_sha256="e" * 64)
+    earlier: list[Any] = []
+    post(server, tmp_path, [tonight], run_id="r1", settle=0.0, earlier=earlier,
+         client_class=Settling)
+    assert [(i.record.run_id, i.record.state, i.record.reason) for i in earlier] == [
+        ("r0", "error", "api_error")]
+
+
+def test_rows_of_earlier_runs_are_named_by_what_became_of_them() -> None:
+    """Only a row stored in error in Amili counts for the exit code and gets an "in error
+    in Amili" line; a row found not stored, or still of unknown outcome, is listed with its
+    reason and not called settled."""
+    from importer.errors import ExitCode
+    from importer.pipeline import EARLIER_LINES, earlier_exit_code, earlier_lines
+
+    def earlier_row(n: int, status: str, reason: str | None, amili_id: str | None) -> Any:
+        return {"run_id": "r0", "file": "a.csv", "sheet": None, "row": n, "kind": "payments",
+                "status": status, "reason": reason, "message": None, "amili_id": amili_id}
+
+    open_fates = [earlier_row(2, "error", "not_stored", None),
+                  earlier_row(3, "error", "outcome_unknown", None),
+                  earlier_row(4, "completed", None, "c" * 24)]
+    lines = earlier_lines(open_fates)
+    assert lines == ["earlier runs: 3 of their row(s) looked up again: 1 completed, 1 error "
+                     "(not_stored), 1 error (outcome_unknown); listed under earlier_rows in "
+                     "report.json"]
+    assert earlier_exit_code({"earlier_rows": open_fates}) == ExitCode.OK
+    in_error = [earlier_row(n, "error", "api_error", f"{n:024x}")
+                for n in range(2, EARLIER_LINES + 7)]
+    lines = earlier_lines(in_error)
+    assert earlier_exit_code({"earlier_rows": in_error}) == ExitCode.ROWS_IN_ERROR
+    assert len(lines) == 1 + EARLIER_LINES + 1
+    assert lines[-1] == "  ... and 5 more in error (report.json)"
 
 
 def test_a_read_back_reads_a_busy_case_whole(serve: Any, tmp_path: Path) -> None:

@@ -311,7 +311,7 @@ def test_a_status_left_unread_one_night_is_settled_by_the_next(
             "run_id": night1["run_id"], "file": "payments-night1.csv", "row": 2,
             "status": "error", "reason": "api_error"}
         assert "Case closed" in earlier["message"]
-        assert f"run {night2['run_id']} found rows of earlier runs in error" in result.stderr
+        assert f"run {night2['run_id']} found rows of earlier runs stored in error" in result.stderr
         shown = cli(["show", str(night1["run_id"])], env=env).output
         assert "posting  1 error " in shown, shown  # the journal's state of its row now
         assert server.posts == 2

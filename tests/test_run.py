@@ -21,6 +21,7 @@ from click.testing import Result
 from fixtures_sandbox import CLOSED_CASE, CREDITOR, OPEN_CASE, TOKEN
 
 from importer.errors import ExitCode
+from importer.journal import Journal
 from importer.sandbox.server import RunningSandbox
 
 # Recent, never in the future nor over a year old (which would add a warning), whenever it runs.
@@ -628,8 +629,54 @@ def test_run_exits_1_when_an_earlier_runs_unread_status_turns_out_error(
         assert report["totals"] == {"completed": 1}
         assert [(r["file"], r["row"], r["status"]) for r in report["earlier_rows"]] == [
             ("payments-a.csv", 2, "error")]
-        assert ("earlier runs: 1 row(s) whose fate was open were settled now (1 error)"
-                in result.stderr)
-        assert "  in error: run " in result.stderr and "file payments-a.csv, row 2" in result.stderr
+        assert ("earlier runs: 1 of their row(s) looked up again: 1 error (api_error); "
+                "listed under earlier_rows in report.json") in result.stderr
+        assert "  in error in Amili: run " in result.stderr
+        assert "file payments-a.csv, row 2: Amili: error; status read in run" in result.stderr
+        with Journal(tmp_path / "state") as journal:  # the runs' own exit codes
+            assert [r.exit_code for r in journal.runs()] == [0, 0]
+    finally:
+        server.close()
+
+
+def test_an_earlier_rows_error_survives_a_run_killed_before_its_report(tmp_path: Path) -> None:
+    """Night two is SIGKILLed while its own POST hangs, before any report: the status it
+    would have read is still unread in the journal, so night three reads it, reports it
+    and exits 1. Nothing is posted twice."""
+    from doc_server import DocServer, Variant
+
+    server = DocServer(Variant(fail_gets=503))
+    try:
+        quick = tmp_path / "quick.toml"
+        quick.write_text("backoff_base = 0.01\nbackoff_max = 0.02\n", encoding="utf-8")
+        env = {**os.environ, "AMILI_API_URL": server.url, "AMILI_ACCESS_TOKEN": TOKEN,
+               "AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": str(quick)}
+        exe = str(Path(sys.executable).parent / "amili-import")
+
+        def night(name: str, amount: str) -> list[str]:
+            path = write_csv(tmp_path / f"payments-{name}.csv",
+                             [[CREDITOR, OPEN_CASE.id, "", "SEK", amount, BANK_DATE, name]])
+            return [exe, "run", str(path), "--report-dir", str(tmp_path / name)]
+
+        assert subprocess.run(night("a", "10"), env=env, capture_output=True).returncode == 0
+        server.state.variant.fail_gets = 0
+        server.records[0]["status"] = "error"
+        server.state.variant.lose = ["slow"]
+        server.state.variant.slow_seconds = 30
+        killed = subprocess.Popen(night("b", "20"), env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while server.state.posts < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        killed.kill()
+        killed.wait()
+        server.state.variant.lose = []
+        third = subprocess.run(night("c", "30"), env=env, capture_output=True, text=True)
+        assert third.returncode == ExitCode.ROWS_IN_ERROR, third.stderr
+        report = json.loads((tmp_path / "c" / "report.json").read_text(encoding="utf-8"))
+        assert [(r["file"], r["status"], r["reason"]) for r in report["earlier_rows"]
+                if r["file"] == "payments-a.csv"] == [("payments-a.csv", "error", "api_error")]
+        assert len(server.records) == 3
     finally:
         server.close()
