@@ -10,9 +10,6 @@ from importer.errors import UsageError
 
 CREDITOR_ORIGIN = "creditor_system"
 CURRENCY = "SEK"
-# Free-text fields (sent as text, at most 140 characters): an Excel number in them is text.
-TEXT_FIELDS = ("invoice_number", "credit_invoice", "creditor_payment_reference",
-               "creditor_reference")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from importer.errors import FileRejected
-from importer.kinds import TEXT_FIELDS, kind_from_label
+from importer.kinds import kind_from_label
 from importer.read import (
     FORMULA_WITHOUT_VALUE,
     HIDDEN,
@@ -36,7 +36,6 @@ from importer.read import (
     hash_file,
     kind_for,
 )
-from importer.xlsx_formats import IntegerFormat, integer_styles, styles_part
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +51,6 @@ _FORMULA = re.compile(rb"<" + _P + rb"f[\s>/]")
 _VALUE = re.compile(rb"<" + _P + rb"v(?:\s[^>]*)?(?:/>|>(.*?)</" + _P + rb"v>)", re.S)
 _REF = re.compile(rb"\br=\"([A-Z]{1,3})(\d+)\"")
 _TYPE = re.compile(rb"\bt=\"(\w+)\"")
-_STYLE = re.compile(rb"\bs=\"(\d+)\"")
 _MAX_EXACT = 2**53
 
 Fixes = dict[int, list[tuple[int, str]]]  # 0-based row -> [(0-based column, value)]
@@ -69,9 +67,6 @@ class SheetScan:
     hidden_rows: set[int] = field(default_factory=set)  # 0-based
     hidden_columns: bool = False
     totals_rows: dict[int, str] = field(default_factory=dict)  # 0-based row -> table name
-    # Number cells whose format shows them as text (0010045): 0-based row -> [(column, text)].
-    shown: Fixes = field(default_factory=dict)
-    shown_formats: dict[int, str] = field(default_factory=dict)  # column -> format code
 
 
 def column_letter(index: int) -> str:
@@ -125,16 +120,13 @@ def _sheet_parts(path: Path) -> dict[str, str]:
     return parts
 
 
-def scan_sheet_xml(path: Path, part: str | None,
-                   styles: dict[int, IntegerFormat] | None = None) -> SheetScan:
+def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
     """Find error cells (as their text, ``#N/A``), formulas without a cached value, and
     hidden (or filtered-out) rows and columns.
 
     Args:
         path: the workbook.
         part: the worksheet's XML part, from ``_sheet_parts``.
-        styles: the cell styles whose number format shows a whole number as text (see
-            ``xlsx_formats.integer_styles``).
 
     Returns:
         the cells calamine shows as empty that must not be read as empty, and what is hidden.
@@ -143,8 +135,6 @@ def scan_sheet_xml(path: Path, part: str | None,
     fixes = scan.fixes
     if part is None:
         return scan
-    styled = (re.compile(rb'\ss="(?:' + b"|".join(str(i).encode() for i in styles) + rb')"')
-              if styles else None)
     with zipfile.ZipFile(path) as archive, archive.open(part) as stream:
         scan.totals_rows = _totals_rows(archive, part)
         carry = b""
@@ -161,9 +151,6 @@ def scan_sheet_xml(path: Path, part: str | None,
             # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
             if b"<f" in data or b":f" in data or b't="e"' in data:
                 _fix_cells(data, fixes)
-            if styled is not None and styled.search(data):
-                assert styles is not None
-                _shown_cells(data, styles, scan)
             if b"hidden=" in data:
                 for match in _HIDDEN_ROW.finditer(data):
                     number = _ROW_NUMBER.search(match.group(1))
@@ -199,30 +186,6 @@ def _totals_rows(archive: zipfile.ZipFile, part: str) -> dict[int, str]:
         for row in range(last - count, last):
             found[row] = table.get("displayName") or table.get("name") or "a table"
     return found
-
-
-def _shown_cells(data: bytes, styles: dict[int, IntegerFormat], scan: SheetScan) -> None:
-    """Number cells styled with one of ``styles``: the text they show."""
-    for match in _CELL.finditer(data):
-        attrs, inner = match.group(1), match.group(2) or b""
-        style = _STYLE.search(attrs)
-        kind = _TYPE.search(attrs)
-        if style is None or int(style.group(1)) not in styles or (kind and kind.group(1) != b"n"):
-            continue
-        ref = _REF.search(attrs)
-        value = _VALUE.search(inner)
-        if ref is None or value is None or not value.group(1):
-            continue
-        try:
-            number = float(value.group(1))
-        except ValueError:
-            continue
-        fmt = styles[int(style.group(1))]
-        text = fmt.show(number)
-        if text is not None:
-            column = _column_index(ref.group(1))
-            scan.shown.setdefault(int(ref.group(2)) - 1, []).append((column, text))
-            scan.shown_formats.setdefault(column, fmt.code)
 
 
 def _fix_cells(data: bytes, fixes: Fixes) -> None:
@@ -281,7 +244,6 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     info = file_info(path, digest, size)
     book = _workbook(path)
     parts = _sheet_parts(path)
-    styles = _integer_styles(path)
     tables: list[Table] = []
     for meta in book.sheets_metadata:
         sheet_name = meta.name
@@ -292,8 +254,7 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
             info.notes.append(f"sheet {sheet_name!r} is not a worksheet and was skipped")
             continue
         with _sheet_errors(name, sheet_name):
-            table = _open_sheet(path, book, sheet_name, parts.get(sheet_name), info, options,
-                                styles)
+            table = _open_sheet(path, book, sheet_name, parts.get(sheet_name), info, options)
         if table is not None:
             tables.append(table)
     if not tables:
@@ -327,20 +288,12 @@ def _sheet(book: Any, name: str, sheet_name: str) -> Any:
     return sheet
 
 
-def _integer_styles(path: Path) -> dict[int, IntegerFormat]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return integer_styles(archive, styles_part(archive))
-    except (zipfile.BadZipFile, OSError):
-        return {}
-
-
 def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: FileInfo,
-                options: ReadOptions, styles: dict[int, IntegerFormat]) -> Table | None:
+                options: ReadOptions) -> Table | None:
     """One visible worksheet as a Table; None (with a note) when it holds no data."""
     name = path.name
     sheet = _sheet(book, name, sheet_name)
-    scan = scan_sheet_xml(path, part, styles)
+    scan = scan_sheet_xml(path, part)
     fixes = scan.fixes
     if sheet.start is None and not fixes:
         info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
@@ -374,35 +327,14 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: 
                           f"{min(hidden) + 1}): they are reported as errors, never posted")
     if scan.hidden_columns:
         info.notes.append(f"{where}some columns are hidden; they are read like the others")
-    shown = _shown_text_fields(scan, positions, columns, fields, header_row)
-    for column, code in sorted(scan.shown_formats.items()):
-        if any(c == column for row in shown.values() for c, _ in row):
-            example = next(t for row in shown.values() for c, t in row if c == column)
-            info.notes.append(f"{where}column {column_letter(column)} shows its numbers with "
-                              f"the format {code!r} (e.g. {example!r}): read as shown")
     totals = {r: t for r, t in scan.totals_rows.items() if r >= header_row}
     for row, table_name in sorted(totals.items()):
         info.notes.append(f"{where}row {row + 1} is the totals row of the Excel table "
                           f"{table_name!r}: a sum, not data; skipped")
     table = Table(file=info, sheet=sheet_name, kind=kind, header_row=header_row,
                   columns=columns, fields=fields, chunks=lambda: iter(()))
-    table.chunks = _chunker(table, positions, fixes, hidden, set(totals), shown,
-                            options.chunk_rows)
+    table.chunks = _chunker(table, positions, fixes, hidden, set(totals), options.chunk_rows)
     return table
-
-
-def _shown_text_fields(scan: SheetScan, positions: list[int], columns: list[str],
-                       fields: dict[str, str], header_row: int) -> Fixes:
-    """The shown texts of number cells in the text columns (invoice numbers, references)
-    below the header. An amount or a date keeps its number whatever its format."""
-    text_positions = {p for p, c in zip(positions, columns, strict=True)
-                      if fields.get(c) in TEXT_FIELDS}
-    shown: Fixes = {}
-    for row, cells in scan.shown.items():
-        kept = [(c, t) for c, t in cells if c in text_positions]
-        if kept and row >= header_row:
-            shown[row] = kept
-    return shown
 
 
 def _headerless_with_values(sheet: Any, header: list[str], header_row: int,
@@ -435,12 +367,10 @@ def _not_data(sheet_name: str, stem: str, header: list[str], options: ReadOption
 
 
 def _chunker(table: Table, positions: list[int], fixes: Fixes, hidden: set[int],
-             skip: set[int], shown: Fixes,
-             chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
+             skip: set[int], chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
     """The table's ``chunks`` callable: re-reads the sheet on each call (memory stays bounded
     by one sheet, not by every workbook the run has opened). Rows in ``skip`` (0-based: the
-    totals rows of Excel tables) are left out like empty rows; ``shown`` replaces a number by
-    the text its format shows."""
+    totals rows of Excel tables) are left out like empty rows."""
     counted = False
 
     def chunks() -> Iterator[pd.DataFrame]:
@@ -464,10 +394,6 @@ def _chunker(table: Table, positions: list[int], fixes: Fixes, hidden: set[int],
                 if index in skip:
                     continue
                 row = _apply(rows[index] if index < len(rows) else [], fixes.get(index))
-                for column, text in shown.get(index, ()):
-                    if column < len(row) and type(row[column]) in (int, float):
-                        row = list(row)
-                        row[column] = text
                 if len(row) < width:
                     row = list(row) + [""] * (width - len(row))
                 cells = [cell_value(row[p]) for p in positions]

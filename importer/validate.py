@@ -40,7 +40,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from importer import normalise
-from importer.kinds import CREDITOR_ORIGIN, CURRENCY, KINDS, TEXT_FIELDS, Kind
+from importer.kinds import CREDITOR_ORIGIN, CURRENCY, KINDS, Kind
 from importer.read import HIDDEN, ROW, canonical_header
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ _HEX24 = re.compile(r"[0-9a-f]{24}")
 # and joiners, direction marks, BOM) that would make a value differ from what the user sees.
 _CONTROL = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_TEXT_FIELDS = ("invoice_number", "credit_invoice", "creditor_payment_reference",
+                "creditor_reference")
 _ID_CODES = {"creditor": "invalid_creditor", "case": "invalid_case", "account": "invalid_account"}
 _OLD_AFTER = timedelta(days=365)
 _ORDER = {name: i for i, name in enumerate((*API_COLUMNS, "account"))}
@@ -251,7 +253,7 @@ def _schemas(kind_name: str, now: np.datetime64, account: bool
         checks: list[pa.Check] = []
         if field in ids:
             checks.append(_check(_hex24, _ID_CODES[field]))
-        elif field in TEXT_FIELDS:
+        elif field in _TEXT_FIELDS:
             checks += [_check(_short, "too_long"), _check(_no_control, "invalid_text")]
         elif field == "currency":
             checks.append(_equals(CURRENCY, "invalid_currency"))
@@ -516,7 +518,7 @@ class Checker:
         raw = chunk[header]
         if field in _ID_CODES:
             parsed = normalise.hex_ids(raw, _ID_CODES[field])
-        elif field in TEXT_FIELDS:
+        elif field in _TEXT_FIELDS:
             parsed = normalise.texts(raw)
         elif field == "currency":
             parsed = normalise.words(raw, "invalid_currency", upper=True)
