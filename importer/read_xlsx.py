@@ -59,6 +59,23 @@ _ROW_NUMBER = re.compile(rb"\br=\"(\d+)\"")
 _HIDDEN_COLS = re.compile(rb"<" + _P + rb"col\s[^>]*\bhidden=\"(?:1|true)\"")
 
 
+@dataclass(frozen=True)
+class ExcelTable:
+    """An Excel table (Insert > Table) with a Total Row: where it is on its sheet (0-based)."""
+
+    name: str
+    header_row: int
+    first_column: int
+    last_column: int
+    totals_rows: range
+
+    def is_the_data(self, header_row: int, positions: list[int]) -> bool:
+        """Whether this table is the data read: its header is the sheet's header row
+        (0-based) and it spans every given column position."""
+        return self.header_row == header_row and all(
+            self.first_column <= p <= self.last_column for p in positions)
+
+
 @dataclass
 class SheetScan:
     """What calamine does not tell about a sheet, from its XML."""
@@ -66,7 +83,7 @@ class SheetScan:
     fixes: Fixes = field(default_factory=dict)
     hidden_rows: set[int] = field(default_factory=set)  # 0-based
     hidden_columns: bool = False
-    totals_rows: dict[int, str] = field(default_factory=dict)  # 0-based row -> table name
+    tables: list[ExcelTable] = field(default_factory=list)  # those with a Total Row
 
 
 def column_letter(index: int) -> str:
@@ -136,7 +153,7 @@ def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
     if part is None:
         return scan
     with zipfile.ZipFile(path) as archive, archive.open(part) as stream:
-        scan.totals_rows = _totals_rows(archive, part)
+        scan.tables = _tables_with_totals(archive, part)
         carry = b""
         while True:
             block = stream.read(XML_BLOCK)
@@ -161,16 +178,19 @@ def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
                 return scan
 
 
-def _totals_rows(archive: zipfile.ZipFile, part: str) -> dict[int, str]:
-    """The totals rows of the sheet's Excel tables (Table Design > Total Row): a sum, not a
-    payment. Found from the sheet's relationships to its table parts; a part that cannot be
-    read gives none (its totals row is then read as data, and fails validation)."""
+_TABLE_REF = re.compile(r"^\$?([A-Z]{1,3})\$?(\d+):\$?([A-Z]{1,3})\$?(\d+)$")
+
+
+def _tables_with_totals(archive: zipfile.ZipFile, part: str) -> list[ExcelTable]:
+    """The sheet's Excel tables that have a Total Row (Table Design > Total Row: a sum, not a
+    payment), from the sheet's relationships to its table parts. A part that cannot be read
+    gives none (its totals row is then read as data, and fails validation)."""
     folder, _, base = part.rpartition("/")
     try:
         rels = ElementTree.fromstring(archive.read(f"{folder}/_rels/{base}.rels"))
     except (KeyError, ElementTree.ParseError):
-        return {}
-    found: dict[int, str] = {}
+        return []
+    found: list[ExcelTable] = []
     for rel in rels.iter():
         if not (rel.tag.endswith("Relationship") and rel.get("Type", "").endswith("/table")):
             continue
@@ -180,11 +200,18 @@ def _totals_rows(archive: zipfile.ZipFile, part: str) -> dict[int, str]:
         try:
             table = ElementTree.fromstring(archive.read(name))
             count = int(table.get("totalsRowCount") or 0)
-            last = int(re.sub(r"^.*?(\d+)$", r"\1", table.get("ref", "")))
+            ref = _TABLE_REF.match(table.get("ref", ""))
         except (KeyError, ElementTree.ParseError, ValueError):
             continue
-        for row in range(last - count, last):
-            found[row] = table.get("displayName") or table.get("name") or "a table"
+        if not count or ref is None:
+            continue
+        first, last = int(ref.group(2)), int(ref.group(4))
+        found.append(ExcelTable(
+            name=table.get("displayName") or table.get("name") or "?",
+            header_row=first - 1,
+            first_column=_column_index(ref.group(1).encode()),
+            last_column=_column_index(ref.group(3).encode()),
+            totals_rows=range(last - count, last)))
     return found
 
 
@@ -327,13 +354,18 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: 
                           f"{min(hidden) + 1}): they are reported as errors, never posted")
     if scan.hidden_columns:
         info.notes.append(f"{where}some columns are hidden; they are read like the others")
-    totals = {r: t for r, t in scan.totals_rows.items() if r >= header_row}
-    for row, table_name in sorted(totals.items()):
-        info.notes.append(f"{where}row {row + 1} is the totals row of the Excel table "
-                          f"{table_name!r}: a sum, not data; skipped")
+    # header_row is the header's row number, i.e. the 0-based index of the first data row.
+    recognised = [p for p, c in zip(positions, columns, strict=True) if c in fields]
+    totals: set[int] = set()
+    for excel_table in scan.tables:  # only a table that is the data: not one beside it
+        if excel_table.is_the_data(header_row - 1, recognised):
+            totals.update(excel_table.totals_rows)
+            rows_text = ", ".join(str(r + 1) for r in excel_table.totals_rows)
+            info.notes.append(f"{where}row {rows_text} is the Total Row of the Excel table "
+                              f"{excel_table.name!r}: a sum, not data; skipped")
     table = Table(file=info, sheet=sheet_name, kind=kind, header_row=header_row,
                   columns=columns, fields=fields, chunks=lambda: iter(()))
-    table.chunks = _chunker(table, positions, fixes, hidden, set(totals), options.chunk_rows)
+    table.chunks = _chunker(table, positions, fixes, hidden, totals, options.chunk_rows)
     return table
 
 

@@ -407,8 +407,32 @@ def test_an_excel_tables_totals_row_is_skipped_with_a_note(tmp_path: Path) -> No
     with zipfile.ZipFile(path) as archive:  # the table part is where Excel puts it
         assert any(n.startswith("xl/tables/") for n in archive.namelist())
     info, (read,) = open_file(path, ReadOptions())
-    assert ("sheet 'Payments': row 6 is the totals row of the Excel table 'Betalningar': "
+    assert ("sheet 'Payments': row 6 is the Total Row of the Excel table 'Betalningar': "
             "a sum, not data; skipped") in info.notes
     assert [(r["_row"], r["Invoice Number"]) for r in rows(read)] == [
         (4, "INV-1"), (5, "INV-2"), (7, "INV-3")]
     assert info.rows == 3
+
+
+def test_a_total_row_of_a_table_beside_the_data_skips_nothing(tmp_path: Path) -> None:
+    """A small lookup table to the right of the payments (H:I, its Total Row on row 4) is
+    not the data: row 4 is a payment and is read."""
+    from openpyxl.worksheet.table import Table as ExcelTable
+    from openpyxl.worksheet.table import TableColumn
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Payments"
+    ws.append(PAY_HEADER)
+    for n in range(1, 6):
+        ws.append([CRED, f"INV-{n}", "SEK", 100 * n, dt.date(2025, 7, 1)])
+    ws["H1"], ws["I1"] = "Kund", "Belopp"
+    ws["H2"], ws["I2"] = "A", 1
+    ws["H3"], ws["I3"] = "B", 2
+    ws["H4"], ws["I4"] = "Summa", "=SUBTOTAL(109,Kunder[Belopp])"
+    side = ExcelTable(displayName="Kunder", ref="H1:I4", totalsRowCount=1)
+    side.tableColumns = [TableColumn(id=1, name="Kund"), TableColumn(id=2, name="Belopp")]
+    ws.add_table(side)
+    info, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+    assert [r["Invoice Number"] for r in rows(table)] == [f"INV-{n}" for n in range(1, 6)]
+    assert not any("Total Row" in n for n in info.notes)
