@@ -123,6 +123,7 @@ CREATE INDEX IF NOT EXISTS rows_fingerprint ON rows(fingerprint);
 CREATE INDEX IF NOT EXISTS rows_run_state ON rows(run_id, state);
 CREATE INDEX IF NOT EXISTS rows_state ON rows(state);
 CREATE INDEX IF NOT EXISTS rows_amili_id ON rows(amili_id);
+CREATE INDEX IF NOT EXISTS rows_source ON rows(file_sha256, row);
 CREATE INDEX IF NOT EXISTS rows_status_unread ON rows(id)
     WHERE reason = 'status_unknown' AND amili_id IS NOT NULL;
 """
@@ -668,7 +669,8 @@ class Journal:
         self, run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,
         payload: dict[str, Any],
     ) -> int | None:
-        """Commit a row as ``in_flight`` if no row with its fingerprint is done or pending.
+        """Commit a row as ``in_flight`` if no row with its fingerprint, and no row from the
+        same row of the same file (:meth:`prior_source`), is done or pending.
 
         The check and the insert are one SQL statement, hence one write transaction (SQLite
         takes the write lock before the statement reads), so no other thread or process can
@@ -691,7 +693,8 @@ class Journal:
                              Settlement(state=IN_FLIGHT), posts=1)
         with self._lock:
             # Outside a transaction() the statement commits on its own (autocommit).
-            cur = self._db.execute(_CLAIM_ROW, (*values, *_prior_args(fingerprint)))
+            cur = self._db.execute(_CLAIM_ROW, (*values, *_prior_args(fingerprint),
+                                                *_prior_source_args(ref, kind)))
             return int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid else None
 
     def touch(self, row_id: int) -> None:
@@ -737,6 +740,18 @@ class Journal:
         oldest first: what decides whether a row may be posted."""
         rows = self._query(f"SELECT * FROM rows WHERE {_PRIOR} ORDER BY id",
                            _prior_args(fingerprint))
+        return [_row(r) for r in rows]
+
+    def prior_source(self, ref: RowRef, kind: str) -> list[RowRecord]:
+        """Rows from this very row of this very file (same content, sheet, row number and
+        kind) that were stored or may have been, oldest first, whatever their fingerprint.
+
+        A fingerprint is made from the values as read; another version of amili-import may
+        read the same cells differently (a column it now recognises, a value it now trims),
+        and a file run again after an upgrade must still not post its rows a second time.
+        """
+        rows = self._query(f"SELECT * FROM rows WHERE {_PRIOR_SOURCE} ORDER BY id",
+                           _prior_source_args(ref, kind))
         return [_row(r) for r in rows]
 
     def latest(self, fingerprint: str) -> RowRecord | None:
@@ -818,12 +833,25 @@ _LOOKUP_BATCH = 500  # values per IN (...) query (SQLite allows 999 parameters i
 # The rows that decide whether a fingerprint may be posted (see Journal.prior).
 _PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND"
           " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299)))")
+# The same, for the rows that came from one row of one file (its bytes, sheet and row number):
+# that row, however a version of amili-import reads it (see Journal.prior_source).
+_PRIOR_SOURCE = ("file_sha256 = ? AND row = ? AND sheet IS ? AND kind = ? AND (state IN"
+                 " (?, ?, ?, ?) OR (state = ? AND (amili_id IS NOT NULL OR http_status"
+                 " BETWEEN 200 AND 299)))")
 _CLAIM_ROW = (f"{_INSERT_ROW} SELECT " + ", ".join("?" * 23)
-              + f" WHERE NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR})")
+              + f" WHERE NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR})"
+              + f" AND NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR_SOURCE})")
 
 
 def _prior_args(fingerprint: str) -> tuple[str, ...]:
-    return (fingerprint, COMPLETED, WARNING, IN_FLIGHT, UNKNOWN, ERROR)
+    return (fingerprint, *_STATES_ARGS)
+
+
+def _prior_source_args(ref: RowRef, kind: str) -> tuple[Any, ...]:
+    return (ref.file_sha256, ref.row, ref.sheet, kind, *_STATES_ARGS)
+
+
+_STATES_ARGS = (COMPLETED, WARNING, IN_FLIGHT, UNKNOWN, ERROR)
 
 
 def _row_values(run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,

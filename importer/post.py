@@ -649,6 +649,19 @@ class _Engine:
                 earlier = self.journal.row(earlier.ref_row) or earlier
             return self._skip(row, earlier, f"already posted in run {earlier.run_id}, "
                                             f"{earlier.ref.describe()}")
+        if not same:
+            # The same row of the same file, read differently by another version: it is
+            # that row all the same.
+            moved = [p for p in self.journal.prior_source(row.ref, row.kind.name)
+                     if p.fingerprint != row.fingerprint]
+            done_there = [p for p in moved if p.done]
+            if done_there:
+                earlier = done_there[-1]
+                return self._skip(row, earlier, (
+                    f"already posted in run {earlier.run_id}, {earlier.ref.describe()} (the "
+                    "same row of the same file, which this version reads differently: "
+                    f"{_differences(earlier.payload, row.payload)})"))
+            prior = prior + [p for p in moved if p.state in PENDING_STATES]
         pending = [p for p in prior if p.state in PENDING_STATES]
         if pending:
             p = pending[-1]
@@ -1188,6 +1201,13 @@ def readback_filters(kind: Kind, payload: dict[str, Any], key: str = "") -> list
     if key.startswith("case:"):
         filters.append({**base, "case": key.removeprefix("case:")})
     return filters
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """Which fields a row sends differently now: ``amount 10 then, 10.5 now``."""
+    changed = [f"{k} {before.get(k)!r} then, {now.get(k)!r} now"
+               for k in dict.fromkeys([*before, *now]) if before.get(k) != now.get(k)]
+    return "; ".join(changed) or "the same values"
 
 
 def _shown_by(rows: list[PlannedRow], allow_duplicates: bool) -> Callable[[RowRecord], bool]:

@@ -552,3 +552,26 @@ def test_an_invoice_whose_case_cannot_be_told_puts_its_creditor_in_one_line() ->
     no_case = [r.case_key for r in unify_case_keys(
         rows[:3], lambda pairs: {(CREDITOR, "INV-1"): OPEN_CASE.id, (CREDITOR, "INV-9"): ""})]
     assert no_case == [f"case:{OPEN_CASE.id}"] * 2 + [f"invoice:{CREDITOR}:INV-9"]
+
+
+def test_a_row_read_differently_after_an_upgrade_is_not_posted_again(
+        sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
+    """A file whose rows were posted is run again by a newer version that reads a cell
+    differently (here: a reference column it now recognises): the row's values, hence its
+    fingerprint, differ, but it is the same row of the same file, so it is reported
+    already posted with what changed, in a real run as in a dry run, and nothing is sent.
+    The same values in another file are still judged by content alone."""
+    config = config_for(sandbox, tmp_path)
+    before = payment_body(OPEN_CASE, 100.0)
+    [first] = run([planned(before, 2)], config, journal, "r1")
+    assert first.status == COMPLETED
+    now = {**before, "creditor_payment_reference": "OCR 4711"}
+    [would] = preview([planned(now, 2)], journal, config)
+    assert would is not None and would.reason == "already_posted"
+    [again] = run([planned(now, 2)], config, journal, "r2")
+    assert (again.status, again.reason) == (COMPLETED, "already_posted")
+    assert "the same row of the same file, which this version reads differently" in again.message
+    assert "creditor_payment_reference None then, 'OCR 4711' now" in again.message
+    assert len(stored(sandbox)) == 1
+    [other] = run([planned(now, 2, sha="b" * 64, name="payments-2.csv")], config, journal, "r3")
+    assert (other.status, other.reason) == (COMPLETED, None) and len(stored(sandbox)) == 2
