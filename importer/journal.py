@@ -744,7 +744,8 @@ class Journal:
 
     def prior_source(self, ref: RowRef, kind: str) -> list[RowRecord]:
         """Rows from this very row of this very file (same content, sheet, row number and
-        kind) that were stored or may have been, oldest first, whatever their fingerprint.
+        kind) that were stored or may have been, or were skipped as covered by another row
+        (``ref_row``), oldest first, whatever their fingerprint.
 
         A fingerprint is made from the values as read; another version of amili-import may
         read the same cells differently (a column it now recognises, a value it now trims),
@@ -837,7 +838,7 @@ _PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND"
 # that row, however a version of amili-import reads it (see Journal.prior_source).
 _PRIOR_SOURCE = ("file_sha256 = ? AND row = ? AND sheet IS ? AND kind = ? AND (state IN"
                  " (?, ?, ?, ?) OR (state = ? AND (amili_id IS NOT NULL OR http_status"
-                 " BETWEEN 200 AND 299)))")
+                 " BETWEEN 200 AND 299)) OR (state = 'skipped' AND ref_row IS NOT NULL))")
 _CLAIM_ROW = (f"{_INSERT_ROW} SELECT " + ", ".join("?" * 23)
               + f" WHERE NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR})"
               + f" AND NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR_SOURCE})")

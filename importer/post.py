@@ -10,7 +10,10 @@ journal (``importer.journal``):
 2. **Never twice.** Before a row is posted, the journal is asked about its fingerprint:
    done from the same source (file sha256, sheet, row) → the earlier outcome is reported;
    done from another source → the same, unless ``allow_duplicates`` (then each distinct
-   source may post it once); pending anywhere → not posted (reported retryable).
+   source may post it once); pending anywhere → not posted (reported retryable). A row is
+   also known by its place alone (same file content, sheet, row, kind: ``prior_source``),
+   whatever values it is read with now: done there → reported ``already_posted`` as a
+   warning naming what differs, never posted again.
 3. **Write-ahead.** ``in_flight`` is committed before the POST, the outcome after it.
 4. **Lost answers are read back**, never blindly re-sent: a POST is repeated only after the
    read-back shows that nothing was stored, at most ``Tuning.extra_posts`` times. Whatever the
@@ -650,27 +653,25 @@ class _Engine:
             return self._skip(row, earlier, f"already posted in run {earlier.run_id}, "
                                             f"{earlier.ref.describe()}")
         if not same:
-            # The same row of the same file, read differently by another version: it is
-            # that row all the same.
+            # The same row of the same file, read with other values now (another version of
+            # amili-import, or another configuration): it is that row all the same.
             moved = [p for p in self.journal.prior_source(row.ref, row.kind.name)
                      if p.fingerprint != row.fingerprint]
-            done_there = [p for p in moved if p.done]
-            if done_there:
-                earlier = done_there[-1]
-                return self._skip(row, earlier, (
-                    f"already posted in run {earlier.run_id}, {earlier.ref.describe()} (the "
-                    "same row of the same file, which this version reads differently: "
-                    f"{_differences(earlier.payload, row.payload)})"))
-            prior = prior + [p for p in moved if p.state in PENDING_STATES]
+            stand_ins = [q for q in (self.journal.row(p.ref_row) if p.state == SKIPPED
+                                     and p.ref_row is not None else p for p in moved)
+                         if q is not None and q.done]
+            itself = [q for q in stand_ins if _covers(q, row) or q.ref == row.ref]
+            if itself or (stand_ins and not self.config.allow_duplicates):
+                return self._read_differently(row, (itself or stand_ins)[-1])
+            pending_there = [p for p in moved if p.state in PENDING_STATES]
+            if pending_there:
+                p = pending_there[-1]
+                return _awaiting(row, p, f"this same row of this same file, read with other "
+                                         f"values in run {p.run_id},")
         pending = [p for p in prior if p.state in PENDING_STATES]
         if pending:
             p = pending[-1]
-            text = (f"not posted: an identical row of run {p.run_id} ({p.ref.describe()}) is "
-                    f"{'in flight' if p.state != UNKNOWN else 'of unknown outcome'}; it is read "
-                    "back on the next run, then this row can be retried")
-            settlement = Settlement(FAILED, retryable=True, reason="outcome_unknown",
-                                    message=text, ref_row=p.id)
-            return settlement, _outcome(row.index, settlement, posted=False)
+            return _awaiting(row, p, f"an identical row of run {p.run_id} ({p.ref.describe()})")
         done = [p for p in prior if p.done]
         if done and not self.config.allow_duplicates:
             earlier = done[-1]
@@ -679,6 +680,19 @@ class _Engine:
                 f"{earlier.ref.describe()}; not posted again (pass --allow-duplicates if this "
                 "is a separate event)"))
         return None
+
+    def _read_differently(self, row: PlannedRow,
+                          earlier: RowRecord) -> tuple[Settlement, Outcome]:
+        """This row of this file was posted before with other values (as an older version of
+        amili-import, or another configuration, read it): not posted again, and a warning,
+        since Amili holds what was sent then."""
+        recorded, outcome = self._skip(row, earlier, (
+            f"already posted in run {earlier.run_id}, {earlier.ref.describe()}: this same row "
+            "of this same file was read then with other values, and Amili holds those "
+            f"({_differences(earlier.payload, row.payload)}); check them in Amili"))
+        if outcome.status == COMPLETED:
+            outcome.status = WARNING
+        return recorded, outcome
 
     def _skip(self, row: PlannedRow, earlier: RowRecord,
               text: str) -> tuple[Settlement, Outcome]:
@@ -1203,6 +1217,15 @@ def readback_filters(kind: Kind, payload: dict[str, Any], key: str = "") -> list
     return filters
 
 
+def _awaiting(row: PlannedRow, pending: RowRecord, which: str) -> tuple[Settlement, Outcome]:
+    """Not posted while ``pending`` (a row that may be stored) awaits its read-back."""
+    state = "in flight" if pending.state != UNKNOWN else "of unknown outcome"
+    settlement = Settlement(FAILED, retryable=True, reason="outcome_unknown", ref_row=pending.id,
+                            message=f"not posted: {which} is {state}; it is read back on the "
+                                    "next run, then this row can be retried")
+    return settlement, _outcome(row.index, settlement, posted=False)
+
+
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
     """Which fields a row sends differently now: ``amount 10 then, 10.5 now``."""
     changed = [f"{k} {before.get(k)!r} then, {now.get(k)!r} now"
@@ -1211,14 +1234,19 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 
 def _shown_by(rows: list[PlannedRow], allow_duplicates: bool) -> Callable[[RowRecord], bool]:
-    """Whether a row of an earlier run is shown in this run's report: a row of this run with
-    its fingerprint is reported ``already_posted`` with its outcome (see ``_decide``), unless
-    ``--allow-duplicates`` posts that row anew because it comes from another file."""
+    """Whether a row of an earlier run is shown in this run's report: a row of this run from
+    the same place of the same file, or with its fingerprint, is reported ``already_posted``
+    with its outcome (see ``_decide``), unless ``--allow-duplicates`` posts an identical row
+    of another file anew."""
     sources: dict[str, list[tuple[str, str]]] = {}
+    places = set()
     for row in rows:
         sources.setdefault(row.fingerprint, []).append((row.file_sha256, row.file_name))
+        places.add((row.file_sha256, row.sheet, row.row, row.kind.name))
 
     def shown(rec: RowRecord) -> bool:
+        if (rec.ref.file_sha256, rec.ref.sheet, rec.ref.row, rec.kind) in places:
+            return True  # the same row of the same file, read with other values now
         mine = sources.get(rec.fingerprint, [])
         if not allow_duplicates:
             return bool(mine)

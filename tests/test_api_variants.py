@@ -331,6 +331,26 @@ def test_an_identical_row_of_another_file_does_not_hide_the_earlier_rows_error(
         ("r1", "error", "api_error")]
 
 
+def test_the_unread_status_of_the_same_row_read_differently_is_its_status(
+        serve: Any, tmp_path: Path) -> None:
+    """The same row of the same file, read by a newer version with other values: its
+    earlier record's unread status is read before the posting and reported on the row
+    (error, from Amili), not listed apart under earlier_rows."""
+    server = serve(Variant(fail_gets=503))
+    first_row = row(body(100.0, ref="PAY-1"))
+    [first] = post(server, tmp_path, [first_row])
+    assert first.reason == "status_unknown"
+    server.state.variant.fail_gets = 0
+    server.records[0]["status"] = "error"
+    newer = {**first_row.payload, "creditor_payment_reference": "PAY-1/X"}
+    earlier: list[Any] = []
+    [out] = post(server, tmp_path, [replace(first_row, payload=newer,
+                                            fingerprint=fingerprint(PAYMENTS, newer))],
+                 run_id="r2", earlier=earlier)
+    assert (out.status, out.reason, server.posts) == ("error", "already_posted", 1)
+    assert earlier == []
+
+
 def test_a_row_reconciled_then_read_again_is_handed_over_once(
         serve: Any, tmp_path: Path) -> None:
     """A killed run left a row in flight; Amili stored it without a status yet. Reconcile

@@ -558,9 +558,9 @@ def test_a_row_read_differently_after_an_upgrade_is_not_posted_again(
         sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
     """A file whose rows were posted is run again by a newer version that reads a cell
     differently (here: a reference column it now recognises): the row's values, hence its
-    fingerprint, differ, but it is the same row of the same file, so it is reported
-    already posted with what changed, in a real run as in a dry run, and nothing is sent.
-    The same values in another file are still judged by content alone."""
+    fingerprint, differ, but it is the same row of the same file, so it is not sent again,
+    in a real run as in a dry run. It is a warning naming what differs (Amili holds the
+    values sent then). The same values in another file are still judged by content alone."""
     config = config_for(sandbox, tmp_path)
     before = payment_body(OPEN_CASE, 100.0)
     [first] = run([planned(before, 2)], config, journal, "r1")
@@ -569,9 +569,46 @@ def test_a_row_read_differently_after_an_upgrade_is_not_posted_again(
     [would] = preview([planned(now, 2)], journal, config)
     assert would is not None and would.reason == "already_posted"
     [again] = run([planned(now, 2)], config, journal, "r2")
-    assert (again.status, again.reason) == (COMPLETED, "already_posted")
-    assert "the same row of the same file, which this version reads differently" in again.message
+    assert (again.status, again.reason) == ("warning", "already_posted")
+    assert "this same row of this same file was read then with other values" in again.message
     assert "creditor_payment_reference None then, 'OCR 4711' now" in again.message
     assert len(stored(sandbox)) == 1
     [other] = run([planned(now, 2, sha="b" * 64, name="payments-2.csv")], config, journal, "r3")
     assert (other.status, other.reason) == (COMPLETED, None) and len(stored(sandbox)) == 2
+
+
+def test_a_row_skipped_as_covered_is_not_posted_after_an_upgrade_either(
+        sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
+    """Monday's file has payment P; Tuesday's repeats P (skipped there: already posted by
+    Monday's) and adds Q. Read differently after an upgrade, Tuesday's file run again posts
+    neither: P's row stands for Monday's record, Q's for its own."""
+    config = config_for(sandbox, tmp_path)
+    p = payment_body(OPEN_CASE, 100.0)
+    q = payment_body(OPEN_CASE, 5.0)
+    [mon] = run([planned(p, 2, sha="1" * 64, name="mon.csv")], config, journal, "r1")
+    tue = run([planned(p, 2, sha="2" * 64, name="tue.csv"),
+               planned(q, 3, sha="2" * 64, name="tue.csv")], config, journal, "r2")
+    assert mon.status == COMPLETED and [o.reason for o in tue] == ["already_posted", None]
+    again = run([planned({**p, "creditor_payment_reference": "OCR 1"}, 2, sha="2" * 64,
+                         name="tue.csv"),
+                 planned({**q, "creditor_payment_reference": "OCR 2"}, 3, sha="2" * 64,
+                         name="tue.csv")], config, journal, "r3")
+    assert [(o.status, o.reason) for o in again] == [("warning", "already_posted")] * 2
+    assert "in run r1, file mon.csv row 2" in again[0].message
+    assert len(stored(sandbox)) == 2
+
+
+def test_a_row_in_flight_read_differently_waits_for_its_read_back(
+        sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
+    """An earlier version left row 2 in flight; this version reads row 2 with other values:
+    it is not posted before the read-back, and the message does not call it identical."""
+    config = config_for(sandbox, tmp_path)
+    before = payment_body(OPEN_CASE, 100.0)
+    old = planned(before, 2)
+    journal.start_run("r1", "run")
+    assert journal.claim("r1", old.ref, old.kind.name, old.fingerprint, old.case_key,
+                         old.payload)
+    [would] = preview([planned({**before, "creditor_payment_reference": "X"}, 2)], journal,
+                      config)
+    assert would is not None and would.reason == "outcome_unknown"
+    assert "this same row of this same file, read with other values in run r1" in would.message
