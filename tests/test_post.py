@@ -612,3 +612,40 @@ def test_a_row_in_flight_read_differently_waits_for_its_read_back(
                       config)
     assert would is not None and would.reason == "outcome_unknown"
     assert "this same row of this same file, read with other values in run r1" in would.message
+
+
+def test_a_later_export_read_with_newer_rules_does_not_post_older_rows_again(
+        sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
+    """Monday's export was posted by an older version (its run predates the reader version
+    in the journal), which did not read the reference column. Tuesday's export repeats the
+    payment: read now, it carries the reference, so its fingerprint differs, and it comes
+    from another file. Compared as a read-back would, it may be the same payment: not
+    posted, error possible_duplicate, until --allow-duplicates says it is a separate one.
+    Under the same reading rules the two would simply be different payments."""
+    config = config_for(sandbox, tmp_path)
+    monday = payment_body(OPEN_CASE, 100.0)
+    [first] = run([planned(monday, 2, sha="1" * 64, name="mon.csv")], config, journal, "r1")
+    assert first.status == COMPLETED
+    with journal.transaction() as db:  # as an older version recorded its run
+        db.execute("UPDATE runs SET reader = NULL WHERE run_id = 'r1'")
+    tuesday = planned({**monday, "creditor_payment_reference": "OCR 4711"}, 2, sha="2" * 64,
+                      name="tue.csv")
+    [would] = preview([tuesday], journal, config)
+    assert would is not None and would.reason == "possible_duplicate"
+    [out] = run([tuesday], config, journal, "r2")
+    assert (out.status, out.reason, out.retryable) == ("error", "possible_duplicate", False)
+    assert "run r1, file mon.csv row 2, by an earlier version of amili-import" in out.message
+    assert "creditor_payment_reference None then, 'OCR 4711' now" in out.message
+    assert len(stored(sandbox)) == 1
+    other_amount = planned({**monday, "amount": 101.0}, 3, sha="2" * 64, name="tue.csv")
+    [separate] = run([other_amount], config, journal, "r3")
+    assert separate.status == COMPLETED and len(stored(sandbox)) == 2
+    [allowed] = run([tuesday], config_for(sandbox, tmp_path, allow_duplicates=True), journal,
+                    "r4")
+    assert allowed.status == COMPLETED and len(stored(sandbox)) == 3
+    # Read with today's rules on both days, two references are two payments.
+    day_one = {**monday, "amount": 55.0, "creditor_payment_reference": "OCR 8"}
+    [one] = run([planned(day_one, 2, sha="3" * 64, name="wed.csv")], config, journal, "r5")
+    [two] = run([planned({**day_one, "creditor_payment_reference": "OCR 9"}, 2, sha="4" * 64,
+                         name="thu.csv")], config, journal, "r6")
+    assert one.status == two.status == COMPLETED and len(stored(sandbox)) == 5
