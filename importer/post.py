@@ -657,12 +657,13 @@ class _Engine:
             # amili-import, or another configuration): it is that row all the same.
             moved = [p for p in self.journal.prior_source(row.ref, row.kind.name)
                      if p.fingerprint != row.fingerprint]
-            stand_ins = [q for q in (self.journal.row(p.ref_row) if p.state == SKIPPED
-                                     and p.ref_row is not None else p for p in moved)
-                         if q is not None and q.done]
-            itself = [q for q in stand_ins if _covers(q, row) or q.ref == row.ref]
-            if itself or (stand_ins and not self.config.allow_duplicates):
-                return self._read_differently(row, (itself or stand_ins)[-1])
+            # (the row here, the done row that stands for it: itself, or the row of another
+            # file it was skipped for)
+            pairs = [(p, q) for p in moved if (q := self.journal.row(p.ref_row) if
+                     p.state == SKIPPED and p.ref_row is not None else p) is not None and q.done]
+            itself = [(p, q) for p, q in pairs if _covers(q, row) or q.ref == row.ref]
+            if itself or (pairs and not self.config.allow_duplicates):
+                return self._read_differently(row, *(itself or pairs)[-1])
             pending_there = [p for p in moved if p.state in PENDING_STATES]
             if pending_there:
                 p = pending_there[-1]
@@ -693,15 +694,19 @@ class _Engine:
                     return settlement, _outcome(row.index, settlement, posted=False)
         return None
 
-    def _read_differently(self, row: PlannedRow,
+    def _read_differently(self, row: PlannedRow, here: RowRecord,
                           earlier: RowRecord) -> tuple[Settlement, Outcome]:
-        """This row of this file was posted before with other values (as an older version of
-        amili-import, or another configuration, read it): not posted again, and a warning,
-        since Amili holds what was sent then."""
+        """This row of this file (``here``, in the journal) was read before with other values
+        (as an older version of amili-import, or another configuration, read it), and
+        ``earlier`` stands for it in Amili: not posted again, and a warning, since Amili holds
+        what was sent then."""
+        via = "" if here.id == earlier.id else (
+            f", and skipped there as already posted in run {earlier.run_id}, "
+            f"{earlier.ref.describe()}")
         recorded, outcome = self._skip(row, earlier, (
-            f"already posted in run {earlier.run_id}, {earlier.ref.describe()}: this same row "
-            "of this same file was read then with other values, and Amili holds those "
-            f"({_differences(earlier.payload, row.payload)}); check them in Amili"))
+            f"already posted: this same row of this same file was read with other values in "
+            f"run {here.run_id}{via} ({_differences(here.payload, row.payload)}); Amili holds "
+            "what was sent then: check it in Amili"))
         if outcome.status == COMPLETED:
             outcome.status = WARNING
         return recorded, outcome

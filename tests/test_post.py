@@ -570,7 +570,8 @@ def test_a_row_read_differently_after_an_upgrade_is_not_posted_again(
     assert would is not None and would.reason == "already_posted"
     [again] = run([planned(now, 2)], config, journal, "r2")
     assert (again.status, again.reason) == ("warning", "already_posted")
-    assert "this same row of this same file was read then with other values" in again.message
+    assert "this same row of this same file was read with other values in run r1" in \
+        again.message
     assert "creditor_payment_reference None then, 'OCR 4711' now" in again.message
     assert len(stored(sandbox)) == 1
     [other] = run([planned(now, 2, sha="b" * 64, name="payments-2.csv")], config, journal, "r3")
@@ -594,7 +595,8 @@ def test_a_row_skipped_as_covered_is_not_posted_after_an_upgrade_either(
                  planned({**q, "creditor_payment_reference": "OCR 2"}, 3, sha="2" * 64,
                          name="tue.csv")], config, journal, "r3")
     assert [(o.status, o.reason) for o in again] == [("warning", "already_posted")] * 2
-    assert "in run r1, file mon.csv row 2" in again[0].message
+    assert ("read with other values in run r2, and skipped there as already posted in run "
+            "r1, file mon.csv row 2") in again[0].message
     assert len(stored(sandbox)) == 2
 
 
