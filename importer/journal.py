@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from importer.errors import ImporterError
-from importer.read import READER_VERSION
 
 if TYPE_CHECKING:
     from importer.read import FileInfo
@@ -79,8 +78,7 @@ CREATE TABLE IF NOT EXISTS runs (
     pid         INTEGER,
     pid_start   TEXT,
     host        TEXT,
-    allow_duplicates INTEGER NOT NULL DEFAULT 0,
-    reader      INTEGER
+    allow_duplicates INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS files (
     id          INTEGER PRIMARY KEY,
@@ -126,7 +124,6 @@ CREATE INDEX IF NOT EXISTS rows_run_state ON rows(run_id, state);
 CREATE INDEX IF NOT EXISTS rows_state ON rows(state);
 CREATE INDEX IF NOT EXISTS rows_amili_id ON rows(amili_id);
 CREATE INDEX IF NOT EXISTS rows_source ON rows(file_sha256, row);
-CREATE INDEX IF NOT EXISTS rows_case_key ON rows(case_key);
 CREATE INDEX IF NOT EXISTS rows_status_unread ON rows(id)
     WHERE reason = 'status_unknown' AND amili_id IS NOT NULL;
 """
@@ -439,8 +436,6 @@ class Journal:
             if "allow_duplicates" not in columns:  # likewise
                 db.execute("ALTER TABLE runs ADD COLUMN allow_duplicates INTEGER NOT NULL "
                            "DEFAULT 0")
-            if "reader" not in columns:  # likewise: such runs read with older rules
-                db.execute("ALTER TABLE runs ADD COLUMN reader INTEGER")
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             version = row[0]
             if version is None:
@@ -552,12 +547,10 @@ class Journal:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (run_id, mode, started, argv, report_dir, retry_of, pid,"
-                " pid_start, host, allow_duplicates, reader)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " pid_start, host, allow_duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, mode, started or now(), json.dumps(list(argv)),
                  str(report_dir) if report_dir is not None else None, retry_of, os.getpid(),
-                 process_start(os.getpid()), os.uname().nodename, int(allow_duplicates),
-                 READER_VERSION),
+                 process_start(os.getpid()), os.uname().nodename, int(allow_duplicates)),
             )
 
     def finish_run(
@@ -677,8 +670,7 @@ class Journal:
         payload: dict[str, Any],
     ) -> int | None:
         """Commit a row as ``in_flight`` if no row with its fingerprint, and no row from the
-        same row of the same file (:meth:`prior_source`), is done or pending, and no row of
-        its case was posted by a run reading with older rules (:meth:`older_done`).
+        same row of the same file (:meth:`prior_source`), is done or pending.
 
         The check and the insert are one SQL statement, hence one write transaction (SQLite
         takes the write lock before the statement reads), so no other thread or process can
@@ -702,8 +694,7 @@ class Journal:
         with self._lock:
             # Outside a transaction() the statement commits on its own (autocommit).
             cur = self._db.execute(_CLAIM_ROW, (*values, *_prior_args(fingerprint),
-                                                *_prior_source_args(ref, kind),
-                                                *_older_done_args(case_key, kind)))
+                                                *_prior_source_args(ref, kind)))
             return int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid else None
 
     def touch(self, row_id: int) -> None:
@@ -762,14 +753,6 @@ class Journal:
         """
         rows = self._query(f"SELECT * FROM rows WHERE {_PRIOR_SOURCE} ORDER BY id",
                            _prior_source_args(ref, kind))
-        return [_row(r) for r in rows]
-
-    def older_done(self, case_key: str, kind: str) -> list[RowRecord]:
-        """Done rows of this case and kind posted by runs that read files with older rules
-        (``read.READER_VERSION``, or from before it was kept), oldest first: the same payment
-        may have another fingerprint there."""
-        rows = self._query(f"SELECT o.* {_OLDER_DONE} ORDER BY o.id",
-                           _older_done_args(case_key, kind))
         return [_row(r) for r in rows]
 
     def latest(self, fingerprint: str) -> RowRecord | None:
@@ -856,15 +839,9 @@ _PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND"
 _PRIOR_SOURCE = ("file_sha256 = ? AND row = ? AND sheet IS ? AND kind = ? AND (state IN"
                  " (?, ?, ?, ?) OR (state = ? AND (amili_id IS NOT NULL OR http_status"
                  " BETWEEN 200 AND 299)) OR (state = 'skipped' AND ref_row IS NOT NULL))")
-# Done rows of a case posted by runs that read with older rules (see read.READER_VERSION).
-_OLDER_DONE = ("FROM rows o JOIN runs u ON u.run_id = o.run_id WHERE o.case_key = ? AND"
-               " o.kind = ? AND (u.reader IS NULL OR u.reader < ?) AND (o.state IN (?, ?) OR"
-               " (o.state = ? AND (o.amili_id IS NOT NULL OR o.http_status BETWEEN 200 AND"
-               " 299)))")
 _CLAIM_ROW = (f"{_INSERT_ROW} SELECT " + ", ".join("?" * 23)
               + f" WHERE NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR})"
-              + f" AND NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR_SOURCE})"
-              + f" AND NOT EXISTS (SELECT 1 {_OLDER_DONE})")
+              + f" AND NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR_SOURCE})")
 
 
 def _prior_args(fingerprint: str) -> tuple[str, ...]:
@@ -876,10 +853,6 @@ def _prior_source_args(ref: RowRef, kind: str) -> tuple[Any, ...]:
 
 
 _STATES_ARGS = (COMPLETED, WARNING, IN_FLIGHT, UNKNOWN, ERROR)
-
-
-def _older_done_args(case_key: str, kind: str) -> tuple[Any, ...]:
-    return (case_key, kind, READER_VERSION, COMPLETED, WARNING, ERROR)
 
 
 def _row_values(run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,

@@ -680,18 +680,6 @@ class _Engine:
                 f"identical to a row already posted in run {earlier.run_id}, "
                 f"{earlier.ref.describe()}; not posted again (pass --allow-duplicates if this "
                 "is a separate event)"))
-        if not self.config.allow_duplicates:
-            # Posted by a version that read files with other rules, the same payment may
-            # have another fingerprint: compared here as a read-back compares a record.
-            for older in reversed(self.journal.older_done(row.case_key, row.kind.name)):
-                if matches(row.kind, row.payload, older.payload) is True:
-                    settlement = Settlement(FAILED, reason="possible_duplicate", ref_row=older.id,
-                                            message=(
-                        f"not posted: it may be the row already posted in run {older.run_id}, "
-                        f"{older.ref.describe()}, by an earlier version of amili-import, which "
-                        f"read files with other rules ({_differences(older.payload, row.payload)}"
-                        "); if this is a separate event, run again with --allow-duplicates"))
-                    return settlement, _outcome(row.index, settlement, posted=False)
         return None
 
     def _read_differently(self, row: PlannedRow, here: RowRecord,

@@ -28,12 +28,6 @@ HASH_BLOCK = 1 << 20
 HEADER_SEARCH_ROWS = 20
 RECOGNISED: frozenset[str] = frozenset(ALL_FIELDS) | frozenset(READ_ONLY_FIELDS)
 ROW = "_row"
-# The version of the reading rules. Bump it whenever a change reads a valid row with other
-# values (a column newly recognised, a value normalised otherwise): rows posted under an
-# older version may have another fingerprint for the same payment, so new rows are compared
-# with them as a read-back would (see post._Engine._decide, ``possible_duplicate``). The
-# journal keeps it per run; runs from before it was kept count as older.
-READER_VERSION = 1
 HIDDEN = "_hidden"  # a workbook row hidden (or filtered out): only in chunks that have one
 
 

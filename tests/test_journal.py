@@ -499,23 +499,3 @@ def test_a_journal_dropped_unclosed_stops_its_thread(tmp_path: Path) -> None:
     assert gone() is None
     checkpointer.join(5)
     assert not checkpointer.is_alive()
-
-
-def test_a_journal_from_before_reader_versions_counts_its_runs_as_older(tmp_path: Path) -> None:
-    """A journal written before runs recorded their reader version gets the column on open;
-    its runs count as reading with older rules, today's runs do not."""
-    with Journal(tmp_path) as journal:
-        journal.start_run("old", "run")
-        rid = journal.begin("old", ref(2), "payments", "fp-a", "case:b", PAYLOAD)
-        journal.finish(rid, Settlement(state=COMPLETED, amili_id="c" * 24))
-    db = sqlite3.connect(tmp_path / "journal.sqlite3")
-    db.execute("ALTER TABLE runs DROP COLUMN reader")
-    db.commit()
-    db.close()
-    with Journal(tmp_path) as journal:
-        assert [r.id for r in journal.older_done("case:b", "payments")] == [rid]
-        journal.start_run("new", "run")
-        newer = journal.begin("new", ref(3), "payments", "fp-b", "case:b", PAYLOAD)
-        journal.finish(newer, Settlement(state=COMPLETED, amili_id="d" * 24))
-        assert [r.id for r in journal.older_done("case:b", "payments")] == [rid]
-        assert journal.older_done("case:other", "payments") == []
