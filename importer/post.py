@@ -906,6 +906,10 @@ class _Engine:
         todo = self._status_todo
         self._status_todo = []
         self._reads_down = None  # the API may be back since the last round of reads
+        if self.stop.is_set():
+            # Stopping (SIGTERM: a service manager waits only so long): earlier runs' rows
+            # stay unread for the next run; this run's own are still read.
+            todo = [item for item in todo if item.held is None]
         if not todo:
             return
         by_kind: dict[str, list[_StatusTodo]] = {}

@@ -312,6 +312,25 @@ def test_a_status_never_read_is_read_by_the_next_run_of_another_file(
     assert again == [] and server.posts == 3  # settled once; nothing posted twice
 
 
+def test_a_stopped_run_leaves_earlier_statuses_for_the_next(serve: Any, tmp_path: Path) -> None:
+    """A run stopped by a signal (a service manager waits only so long) does not go on to
+    read earlier runs' statuses: they stay unread, for the next run."""
+    server = serve(Variant(fail_gets=503))
+    [first] = post(server, tmp_path, [row(body(100.0, ref="PAY-1"))])
+    assert first.reason == "status_unknown"
+    server.state.variant.fail_gets = 0
+    reads_before = len(server.gets)
+    stop = threading.Event()
+    stop.set()
+    earlier: list[Any] = []
+    tonight = replace(row(body(7.0, ref="PAY-9")), file_name="b.csv", file_sha256="e" * 64)
+    [out] = post(server, tmp_path, [tonight], run_id="r2", stop=stop, earlier=earlier)
+    assert out.reason == "not_posted" and earlier == []
+    with Journal(tmp_path / "state") as journal:
+        assert len(journal.status_unread()) == 1
+    assert server.gets[reads_before:] == []
+
+
 def test_an_identical_row_of_another_file_does_not_hide_the_earlier_rows_error(
         serve: Any, tmp_path: Path) -> None:
     """With --allow-duplicates, tonight's identical payment from another file is posted as
