@@ -755,6 +755,12 @@ class Journal:
                            _prior_source_args(ref, kind))
         return [_row(r) for r in rows]
 
+    def referenced(self, run_id: str) -> set[int]:
+        """The rows a run's rows point to (``ref_row``: the earlier row reported instead)."""
+        return {r[0] for r in self._query(
+            "SELECT DISTINCT ref_row FROM rows WHERE run_id = ? AND ref_row IS NOT NULL",
+            (run_id,))}
+
     def latest(self, fingerprint: str) -> RowRecord | None:
         """The latest row with this fingerprint that is done (stored in Amili), or None."""
         done = [r for r in self.prior(fingerprint) if r.done]

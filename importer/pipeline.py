@@ -305,6 +305,7 @@ class _Run:
                 self.journal.record_file(self.run_id, info)
             self.journal.finish_run(self.run_id, int(code), summary.totals)
         self.log.info("run.finish", mode=self.mode.value, exit_code=int(code),
+                      process_exit_code=int(max(code, earlier_exit_code(extra))),
                       totals=summary.totals, rows=summary.rows,
                       rejected=[f.name for f in files if f.rejected])
         return RunResult(self.run_id, self.mode, self.report_dir, code, files, summary, extra)

@@ -281,6 +281,13 @@ def post_rows(
         outcomes = engine.post_all(rows)
         if earlier is not None:
             found = {r.id: Learned(r) for r in reconciled if not shown(r)}
+            # A status read before the posting that no row of this run's report ended up
+            # showing (another row with the fingerprint was named instead, or the row was not
+            # reached) is listed too: it is journaled already, and no later run reads it.
+            named = journal.referenced(run_id)
+            found.update((rec.id, Learned(rec)) for row_id, outcome in engine.read_early
+                         if outcome.reason != "status_unknown" and row_id not in named
+                         and (rec := journal.row(row_id)) is not None)
             found.update((item.record.id, item) for item in engine.learned)
             earlier.extend(found.values())
         return outcomes
@@ -391,6 +398,7 @@ class _Engine:
         self._progress_lock = threading.Lock()
         self._status_todo: list[_StatusTodo] = []  # created rows whose 201 had no status
         self.learned: list[Learned] = []  # held status reads (see _StatusTodo.held)
+        self.read_early: list[tuple[int, Outcome]] = []  # earlier rows read before posting
         self._learned_lock = threading.Lock()
         self._batch_reads = True  # False once the API refused an "$in" read-back
         self._reads_down: str | None = None  # why status reads stopped (the API went away)
@@ -491,6 +499,8 @@ class _Engine:
                               attempts=rec.attempts, http_status=rec.http_status)
             self._status_todo.append(_StatusTodo(kind, rec.amili_id, rec.id, {}, outcome, rlog,
                                                  earlier=True, held=rec if held else None))
+            if not held:
+                self.read_early.append((rec.id, outcome))
         if records:
             self.log.info("post.refresh_statuses", rows=len(records),
                           when="after the posting" if held else "now")

@@ -294,6 +294,18 @@ def _summary_xml(head: dict[str, Any], summary: Summary, *, truncated: bool, lim
         lines.append([(status, S_STATUS.get(status, 0)), (n, 0)])
     lines.append([("All rows", S_BOLD), (summary.rows, S_BOLD)])
     add()
+    earlier = head.get("earlier_rows") or []
+    if earlier:  # not rows of these files, but what this run learned about earlier runs
+        add("Rows of earlier runs looked up again (not rows of these files)", style=S_BOLD)
+        add("Run", "File", "Sheet", "Row", "Status", "Reason", "Message", style=S_HEADER)
+        for r in earlier:
+            lines.append([(escape_formula(str(r["run_id"])), 0),
+                          (escape_formula(str(r["file"])), 0),
+                          (escape_formula(str(r["sheet"] or "")), 0), (r["row"], 0),
+                          (r["status"], S_STATUS.get(r["status"], 0)),
+                          (escape_formula(str(r["reason"] or "")), 0),
+                          (escape_formula(str(r["message"] or "")), 0)])
+        add()
     if truncated:
         add(f"This run has {summary.rows} rows, more than {limit}: the Rows sheet lists only "
             "the rows that are not valid/completed.")
