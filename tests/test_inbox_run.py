@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from click.testing import Result
 from fixtures_sandbox import CREDITOR, OPEN_CASE, TOKEN
@@ -272,48 +273,40 @@ def test_a_signal_stops_the_drain_and_leaves_the_files(
 
 
 def test_a_status_left_unread_one_night_is_settled_by_the_next(
-        cli: Callable[..., Result], tmp_path: Path) -> None:
+        cli: Callable[..., Result], tmp_path: Path, unread_api: tuple[Any, dict[str, str]]
+) -> None:
     """Night one: the payment is stored, but Amili stops answering reads before its status
     is read: warning/status_unknown, exit 0, the file goes to done/ and is never run again.
     Night two brings another file: its run reads that status too; Amili says error, so the
     drain exits 1 (the new file itself still goes to done/), its report.json lists the row
     under earlier_rows, the summary says where, and `show` of night one has it in error."""
-    from doc_server import DocServer, Variant
-
     inbox = tmp_path / "drop"
     inbox.mkdir()
-    server = DocServer(Variant(fail_gets=503))
-    try:
-        quick = tmp_path / "quick.toml"  # no long backoff on the failing reads
-        quick.write_text("backoff_base = 0.01\nbackoff_max = 0.02\n", encoding="utf-8")
-        env = {"AMILI_API_URL": server.url, "AMILI_ACCESS_TOKEN": TOKEN,
-               "AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": str(quick)}
-        aged(write_csv(inbox / "payments-night1.csv", [
-            [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "N1"]]))
-        cli(["inbox", str(inbox), "--min-age", "1"], expect=ExitCode.OK, env=env)
-        night1 = reports(inbox)["payments-night1.csv"]
-        assert night1["totals"] == {"warning": 1}
-        assert night1["rows"][0]["reason"] == "status_unknown"
+    server, env = unread_api
+    aged(write_csv(inbox / "payments-night1.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "N1"]]))
+    cli(["inbox", str(inbox), "--min-age", "1"], expect=ExitCode.OK, env=env)
+    night1 = reports(inbox)["payments-night1.csv"]
+    assert night1["totals"] == {"warning": 1}
+    assert night1["rows"][0]["reason"] == "status_unknown"
 
-        server.state.variant.fail_gets = 0
-        server.records[0]["status"] = "error"
-        server.records[0]["status_reason_locale"] = "Case closed"
-        aged(write_csv(inbox / "payments-night2.csv", [
-            [CREDITOR, OPEN_CASE.id, "", "SEK", "20", BANK_DATE, "N2"]]))
-        result = cli(["inbox", str(inbox), "--min-age", "1"], expect=ExitCode.ROWS_IN_ERROR,
-                     env=env)
-        assert sorted(p.name.split("--")[-1] for p in (inbox / "done").iterdir()) == [
-            "payments-night1.csv", "payments-night2.csv"]
-        night2 = reports(inbox)["payments-night2.csv"]
-        assert night2["totals"] == {"completed": 1}
-        [earlier] = night2["earlier_rows"]
-        assert {k: earlier[k] for k in ("run_id", "file", "row", "status", "reason")} == {
-            "run_id": night1["run_id"], "file": "payments-night1.csv", "row": 2,
-            "status": "error", "reason": "api_error"}
-        assert "Case closed" in earlier["message"]
-        assert f"run {night2['run_id']} found rows of earlier runs stored in error" in result.stderr
-        shown = cli(["show", str(night1["run_id"])], env=env).output
-        assert "posting  1 error " in shown, shown  # the journal's state of its row now
-        assert server.posts == 2
-    finally:
-        server.close()
+    server.state.variant.fail_gets = 0
+    server.records[0]["status"] = "error"
+    server.records[0]["status_reason_locale"] = "Case closed"
+    aged(write_csv(inbox / "payments-night2.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "20", BANK_DATE, "N2"]]))
+    result = cli(["inbox", str(inbox), "--min-age", "1"], expect=ExitCode.ROWS_IN_ERROR,
+                 env=env)
+    assert sorted(p.name.split("--")[-1] for p in (inbox / "done").iterdir()) == [
+        "payments-night1.csv", "payments-night2.csv"]
+    night2 = reports(inbox)["payments-night2.csv"]
+    assert night2["totals"] == {"completed": 1}
+    [earlier] = night2["earlier_rows"]
+    assert {k: earlier[k] for k in ("run_id", "file", "row", "status", "reason")} == {
+        "run_id": night1["run_id"], "file": "payments-night1.csv", "row": 2,
+        "status": "error", "reason": "api_error"}
+    assert "Case closed" in earlier["message"]
+    assert f"run {night2['run_id']} found rows of earlier runs stored in error" in result.stderr
+    shown = cli(["show", str(night1["run_id"])], env=env).output
+    assert "posting  1 error " in shown, shown  # the journal's state of its row now
+    assert server.posts == 2

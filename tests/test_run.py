@@ -605,124 +605,101 @@ def test_retry_keeps_the_runs_allow_duplicates(cli: Callable[..., Result], tmp_p
 
 
 def test_run_exits_1_when_an_earlier_runs_unread_status_turns_out_error(
-        cli: Callable[..., Result], tmp_path: Path) -> None:
+        cli: Callable[..., Result], tmp_path: Path, unread_api: tuple[Any, dict[str, str]]
+) -> None:
     """`run` of another file reads the status an earlier run could not: Amili has it in
     error, so this run exits 1 (its own row completed) and says which row, where."""
-    from doc_server import DocServer, Variant
+    server, env = unread_api
+    first = write_csv(tmp_path / "payments-a.csv",
+                      [[CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "A1"]])
+    cli(["run", str(first), "--report-dir", str(tmp_path / "r1")], env=env)
+    server.state.variant.fail_gets = 0
+    server.records[0]["status"] = "error"
+    other = write_csv(tmp_path / "payments-b.csv",
+                      [[CREDITOR, OPEN_CASE.id, "", "SEK", "20", BANK_DATE, "B1"]])
+    result = cli(["run", str(other), "--report-dir", str(tmp_path / "r2")],
+                 expect=ExitCode.ROWS_IN_ERROR, env=env)
+    report = json.loads((tmp_path / "r2" / "report.json").read_text(encoding="utf-8"))
+    assert report["totals"] == {"completed": 1}
+    assert [(r["file"], r["row"], r["status"]) for r in report["earlier_rows"]] == [
+        ("payments-a.csv", 2, "error")]
+    assert ("earlier runs: 1 of their row(s) looked up again: 1 error (api_error); "
+            "listed under earlier_rows in report.json") in result.stderr
+    assert "  in error in Amili: run " in result.stderr
+    assert "file payments-a.csv, row 2: Amili: error; status read in run" in result.stderr
+    with Journal(tmp_path / "state") as journal:  # the runs' own exit codes
+        assert [r.exit_code for r in journal.runs()] == [0, 0]
+    import openpyxl
 
-    server = DocServer(Variant(fail_gets=503))
-    try:
-        quick = tmp_path / "quick.toml"
-        quick.write_text("backoff_base = 0.01\nbackoff_max = 0.02\n", encoding="utf-8")
-        env = {"AMILI_API_URL": server.url, "AMILI_ACCESS_TOKEN": TOKEN,
-               "AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": str(quick)}
-        first = write_csv(tmp_path / "payments-a.csv",
-                          [[CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "A1"]])
-        cli(["run", str(first), "--report-dir", str(tmp_path / "r1")], env=env)
-        server.state.variant.fail_gets = 0
-        server.records[0]["status"] = "error"
-        other = write_csv(tmp_path / "payments-b.csv",
-                          [[CREDITOR, OPEN_CASE.id, "", "SEK", "20", BANK_DATE, "B1"]])
-        result = cli(["run", str(other), "--report-dir", str(tmp_path / "r2")],
-                     expect=ExitCode.ROWS_IN_ERROR, env=env)
-        report = json.loads((tmp_path / "r2" / "report.json").read_text(encoding="utf-8"))
-        assert report["totals"] == {"completed": 1}
-        assert [(r["file"], r["row"], r["status"]) for r in report["earlier_rows"]] == [
-            ("payments-a.csv", 2, "error")]
-        assert ("earlier runs: 1 of their row(s) looked up again: 1 error (api_error); "
-                "listed under earlier_rows in report.json") in result.stderr
-        assert "  in error in Amili: run " in result.stderr
-        assert "file payments-a.csv, row 2: Amili: error; status read in run" in result.stderr
-        with Journal(tmp_path / "state") as journal:  # the runs' own exit codes
-            assert [r.exit_code for r in journal.runs()] == [0, 0]
-        import openpyxl
-
-        sheet = openpyxl.load_workbook(tmp_path / "r2" / "report.xlsx")["Summary"]
-        cells = [[c for c in row if c is not None] for row in sheet.iter_rows(values_only=True)]
-        at = cells.index(["Rows of earlier runs looked up again (not rows of these files)"])
-        assert cells[at + 1] == ["Run", "File", "Sheet", "Row", "Status", "Reason", "Message"]
-        assert cells[at + 2][1:5] == ["payments-a.csv", 2, "error", "api_error"]
-        log = (tmp_path / "r2" / "run.log").read_text(encoding="utf-8").splitlines()
-        [finish] = [json.loads(line) for line in log if '"run.finish"' in line]
-        assert (finish["exit_code"], finish["process_exit_code"]) == (0, 1)
-    finally:
-        server.close()
+    sheet = openpyxl.load_workbook(tmp_path / "r2" / "report.xlsx")["Summary"]
+    cells = [[c for c in row if c is not None] for row in sheet.iter_rows(values_only=True)]
+    at = cells.index(["Rows of earlier runs looked up again (not rows of these files)"])
+    assert cells[at + 1] == ["Run", "File", "Sheet", "Row", "Status", "Reason", "Message"]
+    assert cells[at + 2][1:5] == ["payments-a.csv", 2, "error", "api_error"]
+    log = (tmp_path / "r2" / "run.log").read_text(encoding="utf-8").splitlines()
+    [finish] = [json.loads(line) for line in log if '"run.finish"' in line]
+    assert (finish["exit_code"], finish["process_exit_code"]) == (0, 1)
 
 
-def test_an_earlier_rows_error_survives_a_run_killed_before_its_report(tmp_path: Path) -> None:
+def test_an_earlier_rows_error_survives_a_run_killed_before_its_report(
+        tmp_path: Path, unread_api: tuple[Any, dict[str, str]]) -> None:
     """Night two is SIGKILLed while its own POST hangs, before any report: the status it
     would have read is still unread in the journal, so night three reads it, reports it
     and exits 1. Nothing is posted twice."""
-    from doc_server import DocServer, Variant
+    server, env = unread_api
+    env = {**os.environ, **env}
+    exe = str(Path(sys.executable).parent / "amili-import")
 
-    server = DocServer(Variant(fail_gets=503))
-    try:
-        quick = tmp_path / "quick.toml"
-        quick.write_text("backoff_base = 0.01\nbackoff_max = 0.02\n", encoding="utf-8")
-        env = {**os.environ, "AMILI_API_URL": server.url, "AMILI_ACCESS_TOKEN": TOKEN,
-               "AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": str(quick)}
-        exe = str(Path(sys.executable).parent / "amili-import")
+    def night(name: str, amount: str) -> list[str]:
+        path = write_csv(tmp_path / f"payments-{name}.csv",
+                         [[CREDITOR, OPEN_CASE.id, "", "SEK", amount, BANK_DATE, name]])
+        return [exe, "run", str(path), "--report-dir", str(tmp_path / name)]
 
-        def night(name: str, amount: str) -> list[str]:
-            path = write_csv(tmp_path / f"payments-{name}.csv",
-                             [[CREDITOR, OPEN_CASE.id, "", "SEK", amount, BANK_DATE, name]])
-            return [exe, "run", str(path), "--report-dir", str(tmp_path / name)]
-
-        assert subprocess.run(night("a", "10"), env=env, capture_output=True).returncode == 0
-        server.state.variant.fail_gets = 0
-        server.records[0]["status"] = "error"
-        server.state.variant.lose = ["slow"]
-        server.state.variant.slow_seconds = 30
-        killed = subprocess.Popen(night("b", "20"), env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while server.state.posts < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        killed.kill()
-        killed.wait()
-        server.state.variant.lose = []
-        third = subprocess.run(night("c", "30"), env=env, capture_output=True, text=True)
-        assert third.returncode == ExitCode.ROWS_IN_ERROR, third.stderr
-        report = json.loads((tmp_path / "c" / "report.json").read_text(encoding="utf-8"))
-        assert [(r["file"], r["status"], r["reason"]) for r in report["earlier_rows"]
-                if r["file"] == "payments-a.csv"] == [("payments-a.csv", "error", "api_error")]
-        assert len(server.records) == 3
-    finally:
-        server.close()
+    assert subprocess.run(night("a", "10"), env=env, capture_output=True).returncode == 0
+    server.state.variant.fail_gets = 0
+    server.records[0]["status"] = "error"
+    server.state.variant.lose = ["slow"]
+    server.state.variant.slow_seconds = 30
+    killed = subprocess.Popen(night("b", "20"), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while server.state.posts < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    killed.kill()
+    killed.wait()
+    server.state.variant.lose = []
+    third = subprocess.run(night("c", "30"), env=env, capture_output=True, text=True)
+    assert third.returncode == ExitCode.ROWS_IN_ERROR, third.stderr
+    report = json.loads((tmp_path / "c" / "report.json").read_text(encoding="utf-8"))
+    assert [(r["file"], r["status"], r["reason"]) for r in report["earlier_rows"]
+            if r["file"] == "payments-a.csv"] == [("payments-a.csv", "error", "api_error")]
+    assert len(server.records) == 3
 
 
 def test_an_earlier_error_is_told_when_another_done_row_is_named_instead(
-        cli: Callable[..., Result], tmp_path: Path) -> None:
+        cli: Callable[..., Result], tmp_path: Path, unread_api: tuple[Any, dict[str, str]]
+) -> None:
     """Run 1 stores row X (status unread); run 2 posts the same row from another file with
     --allow-duplicates; Amili then has run 1's record in error. Run 3 repeats the row: it
     names run 2's row as already posted, so run 1's error is not on any of its rows: it is
     listed under earlier_rows, and run 3 exits 1."""
-    from doc_server import DocServer, Variant
-
-    server = DocServer(Variant(fail_gets=503))
-    try:
-        quick = tmp_path / "quick.toml"
-        quick.write_text("backoff_base = 0.01\nbackoff_max = 0.02\n", encoding="utf-8")
-        env = {"AMILI_API_URL": server.url, "AMILI_ACCESS_TOKEN": TOKEN,
-               "AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": str(quick)}
-        row = [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "X1"]
-        other = [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "B2"]
-        cli(["run", str(write_csv(tmp_path / "payments-a.csv", [row])),
-             "--report-dir", str(tmp_path / "r1")], env=env)
-        cli(["run", str(write_csv(tmp_path / "payments-b.csv", [row, other])),
-             "--allow-duplicates", "--report-dir", str(tmp_path / "r2")], env=env)
-        server.state.variant.fail_gets = 0
-        server.records[0]["status"] = "error"
-        server.records[0]["status_reason_locale"] = "Case closed"
-        new = [CREDITOR, OPEN_CASE.id, "", "SEK", "30", BANK_DATE, "Y1"]
-        cli(["run", str(write_csv(tmp_path / "payments-c.csv", [row, new])),
-             "--report-dir", str(tmp_path / "r3")], expect=ExitCode.ROWS_IN_ERROR, env=env)
-        report = json.loads((tmp_path / "r3" / "report.json").read_text(encoding="utf-8"))
-        in_error = [r for r in report["earlier_rows"] if r["reason"] == "api_error"]
-        assert [(r["file"], r["row"]) for r in in_error] == [("payments-a.csv", 2)]
-        assert "Case closed" in in_error[0]["message"]
-        assert [r["status"] for r in report["rows"]] == ["completed", "completed"]
-        assert len(server.records) == 4
-    finally:
-        server.close()
+    server, env = unread_api
+    row = [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "X1"]
+    other = [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "B2"]
+    cli(["run", str(write_csv(tmp_path / "payments-a.csv", [row])),
+         "--report-dir", str(tmp_path / "r1")], env=env)
+    cli(["run", str(write_csv(tmp_path / "payments-b.csv", [row, other])),
+         "--allow-duplicates", "--report-dir", str(tmp_path / "r2")], env=env)
+    server.state.variant.fail_gets = 0
+    server.records[0]["status"] = "error"
+    server.records[0]["status_reason_locale"] = "Case closed"
+    new = [CREDITOR, OPEN_CASE.id, "", "SEK", "30", BANK_DATE, "Y1"]
+    cli(["run", str(write_csv(tmp_path / "payments-c.csv", [row, new])),
+         "--report-dir", str(tmp_path / "r3")], expect=ExitCode.ROWS_IN_ERROR, env=env)
+    report = json.loads((tmp_path / "r3" / "report.json").read_text(encoding="utf-8"))
+    in_error = [r for r in report["earlier_rows"] if r["reason"] == "api_error"]
+    assert [(r["file"], r["row"]) for r in in_error] == [("payments-a.csv", 2)]
+    assert "Case closed" in in_error[0]["message"]
+    assert [r["status"] for r in report["rows"]] == ["completed", "completed"]
+    assert len(server.records) == 4
