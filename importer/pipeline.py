@@ -544,11 +544,10 @@ def _earlier_row(rec: RowRecord) -> dict[str, Any]:
     """A row of an earlier run whose fate this run learned, for report.json and the log:
     ``status`` as a report gives it (``error`` also for a row found not stored, or still of
     unknown outcome: ``reason`` tells which)."""
-    from importer.journal import COMPLETED, WARNING
+    from importer.post import report_status
 
     return {"run_id": rec.run_id, "file": rec.ref.file_name, "sheet": rec.ref.sheet,
-            "row": rec.ref.row, "kind": rec.kind,
-            "status": rec.state if rec.state in (COMPLETED, WARNING) else "error",
+            "row": rec.ref.row, "kind": rec.kind, "status": report_status(rec.state),
             "reason": rec.reason, "message": rec.message, "amili_id": rec.amili_id}
 
 

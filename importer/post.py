@@ -280,10 +280,12 @@ def post_rows(
         engine.queue_statuses([r for r in unread if not shown(r)], held=True)
         outcomes = engine.post_all(rows)
         if earlier is not None:
+            # Handed over: reconciled rows of other files (a row of these files found absent
+            # is posted now, one found is reported), statuses read after the posting
+            # (journaled later), and statuses read before it that no row of this run's
+            # report ended up naming (`ref_row`: another done row with the fingerprint was
+            # named, or the row was not reached): journaled already, no later run reads them.
             found = {r.id: Learned(r) for r in reconciled if not shown(r)}
-            # A status read before the posting that no row of this run's report ended up
-            # showing (another row with the fingerprint was named instead, or the row was not
-            # reached) is listed too: it is journaled already, and no later run reads it.
             named = journal.referenced(run_id)
             found.update((rec.id, Learned(rec)) for row_id, outcome in engine.read_early
                          if outcome.reason != "status_unknown" and row_id not in named
@@ -1500,8 +1502,14 @@ def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any],
 # --- helpers -----------------------------------------------------------------------------------
 
 
+def report_status(state: str) -> str:
+    """The report's status for a journal state: completed, warning or error (a row not
+    stored, or of unknown outcome, is an error with its reason)."""
+    return state if state in KNOWN_STATUSES else ERROR
+
+
 def _outcome(index: int, s: Settlement, *, posted: bool, journal_id: int | None = None) -> Outcome:
-    status = s.state if s.state in KNOWN_STATUSES else ERROR
+    status = report_status(s.state)
     return Outcome(
         index=index, status=status, reason=s.reason, message=s.message or "",
         retryable=s.retryable, amili_id=s.amili_id, settled_amount=s.settled_amount,

@@ -132,9 +132,15 @@ def _sheet_parts(path: Path) -> dict[str, str]:
         rel = next((v for k, v in sheet.attrib.items() if k.endswith("}id")), None)
         if sheet.tag.endswith("}sheet") and rel in targets:
             target = targets[rel]  # r:id in the Transitional or the Strict namespace
-            parts[sheet.get("name", "")] = (target.lstrip("/") if target.startswith("/")
-                                            else "xl/" + target)
+            parts[sheet.get("name", "")] = _part_name("xl", target)
     return parts
+
+
+def _part_name(folder: str, target: str) -> str:
+    """A relationship's target as a part name in the zip: absolute (``/xl/...``), or relative
+    to the folder of the part whose relationships name it."""
+    return target.lstrip("/") if target.startswith("/") else posixpath.normpath(
+        f"{folder}/{target}")
 
 
 def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
@@ -194,11 +200,8 @@ def _tables_with_totals(archive: zipfile.ZipFile, part: str) -> list[ExcelTable]
     for rel in rels.iter():
         if not (rel.tag.endswith("Relationship") and rel.get("Type", "").endswith("/table")):
             continue
-        target = rel.get("Target", "")
-        name = (target.lstrip("/") if target.startswith("/")
-                else posixpath.normpath(f"{folder}/{target}"))
         try:
-            table = ElementTree.fromstring(archive.read(name))
+            table = ElementTree.fromstring(archive.read(_part_name(folder, rel.get("Target", ""))))
             count = int(table.get("totalsRowCount") or 0)
             ref = _TABLE_REF.match(table.get("ref", ""))
         except (KeyError, ElementTree.ParseError, ValueError):
