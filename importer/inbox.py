@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import structlog
 
@@ -311,13 +311,20 @@ def sidecars_of(name: str, names: set[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+class Wait(NamedTuple):
+    """Why a candidate is not taken yet: a stable code and the text the log shows."""
+
+    code: str  # changing | future_mtime | young | no_sidecar
+    text: str
+
+
 def select_ready(
     first: list[Entry],
     second: list[Entry],
     now: float,
     min_age: float,
     require_sidecar: bool,
-) -> tuple[list[Entry], dict[str, str]]:
+) -> tuple[list[Entry], dict[str, Wait]]:
     """Apply the ready-file rules to two listings taken a moment apart.
 
     Args:
@@ -334,21 +341,22 @@ def select_ready(
     before = {e.name: e for e in first}
     names = {e.name for e in second}
     ready: list[Entry] = []
-    waiting: dict[str, str] = {}
+    waiting: dict[str, Wait] = {}
     for entry in second:
         if not is_candidate(entry.name):
             continue
         earlier = before.get(entry.name)
         if earlier is None or (earlier.size, earlier.mtime) != (entry.size, entry.mtime):
-            waiting[entry.name] = "still being written (changed between two looks)"
+            waiting[entry.name] = Wait("changing", "still being written (changed between two "
+                                                   "looks)")
         elif entry.mtime - now > FUTURE_SLACK:
-            waiting[entry.name] = (
+            waiting[entry.name] = Wait("future_mtime", (
                 f"modified {entry.mtime - now:.0f} s in the future (this host's clock and the "
-                f"uploader's differ?): waits until it is {min_age:g} s old by this clock")
+                f"uploader's differ?): waits until it is {min_age:g} s old by this clock"))
         elif now - entry.mtime < min_age:
-            waiting[entry.name] = f"younger than {min_age:g} s"
+            waiting[entry.name] = Wait("young", f"younger than {min_age:g} s")
         elif require_sidecar and not sidecars_of(entry.name, names):
-            waiting[entry.name] = "no .done/.ok sidecar yet"
+            waiting[entry.name] = Wait("no_sidecar", "no .done/.ok sidecar yet")
         else:
             ready.append(entry)
     ready.sort(key=lambda e: (e.mtime, e.name))
@@ -361,7 +369,7 @@ def scan_ready(
     require_sidecar: bool,
     settle: float,
     now: float | None = None,
-) -> tuple[list[Entry], dict[str, str], set[str]]:
+) -> tuple[list[Entry], dict[str, Wait], set[str]]:
     """List ``folder`` twice, ``settle`` seconds apart, and select the ready files.
 
     Returns:
@@ -473,8 +481,9 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
     )
     summary.waiting = sorted(waiting)
     if waiting:
-        log.info("inbox.waiting", folder=folder.label, files=waiting)
-    future = {name: why for name, why in waiting.items() if "in the future" in why}
+        log.info("inbox.waiting", folder=folder.label,
+                 files={name: wait.text for name, wait in waiting.items()})
+    future = {name: wait.text for name, wait in waiting.items() if wait.code == "future_mtime"}
     if future:  # it may wait for days: say so where the morning reader looks
         log.warning("inbox.future_mtime", folder=folder.label, files=future)
     for position, entry in enumerate(ready):
