@@ -561,7 +561,7 @@ _RFC_CANONICAL = re.compile(
     r"\d{4} \d\d:\d\d:\d\d GMT", re.ASCII)
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _ISO_DATETIME = re.compile(
-    r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?)"
+    r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)"
     r"(?P<tz>Z|[+-]\d{2}:?\d{2})?", re.IGNORECASE | re.ASCII)
 _LOCAL_DATE = re.compile(r"\d{1,4}[/.\-]\d{1,2}[/.\-]\d{1,4}", re.ASCII)
 _DATE_FORMS = ("write RFC 1123 in GMT (Fri, 04 Jul 2025 16:20:41 GMT) or ISO 8601 "
@@ -632,7 +632,9 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
             moment = datetime.fromisoformat(t.upper().replace("Z", "+00:00"))
         except ValueError:
             return None, Problem("invalid_date", f"is not a real date or time; {_DATE_FORMS}")
-        return _utc_naive(moment), None
+        # Any number of fraction digits (.NET and SQL Server write 7), with . or , as ISO
+        # 8601 allows; the API's form holds whole seconds, and so does the moment checked.
+        return _utc_naive(moment).replace(microsecond=0), None
     if _LOCAL_DATE.fullmatch(t):
         return None, Problem("invalid_date", "is not an accepted date form (the order of day "
                              f"and month cannot be told); {_DATE_FORMS}")

@@ -124,12 +124,21 @@ def test_mixed_column_keeps_fast_values_and_reports_the_rest() -> None:
     ("2025-07-04T16:20:41Z", "Fri, 04 Jul 2025 16:20:41 GMT"),
     ("2025-07-04T18:20:41+02:00", "Fri, 04 Jul 2025 16:20:41 GMT"),
     ("2025-07-04 00:30+0100", "Thu, 03 Jul 2025 23:30:00 GMT"),
+    # Any number of fraction digits (.NET's "o" format and SQL Server's datetime2 write 7),
+    # with a decimal point or comma: whole seconds are sent.
+    ("2025-07-04T16:20:41.1234567Z", "Fri, 04 Jul 2025 16:20:41 GMT"),
+    ("2025-07-04T16:20:41.987654321+02:00", "Fri, 04 Jul 2025 14:20:41 GMT"),
+    ("2025-07-04T16:20:41,5Z", "Fri, 04 Jul 2025 16:20:41 GMT"),
 ])
 def test_dates_accepted_and_converted_to_gmt(raw: str, expected: str) -> None:
-    """RFC 1123 (GMT or a numeric offset) and ISO 8601 become RFC 1123 in GMT."""
+    """RFC 1123 (GMT or a numeric offset) and ISO 8601 become RFC 1123 in GMT; the moment
+    checked (future, old) is the one sent, to the second."""
     parsed = normalise.dates(col(raw))
     assert parsed.errors.empty
     assert parsed.values.tolist() == [expected]
+    assert parsed.typed is not None
+    assert parsed.typed.iloc[0] == np.datetime64(
+        datetime.strptime(expected, "%a, %d %b %Y %H:%M:%S GMT"))
 
 
 def test_excel_date_cells() -> None:
