@@ -4,7 +4,9 @@ python-calamine reads cells ~10x faster than openpyxl and gives formulas' cached
 shows an error cell (``#N/A``) and a formula saved without a cached value both as an empty cell.
 Both must reach validation, so the sheet's XML is scanned once, streaming, for ``t="e"`` cells
 and ``<f>`` cells without a ``<v>``; blocks containing neither are skipped with one regex
-test, so an ordinary sheet costs one decompression pass.
+test, so an ordinary sheet costs one decompression pass. A sheet whose rows or cells leave
+out their optional ``r="A1"`` (or quote attributes with ``'``) is parsed again in full, each
+row and cell counted, as calamine places them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from importer.errors import FileRejected
@@ -155,33 +157,103 @@ def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
         the cells calamine shows as empty that must not be read as empty, and what is hidden.
     """
     scan = SheetScan()
-    fixes = scan.fixes
     if part is None:
         return scan
-    with zipfile.ZipFile(path) as archive, archive.open(part) as stream:
+    with zipfile.ZipFile(path) as archive:
         scan.tables = _tables_with_totals(archive, part)
-        carry = b""
-        while True:
-            block = stream.read(XML_BLOCK)
-            data = carry + block
-            carry = b""
-            if block:  # only whole rows are searched; the rest waits for the next block
-                cut = data.rfind(b"row>")
-                if cut < 0:
-                    carry = data
-                    continue
-                carry, data = data[cut + 4:], data[:cut + 4]
-            # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
-            if b"<f" in data or b":f" in data or b't="e"' in data:
-                _fix_cells(data, fixes)
-            if b"hidden=" in data:
-                for match in _HIDDEN_ROW.finditer(data):
-                    number = _ROW_NUMBER.search(match.group(1))
-                    if number:
-                        scan.hidden_rows.add(int(number.group(1)) - 1)
-                scan.hidden_columns = scan.hidden_columns or bool(_HIDDEN_COLS.search(data))
-            if not block:
+        with archive.open(part) as stream:
+            if _scan_blocks(stream, scan):
                 return scan
+        # Rows or cells without r= (optional in ECMA-376, left out by some generators) or
+        # attributes in single quotes: every row and cell is counted instead.
+        scan.fixes.clear()
+        scan.hidden_rows.clear()
+        with archive.open(part) as stream:
+            _scan_by_position(stream, scan)
+    return scan
+
+
+def _scan_blocks(stream: IO[bytes], scan: SheetScan) -> bool:
+    """The fast scan: only blocks that hold a formula, an error cell or a hidden row are
+    searched, and cells and rows are placed by their ``r="A1"`` attribute.
+
+    Returns:
+        False when something found cannot be placed that way (see :func:`_scan_by_position`).
+    """
+    carry = b""
+    while True:
+        block = stream.read(XML_BLOCK)
+        data = carry + block
+        carry = b""
+        if block:  # only whole rows are searched; the rest waits for the next block
+            cut = data.rfind(b"row>")
+            if cut < 0:
+                carry = data
+                continue
+            carry, data = data[cut + 4:], data[:cut + 4]
+        if b"='" in data:  # single-quoted attributes: the regular expressions would miss them
+            return False
+        # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
+        if (b"<f" in data or b":f" in data or b't="e"' in data) and not _fix_cells(
+                data, scan.fixes):
+            return False
+        if b"hidden=" in data:
+            for match in _HIDDEN_ROW.finditer(data):
+                number = _ROW_NUMBER.search(match.group(1))
+                if number is None:
+                    return False
+                scan.hidden_rows.add(int(number.group(1)) - 1)
+            scan.hidden_columns = scan.hidden_columns or bool(_HIDDEN_COLS.search(data))
+        if not block:
+            return True
+
+
+def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
+    """The full scan: every row and cell parsed and counted. A row without ``r`` follows the
+    row before it, a cell without ``r`` the cell before it in its row (as Excel and calamine
+    read them)."""
+    row = column = -1
+    for event, element in ElementTree.iterparse(stream, events=("start", "end")):
+        tag = element.tag.rpartition("}")[2]
+        if event == "start":
+            if tag == "row":
+                number = element.get("r")
+                row = int(number) - 1 if number and number.isdigit() else row + 1
+                column = -1
+                if element.get("hidden") in ("1", "true"):
+                    scan.hidden_rows.add(row)
+            elif tag == "c":
+                ref = _REF.fullmatch(f'r="{element.get("r", "")}"'.encode())
+                column = _column_index(ref.group(1)) if ref else column + 1
+            elif tag == "col" and element.get("hidden") in ("1", "true"):
+                scan.hidden_columns = True
+            continue
+        if tag == "c":
+            children = {child.tag.rpartition("}")[2]: child for child in element}
+            value_tag = children.get("v")
+            fix = _cell_fix(element.get("t", "n"), "f" in children,
+                            None if value_tag is None else value_tag.text or "")
+            if fix is not None:
+                scan.fixes.setdefault(row, []).append((column, fix))
+            element.clear()
+        elif tag == "row":
+            element.clear()
+
+
+def _cell_fix(cell_type: str, formula: bool, value: str | None) -> str | None:
+    """What a cell calamine shows as empty really holds: its error text (``#N/A``), the
+    formula-without-value marker, or None (calamine's value stands).
+
+    Args:
+        cell_type: the ``t`` attribute (``n`` when absent).
+        formula: whether the cell has an ``<f>``.
+        value: the ``<v>`` text, ``""`` for an empty one, None for none at all.
+    """
+    if cell_type == "e" and value:
+        return value.strip()
+    if formula and (value is None or (not value and cell_type != "str")):
+        return FORMULA_WITHOUT_VALUE
+    return None
 
 
 _TABLE_REF = re.compile(r"^\$?([A-Z]{1,3})\$?(\d+):\$?([A-Z]{1,3})\$?(\d+)$")
@@ -218,7 +290,9 @@ def _tables_with_totals(archive: zipfile.ZipFile, part: str) -> list[ExcelTable]
     return found
 
 
-def _fix_cells(data: bytes, fixes: Fixes) -> None:
+def _fix_cells(data: bytes, fixes: Fixes) -> bool:
+    """Collect the fixes of the cells in ``data``; False when one cannot be placed (no
+    ``r``)."""
     for match in _CELL.finditer(data):
         attrs, inner = match.group(1), match.group(2) or b""
         kind = _TYPE.search(attrs)
@@ -226,18 +300,16 @@ def _fix_cells(data: bytes, fixes: Fixes) -> None:
         formula = _FORMULA.search(inner) is not None
         if cell_type != b"e" and not formula:
             continue
-        ref = _REF.search(attrs)
-        if ref is None:  # no reference: cannot be placed; calamine's value stands
-            continue
         value_tag = _VALUE.search(inner)
-        value = value_tag.group(1) if value_tag else None
-        if cell_type == b"e" and value:
-            fix: str = value.decode("utf-8", "replace").strip()
-        elif formula and (value_tag is None or (not value and cell_type != b"str")):
-            fix = FORMULA_WITHOUT_VALUE
-        else:
+        fix = _cell_fix(cell_type.decode("ascii"), formula, None if value_tag is None else
+                        (value_tag.group(1) or b"").decode("utf-8", "replace"))
+        if fix is None:
             continue
+        ref = _REF.search(attrs)
+        if ref is None:
+            return False
         fixes.setdefault(int(ref.group(2)) - 1, []).append((_column_index(ref.group(1)), fix))
+    return True
 
 
 def _workbook(path: Path) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -436,3 +437,71 @@ def test_a_total_row_of_a_table_beside_the_data_skips_nothing(tmp_path: Path) ->
     info, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
     assert [r["Invoice Number"] for r in rows(table)] == [f"INV-{n}" for n in range(1, 6)]
     assert not any("Total Row" in n for n in info.notes)
+
+
+def _irregular_workbook(tmp_path: Path) -> Path:
+    """Row 2: a formula without a saved value and an error cell; row 3: hidden; row 4: plain."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER)
+    ws.append([CRED, "#N/A", "SEK", "=2*50", dt.date(2025, 7, 1)])
+    ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
+    ws.append([CRED, "C", "SEK", 8, dt.date(2025, 7, 1)])
+    ws.row_dimensions[3].hidden = True
+    ws.column_dimensions["E"].hidden = True
+    return save(wb, tmp_path, "payments.xlsx")
+
+
+def _read_back(path: Path) -> tuple[list[Any], list[str]]:
+    from importer.read import HIDDEN
+
+    info, (table,) = open_file(path, ReadOptions())
+    got = rows(table)
+    return ([(r["_row"], r["Invoice Number"], r["Amount"], bool(r.get(HIDDEN))) for r in got],
+            info.notes)
+
+
+@pytest.mark.parametrize("change", [
+    # ECMA-376 makes r= optional on rows and cells: a row follows the one before, a cell the
+    # cell before (OpenXML SDK code without CellReference writes such files).
+    pytest.param(lambda xml: re.sub(r'(<row|<c) r="[A-Z]*\d+"', r"\1", xml),
+                 id="no-cell-references"),
+    pytest.param(lambda xml: re.sub(r'(\w+)="([^"]*)"', r"\1='\2'", xml),
+                 id="single-quoted-attributes"),
+])
+def test_sheets_written_without_cell_references_read_the_same(tmp_path: Path,
+                                                                change: Any) -> None:
+    """A sheet whose XML leaves out the optional r= attributes, or quotes its attributes with
+    ', still shows its formulas without a value, its error cells and its hidden rows: they
+    are found by counting rows and cells, and read as from the usual file."""
+    plain = _irregular_workbook(tmp_path)
+    other = _rewrite(plain, tmp_path / "payments-other.xlsx",
+                     lambda name, text: change(text) if "worksheets/sheet" in name else text)
+    with zipfile.ZipFile(other) as z:
+        xml = z.read("xl/worksheets/sheet1.xml").decode()
+    rows_xml = xml.split("<sheetData>")[1].split("</sheetData>")[0]
+    assert 'r="' not in rows_xml  # the change really happened
+    expected, notes = _read_back(plain)
+    assert expected == [(2, "#N/A", FORMULA_WITHOUT_VALUE, False), (3, "B", 7, True),
+                        (4, "C", 8, False)]
+    got, other_notes = _read_back(other)
+    assert got == expected
+    assert [n for n in other_notes if "hidden" in n] == [n for n in notes if "hidden" in n]
+    assert any("some columns are hidden" in n for n in other_notes)
+
+
+def test_both_sheet_scans_agree_on_a_usual_sheet(tmp_path: Path) -> None:
+    """The full scan (every row and cell counted) finds what the fast one finds."""
+    from importer.read_xlsx import SheetScan, _scan_blocks, _scan_by_position
+
+    path = _irregular_workbook(tmp_path)
+    fast, full = SheetScan(), SheetScan()
+    with zipfile.ZipFile(path) as z:
+        with z.open("xl/worksheets/sheet1.xml") as stream:
+            assert _scan_blocks(stream, fast)
+        with z.open("xl/worksheets/sheet1.xml") as stream:
+            _scan_by_position(stream, full)
+    assert fast.fixes == full.fixes == {1: [(1, "#N/A"), (3, FORMULA_WITHOUT_VALUE)]}
+    assert fast.hidden_rows == full.hidden_rows == {2}
+    assert fast.hidden_columns and full.hidden_columns
