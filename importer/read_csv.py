@@ -114,9 +114,7 @@ def _detect_encoding(path: Path, forced: str | None) -> tuple[str, int, str, lis
                 raise FileRejected(name, "this is an Excel workbook (zip), not a CSV: "
                                          "give it the .xlsx extension")
             if b"\x00" in block:
-                raise FileRejected(name, "the file holds NUL bytes: it looks like UTF-16 "
-                                         "without a byte-order mark; save it as CSV UTF-8 or "
-                                         "pass --encoding utf-16-le")
+                raise FileRejected(name, _nul_message(block))
             codec = read_as = "utf-8"
         decoder = codecs.getincrementaldecoder(codec)("strict")
         base = 0  # offset of the first byte the decoder holds (pending bytes included)
@@ -372,6 +370,18 @@ def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str, widt
             if value.startswith(_INERT):
                 values[i] = value[1:]
     return values
+
+
+def _nul_message(block: bytes) -> str:
+    """Why a file holding NUL bytes is not read: UTF-16 text (one NUL beside every ASCII
+    character) or, for a few, a damaged or binary file, named by the first one's place."""
+    if block.count(b"\x00") * 4 >= len(block):
+        return ("the file holds NUL bytes: it looks like UTF-16 without a byte-order mark; "
+                "save it as CSV UTF-8 or pass --encoding utf-16-le")
+    at = block.index(b"\x00")
+    line = block.count(b"\n", 0, at) + 1
+    return (f"byte {at} (line {line}) is a NUL byte, which no CSV text holds: the file is "
+            "damaged or not a CSV export; export it again")
 
 
 def _too_many(row: int, cells: int, columns: int, header_row: int) -> str:

@@ -155,6 +155,20 @@ def test_utf16_forced_on_a_file_without_bom_is_rejected_not_a_crash(tmp_path: Pa
     assert rows(table) == [{"creditor": CRED, "case": CRED, "_row": 2}]
 
 
+def test_nul_bytes_say_utf16_or_name_the_stray_byte(tmp_path: Path) -> None:
+    """UTF-16 without a byte-order mark (a NUL beside every ASCII character) is named as
+    such; a single NUL in a UTF-8 file is a damaged file, named by its byte and line."""
+    utf16 = write(tmp_path, "cancellations.csv", f"creditor,case\n{CRED},{CRED}\n".encode(
+        "utf-16-le"))
+    with pytest.raises(FileRejected, match="looks like UTF-16 without a byte-order mark"):
+        read(utf16)
+    text = f"creditor,case\n{CRED},{CRED}\n{CRED},{CRED}\x00\n".encode()
+    stray = write(tmp_path, "cancellations-2.csv", text)
+    with pytest.raises(FileRejected, match=rf"cancellations-2.csv.*byte {text.index(0)} "
+                                           r"\(line 3\) is a NUL byte"):
+        read(stray)
+
+
 def test_kind_override_and_unknown_name(tmp_path: Path) -> None:
     """--kind decides the kind; a name that tells no kind is rejected with the naming hint."""
     path = write(tmp_path, "export.csv", f"{HEADER}\n{CRED},A,SEK,1,d\n")
