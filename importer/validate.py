@@ -104,6 +104,19 @@ _OLD_AFTER = timedelta(days=365)
 _ORDER = {name: i for i, name in enumerate((*API_COLUMNS, "account"))}
 
 
+# Why two rows are one (a duplicate_row message's tail), in each kind's own fields.
+_DUPLICATE_WHY = {
+    "payments": " (creditor, case or invoice number, amount, dates and payment reference are "
+                "all equal); this row is not posted: delete it, or tell the two apart with a "
+                "creditor_payment_reference",
+    "creditings": " (creditor, case or invoice number, amount, credit invoice, date and "
+                  "reference are all equal); this row is not posted: delete it, or tell the "
+                  "two apart with a creditor_reference",
+    "cancellations": " (creditor and case or invoice number are equal: the case is cancelled "
+                     "once); this row is not posted: delete it",
+}
+
+
 @dataclass(frozen=True)
 class Rule:
     """What a named check means for the user: reason code, severity and message text."""
@@ -660,11 +673,10 @@ class Checker:
         if not len(dup):
             return
         names = seen.sheet_names
+        why = _DUPLICATE_WHY[self.kind.name]
         texts = [f"same as row {int(r)}"
                  + ("" if names[int(k)] is None else f" of sheet {names[int(k)]}")
-                 + " (kind, creditor, case or invoice number, amount, dates and reference are "
-                 "all equal); this row is not posted: delete it, or tell the two apart with a "
-                 "reference" for r, k in zip(first_of[dup], sheet_of[dup], strict=True)]
+                 + why for r, k in zip(first_of[dup], sheet_of[dup], strict=True)]
         issues.add(ok[dup], len(_ORDER) + 1, ERROR, ["duplicate_row"] * len(dup), texts)
 
     # -- the report frame ------------------------------------------------------------------------

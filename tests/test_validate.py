@@ -257,6 +257,22 @@ def test_duplicate_within_one_chunk_and_error_rows_ignored() -> None:
     assert out["message"][3].startswith("same as row 4 ")
 
 
+def test_duplicate_messages_name_each_kinds_own_fields() -> None:
+    """A duplicate's message names the fields that kind compares and how to tell rows apart:
+    a cancellation has no amount or reference, so it says the case is cancelled once."""
+    cancel = check([{"creditor": CREDITOR, "case": CASE}] * 2, fields=("creditor", "case"),
+                   kind=CANCELLATIONS)
+    assert cancel["reason"].tolist() == [None, "duplicate_row"]
+    assert "the case is cancelled once" in cancel["message"][1]
+    assert "amount" not in cancel["message"][1] and "reference" not in cancel["message"][1]
+    credit_fields = ("creditor", "invoice_number", "currency", "amount", "creditor_reference")
+    credit = check([{"creditor": CREDITOR, "invoice_number": "1", "currency": "SEK",
+                     "amount": "5"}] * 2, fields=credit_fields, kind=CREDITINGS)
+    assert credit["message"][1].endswith("tell the two apart with a creditor_reference")
+    pay = check([payment(), payment()])
+    assert pay["message"][1].endswith("tell the two apart with a creditor_payment_reference")
+
+
 def test_excel_cells() -> None:
     """Workbook cells: numbers, dates, a formula without value and an error value."""
     tab = table(PAYMENTS, ("creditor", "invoice_number", "currency", "amount",
