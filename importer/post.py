@@ -97,6 +97,9 @@ if TYPE_CHECKING:
 KNOWN_STATUSES = (COMPLETED, WARNING, ERROR)
 # Ids per status read-back query: Eve's max_results ceiling, so one page normally holds them.
 STATUS_BATCH = 100
+# Pauses (seconds) before this run's own statuses still unknown after the read-back are read
+# again (see _Engine._read_statuses): 7 s at most, and only when some are unknown.
+STATUS_REREAD_PAUSES = (1.0, 2.0, 4.0)
 # Pages a read-back follows (up to 20 000 records at 100 a page, 5 000 where pages are capped at
 # 25): a case with many payments without a reference must still be read whole, or the row
 # would stay "unknown" run after run. Reading stops at the last page, so this costs only there.
@@ -924,6 +927,25 @@ class _Engine:
             todo = [item for item in todo if item.held is None]
         if not todo:
             return
+        self.log.info("post.statuses_read", rows=len(todo), queries=self._read_round(todo))
+        # This run's own rows whose status is still unknown (a backend that sets it a moment
+        # after storing, or whose reads lag its writes) are read again after short pauses,
+        # so that an error shows tonight, not at the next run: at most STATUS_REREAD_PAUSES
+        # in all, and never longer than settle_seconds.
+        waited = 0.0
+        for pause in STATUS_REREAD_PAUSES:
+            pause = min(pause, self.config.settle_seconds - waited)
+            again = [item for item in todo if item.held is None and not item.earlier
+                     and item.outcome.reason == "status_unknown"]
+            if not again or pause <= 0 or self._reads_down is not None \
+                    or self.stop.wait(pause):
+                return
+            waited += pause
+            self.log.info("post.statuses_read_again", rows=len(again), after_seconds=waited,
+                          queries=self._read_round(again))
+
+    def _read_round(self, todo: list[_StatusTodo]) -> int:
+        """Read the statuses of ``todo`` once, in parallel batches; returns the queries."""
         by_kind: dict[str, list[_StatusTodo]] = {}
         for item in todo:
             by_kind.setdefault(item.kind.name, []).append(item)
@@ -933,7 +955,7 @@ class _Engine:
         with ThreadPoolExecutor(workers, thread_name_prefix="status") as pool:
             for future in [pool.submit(self._read_status_batch, batch) for batch in batches]:
                 future.result()
-        self.log.info("post.statuses_read", rows=len(todo), queries=len(batches))
+        return len(batches)
 
     def _read_status_batch(self, batch: list[_StatusTodo]) -> None:
         found: dict[str, dict[str, Any]] = {}

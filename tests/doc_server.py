@@ -49,6 +49,7 @@ class Variant:
     fail_lists: int = 0  # the same for list reads only (GET /<resource>?where=...)
     ignore_where: bool = False  # list reads answer every record of the collection
     drop_invoice: bool = False  # records keep no invoice_number (only what the case shows)
+    status_after: float = 0.0  # reads show a record's status only this many seconds after it
 
 
 class _State:
@@ -95,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 2:  # one record by id: always whole
             found = [r for r in self.state.records if r["_id"] == parts[1]]
             if found:
-                return self._send(200, _public(found[0]))
+                return self._send(200, _public(found[0], v))
             return self._send(404, {"_status": "ERR", "_error": {"code": 404,
                                                                  "message": "Not Found"}})
         if v.fail_lists:
@@ -108,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
                      else r.get(k) == w for k, w in where.items()))]
         page = int(query.get("page", 1))
         size = min(int(query.get("max_results", 25)), v.page_cap)
-        chunk = [_public(r) for r in items[(page - 1) * size:page * size]]
+        chunk = [_public(r, v) for r in items[(page - 1) * size:page * size]]
         if v.projection is not None:
             chunk = [{k: x for k, x in r.items() if k in v.projection or k.startswith("_")}
                      for r in chunk]
@@ -133,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             rid = format(next(self.state.ids), "x")
             record = {**body, "_id": rid, "_created": _stamp(now, v), "_updated": _stamp(now, v),
                       "_resource": self.path.strip("/"), "status": v.status,
-                      "_payment_status": v.status}
+                      "_payment_status": v.status, "_stored_at": time.monotonic()}
             for name in ("bank_transaction_date", "client_registration_date"):
                 if name in record:
                     record[name] = _stamp(record[name], v)
@@ -170,8 +171,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(201, answer)
 
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k != "_resource"}
+def _public(record: dict[str, Any], variant: Variant) -> dict[str, Any]:
+    out = {k: v for k, v in record.items() if k not in ("_resource", "_stored_at")}
+    if time.monotonic() - record.get("_stored_at", 0.0) < variant.status_after:
+        out.pop("status", None)  # processed a moment after it was stored
+        out.pop("_payment_status", None)
+    return out
 
 
 class DocServer:

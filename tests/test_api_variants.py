@@ -159,6 +159,33 @@ def test_statuses_are_read_in_batches_without_meta(serve: Any, tmp_path: Path) -
     assert by_id == [] and len(server.gets) == 2  # the ids' page, then an empty one
 
 
+@pytest.mark.parametrize("status", ["completed", "error"])
+def test_a_status_set_a_moment_after_storing_is_read_tonight(serve: Any, tmp_path: Path,
+                                                             status: str) -> None:
+    """Amili sets the status 1.5 s after storing: the first read finds none, the statuses
+    still unknown are read again after short pauses, and the rows end with Amili's status
+    in this run (an error shows tonight, not at the next run)."""
+    server = serve(Variant(status=status, status_after=1.5))
+    rows = [row(body(amount=10.0 + n, ref=f"L-{n}"), n + 2) for n in range(3)]
+    started = time.monotonic()
+    outs = post(server, tmp_path, rows)
+    assert [o.status for o in outs] == [status] * 3
+    assert time.monotonic() - started < 6  # pauses of 1 s and 2 s, not the full 7 s
+    assert server.posts == 3
+
+
+def test_statuses_are_read_again_no_longer_than_the_settle_time(serve: Any,
+                                                                tmp_path: Path) -> None:
+    """With settle_seconds 0.5, the statuses still unknown are read again only within it:
+    the row stays status_unknown (read by the next run) and the run does not wait 7 s."""
+    server = serve(Variant(status_after=30.0))
+    started = time.monotonic()
+    [out] = post(server, tmp_path, [row(body())], settle=0.5)
+    assert (out.status, out.reason) == ("warning", "status_unknown")
+    assert time.monotonic() - started < 3
+    assert len(server.gets) == 2  # the record by id: the first read and one read again
+
+
 def test_a_record_stored_late_is_waited_for_not_posted_twice(serve: Any, tmp_path: Path) -> None:
     """The POST gets a 500 and the backend stores the record a second later: the quick
     read-back finds nothing, but the row is not posted again before its request is settled;
