@@ -213,10 +213,13 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
     row before it, a cell without ``r`` the cell before it in its row (as Excel and calamine
     read them)."""
     row = column = -1
+    rows_parent: ElementTree.Element | None = None
     for event, element in ElementTree.iterparse(stream, events=("start", "end")):
         tag = element.tag.rpartition("}")[2]
         if event == "start":
-            if tag == "row":
+            if tag == "sheetData":
+                rows_parent = element
+            elif tag == "row":
                 number = element.get("r")
                 row = int(number) - 1 if number and number.isdigit() else row + 1
                 column = -1
@@ -238,6 +241,8 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
             element.clear()
         elif tag == "row":
             element.clear()
+            if rows_parent is not None:  # done with: a million rows must not pile up here
+                rows_parent.remove(element)
 
 
 def _cell_fix(cell_type: str, formula: bool, value: str | None) -> str | None:
