@@ -13,14 +13,18 @@ Rules for a ready file (the same for both backends):
   ``settle`` seconds apart (an upload still in progress is left for the next run);
 - with ``require_sidecar``, only when ``<name>.done``/``<name>.ok`` (or ``<stem>.done``/
   ``<stem>.ok``) exists; sidecars always move along with their file.
-Files run oldest first (mtime, then name). After its run a file moves to ``done/`` (exit code 0,
-or content already processed) or ``failed/`` under a timestamped name such as
+Each ready file is read from a copy: downloaded (SFTP) or copied (local) to a staging folder,
+and taken only when it is still the size and mtime it was listed with, so a file rewritten in
+place after the listing is never read half-written. Files run oldest first (mtime, then
+name). After its run a file moves to ``done/`` (exit code 0, or content already processed)
+or ``failed/`` under a timestamped name such as
 ``20261122T010203Z--payments.csv``; an existing name is never overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import sys
@@ -42,12 +46,14 @@ if TYPE_CHECKING:
     from importer.config import Config
 
 LOCK_NAME = ".amili-import.lock"
+STAGING_NAME = ".amili-import.staging"
 SUBFOLDERS = ("done", "failed", "reports")
 SIDECAR_SUFFIXES = (".done", ".ok")
 FUTURE_SLACK = 5.0  # seconds an mtime may lie ahead of this host's clock without a word
 # Names a producer uses while a file is still being written, and files that are not input.
 IGNORED_PREFIXES = (".", "~$")
 IGNORED_SUFFIXES = (".part", ".tmp", ".filepart", *SIDECAR_SUFFIXES)
+COPY_CHUNK = 1 << 20  # bytes read at a time when a local file is copied before its run
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class Fetched:
     """A file made available locally for processing (the file itself, or a downloaded copy)."""
 
     path: Path
-    sha256: str | None = None  # computed while downloading; None for local files
+    sha256: str | None = None  # computed while copying or downloading
 
 
 @dataclass
@@ -263,7 +269,12 @@ class LocalFolder:
         return entries
 
     def prepare(self) -> None:
-        """Create ``done/``, ``failed/`` and ``reports/``."""
+        """Create ``done/``, ``failed/`` and ``reports/``; drop copies a killed run left in
+        the staging folder (this run holds the folder's lock)."""
+        if self.staging.is_dir():
+            for stale in self.staging.iterdir():
+                with contextlib.suppress(OSError):  # not ours to judge: left as it is
+                    self.discard(Fetched(stale))
         for sub in SUBFOLDERS:
             try:
                 (self.directory / sub).mkdir(exist_ok=True)
@@ -272,12 +283,61 @@ class LocalFolder:
                     f"cannot create {self.directory / sub}: {exc.strerror}"
                 ) from None
 
+    @property
+    def staging(self) -> Path:
+        """Where a file is copied before it is read (``DIR/.amili-import.staging``: a dot
+        name, so never input itself, beside the lock)."""
+        return self.directory / STAGING_NAME
+
     def fetch(self, entry: Entry) -> Fetched:
-        """The file itself: it is processed in place."""
-        return Fetched(self.directory / entry.name)
+        """Copy ``entry`` to :attr:`staging` and check that it is still the file listed.
+
+        The run reads the copy: an exporter that rewrites the file in place after the listing
+        cannot hand the run half a file (a cut last row would be posted, then its whole
+        version the next night). The copy is taken only when the file's size and mtime,
+        before and after the copy, are those of the listing.
+
+        Raises:
+            ChangedWhileFetching: the file is not the one that was listed any more.
+        """
+        self.staging.mkdir(parents=True, exist_ok=True)
+        local = self.staging / entry.name
+        part = self.staging / (entry.name + ".part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            # O_NOFOLLOW: a symlink put in the file's place is not followed elsewhere.
+            with open(self.directory / entry.name, "rb",
+                      opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW)
+                      ) as source, part.open("wb") as target:
+                before = os.fstat(source.fileno())
+                while chunk := source.read(COPY_CHUNK):
+                    digest.update(chunk)
+                    target.write(chunk)
+                    size += len(chunk)
+                after = os.fstat(source.fileno())
+        except FileNotFoundError:
+            self.discard(Fetched(part))
+            raise ChangedWhileFetching("it is gone since it was listed") from None
+        except BaseException:
+            self.discard(Fetched(part))
+            raise
+        listed = (entry.size, entry.mtime)
+        if size != entry.size or (before.st_size, before.st_mtime) != listed \
+                or (after.st_size, after.st_mtime) != listed:
+            self.discard(Fetched(part))
+            raise ChangedWhileFetching(
+                f"listed with {entry.size} bytes, read {size}, now {after.st_size} "
+                "(rewritten since it was listed)")
+        os.replace(part, local)
+        return Fetched(local, digest.hexdigest())
 
     def discard(self, fetched: Fetched) -> None:
-        """Nothing to drop: no copy was made."""
+        """Remove the copy (the original stays in the folder, done/ or failed/), and the
+        staging folder with it when it is empty: the drop folder keeps only what it had."""
+        fetched.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.staging.rmdir()
 
     def exists(self, sub: str, name: str) -> bool:
         """Whether ``sub/name`` exists (a dangling symlink counts)."""
@@ -530,6 +590,18 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
 def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: ProcessOne,
                log: Any) -> FileOutcome | None:
     """One file: fetch, process, archive, publish. None: left for the next run."""
+    copies: list[Fetched] = []
+    try:
+        return _drain_fetched(folder, entry, sidecars, process_one, log, copies)
+    except BaseException:  # a stop (Ctrl-C, SIGTERM's exit) leaves no copy behind
+        for fetched in copies:
+            _discard(folder, fetched)
+        raise
+
+
+def _drain_fetched(folder: Folder, entry: Entry, sidecars: list[str], process_one: ProcessOne,
+                   log: Any, copies: list[Fetched]) -> FileOutcome | None:
+    """:func:`_drain_one`'s work; the local copy it makes is added to ``copies``."""
     run_id = new_run_id()
     outcome = FileOutcome(entry.name, run_id, ExitCode.CANNOT_RUN)
     fetched: Fetched | None = None
@@ -543,6 +615,7 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
     outcome.report_dir = report_dir
     try:
         fetched = folder.fetch(entry)
+        copies.append(fetched)
         outcome.sha256 = fetched.sha256
         result = process_one(fetched.path, report_dir)
     except ChangedWhileFetching as exc:

@@ -484,7 +484,7 @@ def test_file_that_cannot_be_moved_is_an_error(tmp_path: Path) -> None:
 
     def vanish(path: Path, report_dir: Path) -> InboxFileResult:
         result = run(path, report_dir)
-        path.unlink()
+        (tmp_path / path.name).unlink()  # the file in the folder (the run reads a copy)
         return result
 
     summary = process_inbox(tmp_path, FAST, vanish)
@@ -502,7 +502,8 @@ def test_file_changed_while_processed_stays_in_place(tmp_path: Path) -> None:
 
     def rewrite(path: Path, report_dir: Path) -> InboxFileResult:
         result = run(path, report_dir)
-        path.write_text("good, and three new rows", encoding="utf-8")
+        # The file in the folder: the run reads a copy, taken as listed.
+        (tmp_path / path.name).write_text("good, and three new rows", encoding="utf-8")
         return result
 
     summary = process_inbox(tmp_path, FAST, rewrite)

@@ -310,3 +310,46 @@ def test_a_status_left_unread_one_night_is_settled_by_the_next(
     shown = cli(["show", str(night1["run_id"])], env=env).output
     assert "posting  1 error " in shown, shown  # the journal's state of its row now
     assert server.posts == 2
+
+
+def test_a_file_rewritten_in_place_after_the_listing_is_never_read_half_written(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox,
+        monkeypatch: Any) -> None:
+    """The exporter rewrites a listed file in place (its next export, same name) while the
+    drain works on an earlier file, and is 4 bytes short when the drain reaches it. The drain
+    copies a file before reading it and takes the copy only when it is still the file listed:
+    nothing of the half-written file is posted (its cut last row would be, then the whole row
+    the next night: one payment twice). The next night posts the finished export once.
+    (helper-42)"""
+    from importer.inbox import LocalFolder
+
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    env = env_for(sandbox, tmp_path / "state")
+    target = aged(write_csv(inbox / "payments-2.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "5", BANK_DATE, "OLD-1"]]))
+    export = write_csv(tmp_path / "export.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "7", BANK_DATE, f"NEWREF-{i:03d}"] for i in range(3)])
+    text = export.read_text(encoding="utf-8")
+    real_fetch = LocalFolder.fetch
+
+    def exporter_mid_write(self: LocalFolder, entry: Any) -> Any:
+        target.write_text(text[:-4], encoding="utf-8")
+        return real_fetch(self, entry)
+
+    staging = inbox / ".amili-import.staging"
+    staging.mkdir()
+    (staging / "payments-1.csv").write_text("a copy a killed drain left", encoding="utf-8")
+    monkeypatch.setattr(LocalFolder, "fetch", exporter_mid_write)
+    cli(["inbox", str(inbox), "--min-age", "1"], env=env)
+    assert sandbox.state.records("creditor--payments") == []
+    assert target.exists() and not (inbox / ".amili-import.staging").exists()
+    monkeypatch.setattr(LocalFolder, "fetch", real_fetch)
+    target.write_text(text, encoding="utf-8")
+    aged(target)
+    cli(["inbox", str(inbox), "--min-age", "1"], env=env)
+    refs = sorted(r["creditor_payment_reference"]
+                  for r in sandbox.state.records("creditor--payments"))
+    assert refs == ["NEWREF-000", "NEWREF-001", "NEWREF-002"]
+    assert [p.name for p in (inbox / "done").iterdir()][0].endswith("--payments-2.csv")
+    assert not (inbox / ".amili-import.staging").exists()  # the copies are removed
