@@ -389,7 +389,7 @@ class _Run:
         from importer.post import preview
 
         assert self.journal is not None
-        notes = [(row.index, outcome.reason or "not_posted",
+        notes = [(row.index, outcome.status, outcome.reason or "not_posted",
                   f"would not be posted: {outcome.message}")
                  for row, outcome in zip(plan.rows, preview(plan.rows, self.journal, self.config),
                                          strict=True) if outcome is not None]

@@ -137,12 +137,24 @@ def apply_outcomes(chunks: Sequence[Checked], plan: Plan, outcomes: Iterable[Out
     _write(chunks, updates)
 
 
+_SEVERITY = {"valid": 0, "completed": 0, "warning": 1, "error": 2}
+
+
 def annotate(chunks: Sequence[Checked], plan: Plan,
-             notes: Iterable[tuple[int, str, str]]) -> None:
-    """Set the reason and message of planned rows, given as (index, reason, message); their
-    status stays."""
-    _write(chunks, [(plan.places[index], {"reason": reason, "message": message})
-                    for index, reason, message in notes])
+             notes: Iterable[tuple[int, str, str, str]]) -> None:
+    """Mark the planned rows a dry run would not post, given as (index, the status a real run
+    would report, reason, message): the row's status becomes that one where it is worse
+    (a row Amili holds in error is an error, as a real run reports it), and stays otherwise
+    (``valid`` or ``warning``, the dry run's words)."""
+    updates = []
+    for index, status, reason, message in notes:
+        number, position = plan.places[index]
+        current = str(chunks[number].frame["status"].iat[position])
+        if _SEVERITY.get(status, 2) > _SEVERITY.get(current, 2):
+            current = status
+        updates.append(((number, position),
+                        {"status": current, "reason": reason, "message": message}))
+    _write(chunks, updates)
 
 
 def mark_validated(chunks: Sequence[Checked], plan: Plan) -> None:

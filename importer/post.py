@@ -178,7 +178,9 @@ class Outcome:
         status_reason_locale: Amili's locale key for the status, as given.
         http_status: the last HTTP status of this run's POST, None when none was sent.
         attempts: HTTP attempts of this run's POSTs (0 when nothing was sent).
-        posted: whether a POST was sent for the row in this run.
+        posted: whether this run's POST of the row reached Amili: stored, or answered with
+            a verdict (a 422 rejection). A row left ``failed`` (nothing stored: the API was
+            unreachable, busy until the retries ran out, or read back as absent) is not.
         journal_id: the row's journal entry in this run.
     """
 
@@ -642,7 +644,8 @@ class _Engine:
             return outcome
         settlement = self._send(row, journal_id, rlog)
         self.journal.finish(journal_id, settlement)
-        outcome = _outcome(row.index, settlement, posted=True, journal_id=journal_id)
+        outcome = _outcome(row.index, settlement, posted=settlement.state != FAILED,
+                           journal_id=journal_id)
         if isinstance(settlement, _Provisional) and settlement.amili_id:
             with self._progress_lock:
                 self._status_todo.append(_StatusTodo(row.kind, settlement.amili_id, journal_id,

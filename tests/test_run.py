@@ -703,3 +703,43 @@ def test_an_earlier_error_is_told_when_another_done_row_is_named_instead(
     assert "Case closed" in in_error[0]["message"]
     assert [r["status"] for r in report["rows"]] == ["completed", "completed"]
     assert len(server.records) == 4
+
+
+def test_a_dry_run_reports_a_row_amili_holds_in_error_as_the_run_would(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A payment to a closed case is stored by Amili in error. Running the file again reports
+    it error/already_posted with exit 1; its dry run says the same, not `valid` with exit 0.
+    A row posted completed before stays `valid` in the dry run, with its reason."""
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, CLOSED_CASE.id, "", "SEK", "50", BANK_DATE, "P-4"],
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "P-5"]])
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    cli(["run", "--dry-run", str(source), "--report-dir", str(tmp_path / "d")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    rows = report(tmp_path / "d")["rows"]
+    assert [(r["status"], r["reason"]) for r in rows] == [("error", "already_posted"),
+                                                          ("valid", "already_posted")]
+
+
+def test_posted_counts_only_rows_that_reached_amili(cli: Callable[..., Result],
+                                                    tmp_path: Path) -> None:
+    """With the API refusing connections nothing reached Amili: `posted` is 0, not the rows
+    the run tried."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "P-1"],
+        [CREDITOR, "", "INV-OTHER", "SEK", "20", BANK_DATE, "P-2"]])
+    quick = tmp_path / "quick.toml"
+    quick.write_text("backoff_base = 0.01\nbackoff_max = 0.02\n", encoding="utf-8")
+    env = {"AMILI_API_URL": f"http://127.0.0.1:{port}", "AMILI_ACCESS_TOKEN": TOKEN,
+           "AMILI_STATE_DIR": str(tmp_path / "state"), "AMILI_CONFIG": str(quick)}
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r")], expect=ExitCode.CANNOT_RUN,
+        env=env)
+    data = report(tmp_path / "r")
+    assert data["could_not_run"] and data["posted"] == 0
