@@ -607,7 +607,7 @@ class Checker:
             parts = [(self.header[f], chunk[self.header[f]].to_numpy(dtype=object))
                      for f in ("case", "invoice_number") if f in self.header]
             texts = [_safe(", ".join(f"{h}: '{shown(cells[p])}'" for h, cells in parts)
-                           + f" {rule.text}") for p in positions]
+                           + f": {rule.text}") for p in positions]
             issues.add(positions, len(_ORDER), rule.severity, [rule.code] * len(positions),
                        texts)
             return

@@ -100,7 +100,7 @@ def test_all_errors_of_a_row_at_once() -> None:
     assert any(p.startswith("Amount: '1,234.50' mixes comma and point") for p in parts)
     assert any(p.startswith("Bank Transaction Date: '04/07/2025' is not an accepted")
                for p in parts)
-    assert "Case: 'xyz', Invoice Number: '103118' both case and invoice number" in row["message"]
+    assert "Case: 'xyz', Invoice Number: '103118': both case and invoice number" in row["message"]
     assert set(row["reason"].split(",")) <= set(REASONS)
 
 
