@@ -127,15 +127,16 @@ def _write_xlsx(kind: Kind, output: Path) -> None:
         target = ws.cell(row=2, column=j)
         if name in kind.dates:
             value = EXAMPLE_DATE if value else None
-            target.number_format = "yyyy-mm-dd"
-            for r in range(2, VALIDATION_ROWS + 2):  # so typed dates show as dates too
-                ws.cell(row=r, column=j).number_format = "yyyy-mm-dd"
+            number_format = "yyyy-mm-dd"  # so typed dates show as dates too
         elif name == "amount":
             value = float(example[name])
-            for r in range(2, VALIDATION_ROWS + 2):
-                ws.cell(row=r, column=j).number_format = "0.00"
+            number_format = "0.00"
         else:
-            target.number_format = "@"  # text: Excel must not turn ids into numbers
+            # Text down every row the template prepares, not only the example row (which the
+            # user deletes): Excel must not turn ids or 0010045 into numbers.
+            number_format = "@"
+        for r in range(2, VALIDATION_ROWS + 2):
+            ws.cell(row=r, column=j).number_format = number_format
         target.value = value
         if name in ("currency", "origin"):
             choice = CURRENCY if name == "currency" else CREDITOR_ORIGIN

@@ -69,6 +69,11 @@ def test_xlsx_template_has_dropdowns_hints_and_formats(tmp_path: Path, kind: Kin
     if "bank_transaction_date" in columns:
         cell = ws.cell(row=2, column=columns.index("bank_transaction_date") + 1)
         assert cell.is_date
+    # Every prepared row keeps its column's format, not only the example row (which the user
+    # deletes): an invoice number 0010045 typed on row 3 or row 1001 stays text.
+    for j, name in enumerate(columns, start=1):
+        wanted = ("yyyy-mm-dd" if name in kind.dates else "0.00" if name == "amount" else "@")
+        assert {ws.cell(row=r, column=j).number_format for r in (2, 3, 1001)} == {wanted}, name
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
