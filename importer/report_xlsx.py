@@ -252,6 +252,19 @@ def _money_cell(ref: str, text: str) -> str:
     return _number_cell(ref, format(number, "f"), S_MONEY)
 
 
+# The Summary sheet's words for report.json's keys (the key itself in brackets, for scripts).
+_LABELS = {
+    "exit_code": "Exit code (exit_code)",
+    "process_exit_code": "Exit code of the process (process_exit_code)",
+    "posted": "Rows that reached Amili (posted)",
+    "planned": "Rows a real run would post (planned)",
+    "would_not_post": "Rows a real run would not post (would_not_post)",
+    "could_not_run": "Why the API could not be used (could_not_run)",
+    "stopped": "Stopped by a signal (stopped)",
+    "not_reached": "Rows not posted because of the stop (not_reached)",
+}
+
+
 def _summary_xml(head: dict[str, Any], summary: Summary, *, truncated: bool, limit: int,
                  listed: int) -> str:
     from importer.report import escape_formula
@@ -269,8 +282,10 @@ def _summary_xml(head: dict[str, Any], summary: Summary, *, truncated: bool, lim
         if key in {"run_id", "mode", "started", "finished", "files", "totals", "amounts",
                    "columns"}:
             continue
-        if value is None or isinstance(value, str | int | float | bool):
-            lines.append([(key, S_BOLD), (escape_formula(str(value)), 0)])
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            lines.append([(_LABELS.get(key, key), S_BOLD), (value, 0)])  # a number, as such
+        elif value is None or isinstance(value, str | bool):
+            lines.append([(_LABELS.get(key, key), S_BOLD), (escape_formula(str(value)), 0)])
     add()
     add("Files", "Rows", "Kinds", "Rejected", "SHA-256", "Notes", style=S_HEADER)
     for f in head.get("files", []):

@@ -159,6 +159,11 @@ def test_json_types_and_head(tmp_path: Path) -> None:
     assert data["totals"] == {"completed": 1, "error": 1}
     assert data["files"][0]["sha256"] == "ab" * 32 and data["files"][0]["rows"] == 2
     assert list(data)[-1] == "rows"
+    # The Summary sheet names the keys in words and writes their numbers as numbers.
+    summary = {r[0]: r[1] for r in load_workbook(tmp_path / "report.xlsx")["Summary"]
+               .iter_rows(values_only=True) if r and r[0]}
+    assert summary["Rows that reached Amili (posted)"] == 1
+    assert summary["Exit code (exit_code)"] == 1
 
 
 def test_extra_keys_may_not_replace_the_reports_own(tmp_path: Path) -> None:
