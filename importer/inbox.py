@@ -246,6 +246,7 @@ class LocalFolder:
         self.directory = Path(directory).absolute()
         self.label = str(self.directory)
         self.reports = self.directory / "reports"
+        self._links_told: set[str] = set()
 
     def current(self, name: str) -> Entry | None:
         """The file as it is now (None when it is gone)."""
@@ -256,7 +257,8 @@ class LocalFolder:
         return Entry(name, info.st_size, info.st_mtime)
 
     def scan(self) -> list[Entry]:
-        """Every regular file at the top level; symlinks and folders are not input."""
+        """Every regular file at the top level; symlinks and folders are not input (a symlink
+        that looks like input is named in the log once, so that it is not left in silence)."""
         entries = []
         with os.scandir(self.directory) as listing:
             for item in listing:
@@ -266,6 +268,12 @@ class LocalFolder:
                     continue
                 if stat.S_ISREG(info.st_mode):
                     entries.append(Entry(item.name, info.st_size, info.st_mtime))
+                elif stat.S_ISLNK(info.st_mode) and is_candidate(item.name) \
+                        and item.name not in self._links_told:
+                    self._links_told.add(item.name)
+                    structlog.get_logger().warning(
+                        "inbox.symlink_skipped", folder=self.label, file=item.name,
+                        detail="a symbolic link is never taken: put the file itself here")
         return entries
 
     def prepare(self) -> None:
@@ -803,11 +811,12 @@ def summary_lines(summary: InboxSummary) -> list[str]:
     """Human lines for stderr: one per file, then the totals."""
     lines = []
     for f in summary.files:
+        name = f.name if f.name.isprintable() else f.name.encode("unicode_escape").decode()
         rows = ", ".join(f"{k} {v}" for k, v in sorted(f.totals.items())) or "no rows"
         what = "already processed (duplicate content)" if f.duplicate else rows
         where = f" -> {f.moved_to}" if f.moved_to else " (left in place)"
         run = f" [run {f.run_id}]" if f.run_id else ""
-        lines.append(f"{f.name}: {what}{where}{run}" + (f"; {f.message}" if f.message else "")
+        lines.append(f"{name}: {what}{where}{run}" + (f"; {f.message}" if f.message else "")
                      + (f"; error: {f.error}" if f.error else ""))
     if any(f.totals.get("error") and f.run_id for f in summary.files):
         lines.append("rows in error: `amili-import show RUN_ID` (the run in brackets) says "

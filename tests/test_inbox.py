@@ -21,14 +21,17 @@ from test_lock import holder
 from importer.config import Config
 from importer.errors import ApiError, ExitCode, RunLocked
 from importer.inbox import (
+    FileOutcome,
     InboxFileResult,
     InboxOptions,
+    InboxSummary,
     LocalFolder,
     archive_name,
     drain,
     inbox_main,
     process_inbox,
     ready_files,
+    summary_lines,
 )
 
 OLD = time.time() - 3600
@@ -96,9 +99,20 @@ def test_patterns_and_non_files_are_never_ready(tmp_path: Path) -> None:
         (tmp_path / sub).mkdir()
         drop(tmp_path / sub, "x.csv")
     (tmp_path / "link.csv").symlink_to(tmp_path / "payments.csv")
-    ready = ready_files(tmp_path, settle=0.05)
+    with capture_logs() as logs:
+        ready = ready_files(tmp_path, settle=0.05)
     assert sorted(p.name for p in ready) == ["Credits.XLSX", "payments.csv"]
     assert all(p.parent == tmp_path for p in ready)
+    # The symlink is not left in silence: named once, though the folder is listed twice.
+    assert [e["file"] for e in logs if e["event"] == "inbox.symlink_skipped"] == ["link.csv"]
+
+
+def test_a_file_name_with_a_line_break_keeps_the_summary_one_line_a_file() -> None:
+    """A control character in a file name is escaped in the human summary (cron mail)."""
+    summary = InboxSummary("drop")
+    summary.files.append(FileOutcome("pay\nments.csv", "r1", ExitCode.OK))
+    first = summary_lines(summary)[0]
+    assert first.startswith("pay\\nments.csv: ") and "\n" not in first
 
 
 def test_young_files_wait(tmp_path: Path) -> None:
