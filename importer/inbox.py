@@ -13,9 +13,10 @@ Rules for a ready file (the same for both backends):
   ``settle`` seconds apart (an upload still in progress is left for the next run);
 - with ``require_sidecar``, only when ``<name>.done``/``<name>.ok`` (or ``<stem>.done``/
   ``<stem>.ok``) exists; sidecars always move along with their file.
-Each ready file is read from a copy: downloaded (SFTP) or copied (local) to a staging folder,
-and taken only when it is still the size and mtime it was listed with, so a file rewritten in
-place after the listing is never read half-written. Files run oldest first (mtime, then
+Each ready file is read from a copy: downloaded (SFTP) or copied (local) to a staging folder
+of this host's own (under the state dir, never in the drop folder), and taken only when it is
+still the size and mtime it was listed with, so a file rewritten in place after the listing is
+never read half-written. Files run oldest first (mtime, then
 name). After its run a file moves to ``done/`` (exit code 0, or content already processed)
 or ``failed/`` under a timestamped name such as
 ``20261122T010203Z--payments.csv``; an existing name is never overwritten.
@@ -26,8 +27,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
+import shutil
 import stat
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -46,7 +50,6 @@ if TYPE_CHECKING:
     from importer.config import Config
 
 LOCK_NAME = ".amili-import.lock"
-STAGING_NAME = ".amili-import.staging"
 SUBFOLDERS = ("done", "failed", "reports")
 SIDECAR_SUFFIXES = (".done", ".ok")
 FUTURE_SLACK = 5.0  # seconds an mtime may lie ahead of this host's clock without a word
@@ -167,7 +170,9 @@ class InboxOptions:
         known_hosts: known_hosts file (sftp:// only; None: ~/.ssh/known_hosts).
         accept_new_host_key: trust and record an unknown host key (never a changed one).
         pickup: remote folder receiving each run's report files (sftp:// only).
-        work_dir: local staging and report folder for sftp:// (None: under the state dir).
+        work_dir: this host's folder for the copies read (and for sftp://, the reports);
+            None: under the state dir (``inbox`` in the CLI; a private temporary folder
+            where ``process_inbox`` is called without one).
         timeout: seconds to wait for the SFTP server.
         run: the ``importer.pipeline.RunOptions`` each file's run starts from.
     """
@@ -241,11 +246,18 @@ class Folder(Protocol):
 class LocalFolder:
     """A drop folder on a local (or mounted) filesystem."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, work_dir: Path | None = None) -> None:
+        """Args:
+            directory: the drop folder.
+            work_dir: a folder of this host's own (under the state dir) for the copies read;
+                None: a private temporary folder for each drain.
+        """
         # Absolute: report paths go into the journal, read later from another directory.
         self.directory = Path(directory).absolute()
         self.label = str(self.directory)
         self.reports = self.directory / "reports"
+        self.work_dir = work_dir
+        self._staging: Path | None = None
         self._links_told: set[str] = set()
 
     def current(self, name: str) -> Entry | None:
@@ -277,12 +289,16 @@ class LocalFolder:
         return entries
 
     def prepare(self) -> None:
-        """Create ``done/``, ``failed/`` and ``reports/``; drop copies a killed run left in
-        the staging folder (this run holds the folder's lock)."""
-        if self.staging.is_dir():
-            for stale in self.staging.iterdir():
-                with contextlib.suppress(OSError):  # not ours to judge: left as it is
-                    self.discard(Fetched(stale))
+        """Create ``done/``, ``failed/`` and ``reports/``, and the staging folder: a new
+        private one, or ``WORK_DIR/staging`` emptied of what a killed run left (this run
+        holds the drop folder's lock). Never inside the drop folder, where whoever uploads
+        could put a symlink in its place."""
+        if self.work_dir is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="amili-import-staging-"))
+        else:
+            self._staging = self.work_dir / "staging"
+            self.close()
+            self._staging.mkdir(mode=0o700, parents=True)
         for sub in SUBFOLDERS:
             try:
                 (self.directory / sub).mkdir(exist_ok=True)
@@ -291,33 +307,29 @@ class LocalFolder:
                     f"cannot create {self.directory / sub}: {exc.strerror}"
                 ) from None
 
-    @property
-    def staging(self) -> Path:
-        """Where a file is copied before it is read (``DIR/.amili-import.staging``: a dot
-        name, so never input itself, beside the lock)."""
-        return self.directory / STAGING_NAME
-
     def fetch(self, entry: Entry) -> Fetched:
-        """Copy ``entry`` to :attr:`staging` and check that it is still the file listed.
+        """Copy ``entry`` to the staging folder and check that it is still the file listed.
 
         The run reads the copy: an exporter that rewrites the file in place after the listing
         cannot hand the run half a file (a cut last row would be posted, then its whole
         version the next night). The copy is taken only when the file's size and mtime,
-        before and after the copy, are those of the listing.
+        before and after the copy, are those of the listing. It is readable by this user only.
 
         Raises:
             ChangedWhileFetching: the file is not the one that was listed any more.
         """
-        self.staging.mkdir(parents=True, exist_ok=True)
-        local = self.staging / entry.name
-        part = self.staging / (entry.name + ".part")
+        assert self._staging is not None, "prepare() first"
+        # A short name while copying: NAME + ".part" may pass the 255-byte limit.
+        part = self._staging / f".copy-{secrets.token_hex(4)}"
         digest = hashlib.sha256()
         size = 0
         try:
             # O_NOFOLLOW: a symlink put in the file's place is not followed elsewhere.
             with open(self.directory / entry.name, "rb",
                       opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW)
-                      ) as source, part.open("wb") as target:
+                      ) as source, open(part, "xb",
+                                        opener=lambda path, flags: os.open(path, flags, 0o600)
+                                        ) as target:
                 before = os.fstat(source.fileno())
                 while chunk := source.read(COPY_CHUNK):
                     digest.update(chunk)
@@ -325,27 +337,31 @@ class LocalFolder:
                     size += len(chunk)
                 after = os.fstat(source.fileno())
         except FileNotFoundError:
-            self.discard(Fetched(part))
+            part.unlink(missing_ok=True)
             raise ChangedWhileFetching("it is gone since it was listed") from None
         except BaseException:
-            self.discard(Fetched(part))
+            part.unlink(missing_ok=True)
             raise
         listed = (entry.size, entry.mtime)
         if size != entry.size or (before.st_size, before.st_mtime) != listed \
                 or (after.st_size, after.st_mtime) != listed:
-            self.discard(Fetched(part))
+            part.unlink(missing_ok=True)
             raise ChangedWhileFetching(
                 f"listed with {entry.size} bytes, read {size}, now {after.st_size} "
                 "(rewritten since it was listed)")
+        local = self._staging / entry.name
         os.replace(part, local)
         return Fetched(local, digest.hexdigest())
 
     def discard(self, fetched: Fetched) -> None:
-        """Remove the copy (the original stays in the folder, done/ or failed/), and the
-        staging folder with it when it is empty: the drop folder keeps only what it had."""
+        """Remove the copy (the original stays in the folder, done/ or failed/)."""
         fetched.path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.staging.rmdir()
+
+    def close(self) -> None:
+        """Remove the staging folder and what is in it (copies only: this host's own)."""
+        if self._staging is not None and self._staging.is_dir() \
+                and not self._staging.is_symlink():
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     def exists(self, sub: str, name: str) -> bool:
         """Whether ``sub/name`` exists (a dangling symlink counts)."""
@@ -751,7 +767,19 @@ def process_inbox(directory: Path, options: InboxOptions, process_one: ProcessOn
     if not directory.is_dir():
         raise ImporterError(f"inbox folder {directory} does not exist or is not a folder")
     with RunLock(directory / LOCK_NAME):
-        return drain(LocalFolder(directory), options, process_one)
+        folder = LocalFolder(directory, options.work_dir)
+        try:
+            return drain(folder, options, process_one)
+        finally:
+            folder.close()
+
+
+def local_work_dir(directory: Path, state_dir: Path) -> Path:
+    """This host's own folder for a local drop folder's staging copies (under the state dir,
+    one per drop folder: its lock keeps two drains of one folder apart)."""
+    absolute = str(Path(directory).absolute())
+    tag = hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return state_dir / "inbox" / f"local-{tag}"
 
 
 def inbox_main(
@@ -798,7 +826,8 @@ def inbox_main(
 
         summary = process_remote(target, options, process_one, config.state_dir)
     else:
-        summary = process_inbox(Path(target), options, process_one)
+        work_dir = options.work_dir or local_work_dir(Path(target), config.state_dir)
+        summary = process_inbox(Path(target), replace(options, work_dir=work_dir), process_one)
     for line in summary_lines(summary):
         print(line, file=sys.stderr)
     for outcome in summary.files:
@@ -811,12 +840,11 @@ def summary_lines(summary: InboxSummary) -> list[str]:
     """Human lines for stderr: one per file, then the totals."""
     lines = []
     for f in summary.files:
-        name = f.name if f.name.isprintable() else f.name.encode("unicode_escape").decode()
         rows = ", ".join(f"{k} {v}" for k, v in sorted(f.totals.items())) or "no rows"
         what = "already processed (duplicate content)" if f.duplicate else rows
         where = f" -> {f.moved_to}" if f.moved_to else " (left in place)"
         run = f" [run {f.run_id}]" if f.run_id else ""
-        lines.append(f"{name}: {what}{where}{run}" + (f"; {f.message}" if f.message else "")
+        lines.append(f"{f.name}: {what}{where}{run}" + (f"; {f.message}" if f.message else "")
                      + (f"; error: {f.error}" if f.error else ""))
     if any(f.totals.get("error") and f.run_id for f in summary.files):
         lines.append("rows in error: `amili-import show RUN_ID` (the run in brackets) says "
@@ -832,4 +860,7 @@ def summary_lines(summary: InboxSummary) -> list[str]:
     rows = ", ".join(f"{k} {v}" for k, v in sorted(summary.totals.items())) or "no rows"
     lines.append(f"{summary.folder}: {len(summary.files)} file(s), {rows}, "
                  f"{len(summary.waiting)} waiting; exit {int(summary.exit_code)}")
-    return lines
+    # A line break in a file name (which messages and archive names repeat) must not cut a
+    # file's line in two in the cron mail: control characters are written escaped.
+    return ["".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                    for c in line) for line in lines]

@@ -18,6 +18,7 @@ import hashlib
 import os
 import posixpath
 import re
+import secrets
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -311,7 +312,8 @@ class RemoteInbox:
         """
         remote = self._remote(entry.name)
         local = self.staging / entry.name
-        part = self.staging / (entry.name + ".part")
+        # A short name while downloading: NAME + ".part" may pass the 255-byte limit.
+        part = self.staging / f".download-{secrets.token_hex(4)}"
         digest = hashlib.sha256()
         size = 0
         try:

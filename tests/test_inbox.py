@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,11 +108,15 @@ def test_patterns_and_non_files_are_never_ready(tmp_path: Path) -> None:
 
 
 def test_a_file_name_with_a_line_break_keeps_the_summary_one_line_a_file() -> None:
-    """A control character in a file name is escaped in the human summary (cron mail)."""
+    """A control character in a file name is escaped in the human summary (cron mail),
+    also where the archive name and a message repeat it."""
     summary = InboxSummary("drop")
-    summary.files.append(FileOutcome("pay\nments.csv", "r1", ExitCode.OK))
-    first = summary_lines(summary)[0]
-    assert first.startswith("pay\\nments.csv: ") and "\n" not in first
+    summary.files.append(FileOutcome("pay\nments.csv", "r1", ExitCode.CANNOT_RUN,
+                                     moved_to="failed/20261122T010203Z--pay\nments.csv",
+                                     error="pay\nments.csv: cannot tell the kind"))
+    lines = summary_lines(summary)
+    assert len(lines) == 2 and lines[0].startswith("pay\\nments.csv: ")
+    assert "--pay\\nments.csv" in lines[0] and "error: pay\\nments.csv" in lines[0]
 
 
 def test_young_files_wait(tmp_path: Path) -> None:
@@ -526,3 +530,52 @@ def test_file_changed_while_processed_stays_in_place(tmp_path: Path) -> None:
     assert a.error is not None and "changed while it was being processed" in a.error
     assert summary.exit_code == ExitCode.ROWS_IN_ERROR
     assert list((tmp_path / "done").iterdir()) == []
+
+
+def test_a_legal_name_of_255_bytes_is_still_run_and_archived(tmp_path: Path) -> None:
+    """The copy of a file with a 255-byte name (the limit) is written under a short name
+    first, so the file runs and is archived as before the copy existed. (helper-44)"""
+    name = "p" * 251 + ".csv"
+    drop(tmp_path, name, "good")
+    run = FakeRun()
+    summary = process_inbox(tmp_path, FAST, run)
+    [outcome] = summary.files
+    assert outcome.error is None and summary.exit_code == ExitCode.OK
+    assert len(run.calls) == 1 and len(listing(tmp_path / "done")) == 1
+
+
+def test_the_copy_read_is_this_users_own_and_outside_the_drop_folder(tmp_path: Path) -> None:
+    """Whoever uploads can write into the drop folder, so the copies are not made there: a
+    symlink planted where a staging folder could be (pointing at the state dir) is left
+    alone, and nothing it points to is touched. The copy is readable by this user only,
+    whatever the umask, and it is gone after the drain. (helper-44)"""
+    import os
+    import stat
+
+    inbox, state, work = tmp_path / "drop", tmp_path / "state", tmp_path / "work"
+    inbox.mkdir()
+    state.mkdir()
+    (state / "journal.sqlite3").write_text("the exactly-once record", encoding="utf-8")
+    (inbox / ".amili-import.staging").symlink_to(state)
+    path = drop(inbox, "payments.csv", "good")
+    path.chmod(0o600)
+    seen: list[tuple[Path, int]] = []
+    run = FakeRun()
+
+    def spy(copy: Path, report_dir: Path) -> InboxFileResult:
+        seen.append((copy.parent, stat.S_IMODE(copy.stat().st_mode)))
+        return run(copy, report_dir)
+
+    old = os.umask(0o022)
+    try:
+        summary = process_inbox(inbox, replace(FAST, work_dir=work), spy)
+    finally:
+        os.umask(old)
+    assert summary.exit_code == ExitCode.OK
+    assert seen == [(work / "staging", 0o600)]
+    assert (state / "journal.sqlite3").read_text(encoding="utf-8") == "the exactly-once record"
+    assert not (work / "staging").exists()
+    # Without a work folder (as here in the other tests): a private temporary one.
+    drop(inbox, "payments-2.csv", "good")
+    summary = process_inbox(inbox, FAST, spy)
+    assert seen[-1][0] != inbox and not seen[-1][0].exists()

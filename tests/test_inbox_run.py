@@ -321,7 +321,7 @@ def test_a_file_rewritten_in_place_after_the_listing_is_never_read_half_written(
     nothing of the half-written file is posted (its cut last row would be, then the whole row
     the next night: one payment twice). The next night posts the finished export once.
     (helper-42)"""
-    from importer.inbox import LocalFolder
+    from importer.inbox import LocalFolder, local_work_dir
 
     inbox = tmp_path / "drop"
     inbox.mkdir()
@@ -337,13 +337,15 @@ def test_a_file_rewritten_in_place_after_the_listing_is_never_read_half_written(
         target.write_text(text[:-4], encoding="utf-8")
         return real_fetch(self, entry)
 
-    staging = inbox / ".amili-import.staging"
-    staging.mkdir()
+    staging = local_work_dir(inbox, tmp_path / "state") / "staging"  # this host's own
+    staging.mkdir(parents=True)
     (staging / "payments-1.csv").write_text("a copy a killed drain left", encoding="utf-8")
     monkeypatch.setattr(LocalFolder, "fetch", exporter_mid_write)
     cli(["inbox", str(inbox), "--min-age", "1"], env=env)
     assert sandbox.state.records("creditor--payments") == []
-    assert target.exists() and not (inbox / ".amili-import.staging").exists()
+    assert target.exists() and not staging.exists()
+    assert sorted(p.name for p in inbox.iterdir()) == [".amili-import.lock", "done", "failed",
+                                                        "payments-2.csv", "reports"]
     monkeypatch.setattr(LocalFolder, "fetch", real_fetch)
     target.write_text(text, encoding="utf-8")
     aged(target)
@@ -352,4 +354,4 @@ def test_a_file_rewritten_in_place_after_the_listing_is_never_read_half_written(
                   for r in sandbox.state.records("creditor--payments"))
     assert refs == ["NEWREF-000", "NEWREF-001", "NEWREF-002"]
     assert [p.name for p in (inbox / "done").iterdir()][0].endswith("--payments-2.csv")
-    assert not (inbox / ".amili-import.staging").exists()  # the copies are removed
+    assert not staging.exists()  # the copies are removed
