@@ -48,7 +48,8 @@ HEADER_PROBE_ROWS = 200
 MAX_COLUMNS = 1000
 XML_BLOCK = 1 << 20
 _P = rb"(?:[\w.-]+:)?"  # an optional namespace prefix (<x:c> in some generators' files)
-_CELL = re.compile(rb"<" + _P + rb"c\s([^>]*?)(?:/>|>(.*?)</" + _P + rb"c>)", re.S)
+# A cell, with or without attributes (``<c>`` alone: no r=, as some generators write it).
+_CELL = re.compile(rb"<" + _P + rb"c(?:\s([^>]*?))?(?:/>|>(.*?)</" + _P + rb"c>)", re.S)
 _FORMULA = re.compile(rb"<" + _P + rb"f[\s>/]")
 _VALUE = re.compile(rb"<" + _P + rb"v(?:\s[^>]*)?(?:/>|>(.*?)</" + _P + rb"v>)", re.S)
 _REF = re.compile(rb"\br=\"([A-Z]{1,3})(\d+)\"")
@@ -299,7 +300,7 @@ def _fix_cells(data: bytes, fixes: Fixes) -> bool:
     """Collect the fixes of the cells in ``data``; False when one cannot be placed (no
     ``r``)."""
     for match in _CELL.finditer(data):
-        attrs, inner = match.group(1), match.group(2) or b""
+        attrs, inner = match.group(1) or b"", match.group(2) or b""
         kind = _TYPE.search(attrs)
         cell_type = kind.group(1) if kind else b"n"
         formula = _FORMULA.search(inner) is not None

@@ -505,3 +505,22 @@ def test_both_sheet_scans_agree_on_a_usual_sheet(tmp_path: Path) -> None:
     assert fast.fixes == full.fixes == {1: [(1, "#N/A"), (3, FORMULA_WITHOUT_VALUE)]}
     assert fast.hidden_rows == full.hidden_rows == {2}
     assert fast.hidden_columns and full.hidden_columns
+
+
+def test_a_formula_cell_without_any_attribute_is_not_read_as_empty(tmp_path: Path) -> None:
+    """A formula cell written as a bare ``<c><f>..</f></c>`` (no r=, t= or s=, with no other
+    cell near it to give the sheet away) is still found: a formula without a saved value,
+    not an empty cell. (helper-44)"""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER)
+    ws.append([CRED, "A", "SEK", "=2*50", dt.date(2025, 7, 1)])
+    ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
+    plain = save(wb, tmp_path, "payments.xlsx")
+    other = _rewrite(plain, tmp_path / "payments-other.xlsx",
+                     lambda name, text: re.sub(r'(<row|<c) r="[A-Z]*\d+"', r"\1", text)
+                     if "worksheets/sheet" in name else text)
+    for path in (plain, other):
+        _, (table,) = open_file(path, ReadOptions())
+        assert [r["Amount"] for r in rows(table)] == [FORMULA_WITHOUT_VALUE, 7], path.name
