@@ -178,9 +178,10 @@ class Outcome:
         status_reason_locale: Amili's locale key for the status, as given.
         http_status: the last HTTP status of this run's POST, None when none was sent.
         attempts: HTTP attempts of this run's POSTs (0 when nothing was sent).
-        posted: whether this run's POST of the row reached Amili: stored, or answered with
-            a verdict (a 422 rejection). A row left ``failed`` (nothing stored: the API was
-            unreachable, busy until the retries ran out, or read back as absent) is not.
+        posted: whether this run's POST of the row is known to have reached Amili: stored,
+            or answered with a verdict (a 422 rejection). A row left ``failed`` (nothing
+            stored: the API was unreachable, busy until the retries ran out, or read back as
+            absent) is not, nor one whose outcome is unknown.
         journal_id: the row's journal entry in this run.
     """
 
@@ -644,7 +645,8 @@ class _Engine:
             return outcome
         settlement = self._send(row, journal_id, rlog)
         self.journal.finish(journal_id, settlement)
-        outcome = _outcome(row.index, settlement, posted=settlement.state != FAILED,
+        outcome = _outcome(row.index, settlement,
+                           posted=settlement.state not in (FAILED, UNKNOWN),
                            journal_id=journal_id)
         if isinstance(settlement, _Provisional) and settlement.amili_id:
             with self._progress_lock:

@@ -256,7 +256,7 @@ def _money_cell(ref: str, text: str) -> str:
 _LABELS = {
     "exit_code": "Exit code (exit_code)",
     "process_exit_code": "Exit code of the process (process_exit_code)",
-    "posted": "Rows that reached Amili (posted)",
+    "posted": "Rows known to have reached Amili (posted)",
     "planned": "Rows a real run would post (planned)",
     "would_not_post": "Rows a real run would not post (would_not_post)",
     "could_not_run": "Why the API could not be used (could_not_run)",

@@ -109,6 +109,7 @@ def test_an_unreadable_list_leaves_the_row_unknown(serve: Any, tmp_path: Path) -
     server = serve(Variant(items_key="items", lose=["drop"]))
     [out] = post(server, tmp_path, [row(body())])
     assert (out.status, out.reason, out.retryable) == ("error", "outcome_unknown", True)
+    assert not out.posted  # not known to have reached Amili: not counted in `posted`
     assert "no _items list" in out.message
     assert (server.posts, len(server.records)) == (1, 1)
 

@@ -162,7 +162,7 @@ def test_json_types_and_head(tmp_path: Path) -> None:
     # The Summary sheet names the keys in words and writes their numbers as numbers.
     summary = {r[0]: r[1] for r in load_workbook(tmp_path / "report.xlsx")["Summary"]
                .iter_rows(values_only=True) if r and r[0]}
-    assert summary["Rows that reached Amili (posted)"] == 1
+    assert summary["Rows known to have reached Amili (posted)"] == 1
     assert summary["Exit code (exit_code)"] == 1
 
 
