@@ -14,6 +14,7 @@ import pandas as pd
 
 from importer.kinds import KINDS
 from importer.post import Outcome, PlannedRow, case_key
+from importer.read import canonical_header
 from importer.validate import RESULT_COLUMNS, fingerprint, payload
 
 if TYPE_CHECKING:
@@ -218,8 +219,12 @@ def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None, str], 
         headers = list(chunk.table.columns)
         key = (chunk.table.file.name, chunk.table.sheet, chunk.table.kind.name)
         bucket = out.setdefault(key, FailedRows(headers, [], chunk.table.file.delimiter or ","))
+        # A failed-rows file run again: its source_row column names the first file's row.
+        earlier = next((h for h in headers if canonical_header(h) == "source_row"), None)
         for _, record in errors.iterrows():
             row = {h: _cell_text(record.get(f"input:{h}")) for h in headers}
+            first = _text(record.get(f"input:{earlier}")) if earlier else ""
+            row["source_row"] = first or _text(record.get("row"))
             row["error_reason"] = _text(record.get("reason"))
             row["error_message"] = _text(record.get("message"))
             bucket.rows.append(row)

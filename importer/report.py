@@ -60,7 +60,9 @@ INTEGER_COLUMNS = frozenset({"row", "http_status", "attempts"})  # JSON integers
 # Columns whose values come from our own fixed vocabulary: never formula-escaped.
 VOCABULARY_COLUMNS = frozenset({"kind", "status"})
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-FAILED_EXTRA_COLUMNS = ("error_reason", "error_message")
+# The failed-rows file's own columns after the input's: the row it came from in the first
+# file (a failed-rows file run again keeps it), and why it failed.
+FAILED_EXTRA_COLUMNS = ("source_row", "error_reason", "error_message")
 
 _JSON_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"
 _SUB_BATCH = 25_000  # rows encoded at a time: bounds the transient text to ~25 MB
@@ -912,18 +914,19 @@ def write_failed_rows(path: Path, rows: list[dict[str, str]], columns: list[str]
                       delimiter: str = ",") -> Path:
     """Write the rows in error with the input's own columns, ready to fix and import again.
 
-    Columns are the input's original headers in their order, then ``error_reason`` and
-    ``error_message`` (the importer ignores unknown columns, so the file imports as it
-    stands once corrected; a failed-rows file imported again gets fresh ones, not a second
-    pair). UTF-8 with BOM, the input CSV's delimiter (a Swedish Excel opens a ``;`` file in
-    columns, a ``,`` one in one column), formula-safe, written atomically.
+    Columns are the input's original headers in their order, then ``source_row`` (the row
+    in the first file, as the user sees it there), ``error_reason`` and ``error_message``
+    (the importer ignores unknown columns, so the file imports as it stands once corrected;
+    a failed-rows file imported again gets fresh ones, not a second set, and keeps the first
+    file's ``source_row``). UTF-8 with BOM, the input CSV's delimiter (a Swedish Excel opens
+    a ``;`` file in columns, a ``,`` one in one column), formula-safe, written atomically.
 
     Plain numbers such as ``-100`` or ``+46 70 123`` are left as they are: a spreadsheet reads
     them as numbers, never as formulas, and quoting them would change the value on re-import.
 
     Args:
         path: the file to write (see ``failed_rows_name``).
-        rows: one dict per row in error, keyed by original header (plus the two extras).
+        rows: one dict per row in error, keyed by original header (plus the extras).
         columns: the input's original headers, in file order.
         delimiter: the input's (``,`` for a workbook).
 

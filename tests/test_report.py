@@ -326,14 +326,14 @@ def test_failed_rows_file_round_trip(tmp_path: Path) -> None:
         assert kind_from_label(Path(name).stem) is kind_by_name(kind)
     path = write_failed_rows(tmp_path / "failed-payments.csv", rows, columns)
     back = read_csv(path)
-    assert list(back[0]) == [*columns, "error_reason", "error_message"]
+    assert list(back[0]) == [*columns, "source_row", "error_reason", "error_message"]
     assert back[0]["Invoice Number"] == "'=cmd" and back[0]["amount"] == "-100"
     assert back[0]["Kommentar"] == "åäö, \"x\"" and back[0]["error_reason"] == "invalid_currency"
     assert [p.name for p in tmp_path.iterdir()] == ["failed-payments.csv"]
     info, tables = open_file(path, ReadOptions())
-    assert tables[0].columns == [*columns, "error_reason", "error_message"]
+    assert tables[0].columns == [*columns, "source_row", "error_reason", "error_message"]
     again = write_failed_rows(tmp_path / "again.csv", [back[0]], tables[0].columns)
-    assert list(read_csv(again)[0]) == [*columns, "error_reason", "error_message"]
+    assert list(read_csv(again)[0]) == [*columns, "source_row", "error_reason", "error_message"]
 
 
 def test_a_huge_cell_is_reported_in_every_file(tmp_path: Path) -> None:

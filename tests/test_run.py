@@ -180,7 +180,8 @@ def test_failed_rows_of_a_swedish_excel_csv_keep_its_semicolons(
         expect=ExitCode.ROWS_IN_ERROR, env=env)
     failed = tmp_path / "first" / "failed-payments-sek.csv"
     text = failed.read_text(encoding="utf-8-sig")
-    assert text.splitlines()[0] == ";".join([*HEADER, "error_reason", "error_message"])
+    assert text.splitlines()[0] == ";".join([*HEADER, "source_row", "error_reason",
+                                             "error_message"])
     assert ";1 234,5x;" in text and "Återbet-1" in text
     failed.write_text(text.replace("1 234,5x", "1 234,50"), encoding="utf-8-sig")
     cli(["run", str(failed), "--report-dir", str(tmp_path / "again")], env=env)
