@@ -14,7 +14,6 @@ import pandas as pd
 
 from importer.kinds import KINDS
 from importer.post import Outcome, PlannedRow, case_key
-from importer.read import canonical_header
 from importer.validate import RESULT_COLUMNS, fingerprint, payload
 
 if TYPE_CHECKING:
@@ -219,8 +218,10 @@ def failed_rows(chunks: Sequence[Checked]) -> dict[tuple[str, str | None, str], 
         headers = list(chunk.table.columns)
         key = (chunk.table.file.name, chunk.table.sheet, chunk.table.kind.name)
         bucket = out.setdefault(key, FailedRows(headers, [], chunk.table.file.delimiter or ","))
-        # A failed-rows file run again: its source_row column names the first file's row.
-        earlier = next((h for h in headers if canonical_header(h) == "source_row"), None)
+        # A failed-rows file run again (its own three columns, as written): its source_row
+        # names the first file's row. A column of the user's that is only named alike is not.
+        earlier = ("source_row" if {"source_row", "error_reason", "error_message"} <= set(headers)
+                   else None)
         for _, record in errors.iterrows():
             row = {h: _cell_text(record.get(f"input:{h}")) for h in headers}
             first = _text(record.get(f"input:{earlier}")) if earlier else ""

@@ -744,3 +744,19 @@ def test_posted_counts_only_rows_that_reached_amili(cli: Callable[..., Result],
         env=env)
     data = report(tmp_path / "r")
     assert data["could_not_run"] and data["posted"] == 0
+
+
+def test_a_column_of_ones_own_named_source_row_is_not_taken_for_the_first_files_row(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A first file with its own 'Source row' column (an ERP line number): the failed-rows
+    file's source_row is still the row in this file; only a failed-rows file's own
+    source_row (beside error_reason and error_message) is carried on. (helper-45)"""
+    source = write_csv(tmp_path / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "XXX", "10", BANK_DATE, "A", "ERP-9001"]],
+        header=[*HEADER, "Source row"])
+    env = env_for(sandbox, tmp_path / "state")
+    cli(["run", "--dry-run", str(source), "--report-dir", str(tmp_path / "first")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    with (tmp_path / "first" / "failed-payments.csv").open(encoding="utf-8-sig") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert (row["source_row"], row["Source row"]) == ("2", "ERP-9001")
