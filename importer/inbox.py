@@ -219,7 +219,13 @@ class Folder(Protocol):
         ...
 
     def prepare(self) -> None:
-        """Create ``done/`` and ``failed/`` (and the local report folder) if missing."""
+        """Create ``done/`` and ``failed/`` (and the local report folder) if missing, and an
+        empty staging folder for the copies read."""
+        ...
+
+    def clear_staging(self) -> None:
+        """Remove the copies of the staging folder (after a drain, and before one: what a
+        killed run left)."""
         ...
 
     def fetch(self, entry: Entry) -> Fetched:
@@ -294,10 +300,11 @@ class LocalFolder:
         holds the drop folder's lock). Never inside the drop folder, where whoever uploads
         could put a symlink in its place."""
         if self.work_dir is None:
-            self._staging = Path(tempfile.mkdtemp(prefix="amili-import-staging-"))
+            if self._staging is None or not self._staging.is_dir():
+                self._staging = Path(tempfile.mkdtemp(prefix="amili-import-staging-"))
         else:
             self._staging = self.work_dir / "staging"
-            self.close()
+            self.clear_staging()
             self._staging.mkdir(mode=0o700, parents=True)
         for sub in SUBFOLDERS:
             try:
@@ -357,7 +364,7 @@ class LocalFolder:
         """Remove the copy (the original stays in the folder, done/ or failed/)."""
         fetched.path.unlink(missing_ok=True)
 
-    def close(self) -> None:
+    def clear_staging(self) -> None:
         """Remove the staging folder and what is in it (copies only: this host's own)."""
         if self._staging is not None and self._staging.is_dir() \
                 and not self._staging.is_symlink():
@@ -560,6 +567,32 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
     started = time.monotonic()
     summary = InboxSummary(folder.label)
     folder.prepare()
+    try:
+        _drain_ready(folder, options, process_one, summary, log)
+    finally:
+        folder.clear_staging()
+    summary.duration = round(time.monotonic() - started, 3)
+    log.info(
+        "inbox.summary",
+        folder=folder.label,
+        files=len(summary.files),
+        done=sum(1 for f in summary.files if f.moved_to and f.moved_to.startswith("done/")),
+        failed=sum(1 for f in summary.files if f.moved_to and f.moved_to.startswith("failed/")),
+        duplicates=sum(1 for f in summary.files if f.duplicate),
+        waiting=len(summary.waiting),
+        rows=summary.totals,
+        errors={f.name: f.error for f in summary.files if f.error},
+        stopped=summary.stopped,
+        earlier_in_error=[f.run_id for f in summary.files if f.earlier_exit_code] or None,
+        exit_code=int(summary.exit_code),
+        duration=summary.duration,
+    )
+    return summary
+
+
+def _drain_ready(folder: Folder, options: InboxOptions, process_one: ProcessOne,
+                 summary: InboxSummary, log: Any) -> None:
+    """:func:`drain`'s loop over the ready files, filling ``summary``."""
     ready, waiting, names = scan_ready(
         folder, options.min_age, options.require_sidecar, options.settle
     )
@@ -592,23 +625,6 @@ def drain(folder: Folder, options: InboxOptions, process_one: ProcessOne) -> Inb
                 summary.stopped = f"{entry.name}: {outcome.stop_after}, after it was archived"
                 summary.waiting += [e.name for e in ready[position + 1:]]
                 break
-    summary.duration = round(time.monotonic() - started, 3)
-    log.info(
-        "inbox.summary",
-        folder=folder.label,
-        files=len(summary.files),
-        done=sum(1 for f in summary.files if f.moved_to and f.moved_to.startswith("done/")),
-        failed=sum(1 for f in summary.files if f.moved_to and f.moved_to.startswith("failed/")),
-        duplicates=sum(1 for f in summary.files if f.duplicate),
-        waiting=len(summary.waiting),
-        rows=summary.totals,
-        errors={f.name: f.error for f in summary.files if f.error},
-        stopped=summary.stopped,
-        earlier_in_error=[f.run_id for f in summary.files if f.earlier_exit_code] or None,
-        exit_code=int(summary.exit_code),
-        duration=summary.duration,
-    )
-    return summary
 
 
 def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: ProcessOne,
@@ -766,18 +782,20 @@ def process_inbox(directory: Path, options: InboxOptions, process_one: ProcessOn
     directory = Path(directory)
     if not directory.is_dir():
         raise ImporterError(f"inbox folder {directory} does not exist or is not a folder")
-    with RunLock(directory / LOCK_NAME):
-        folder = LocalFolder(directory, options.work_dir)
-        try:
-            return drain(folder, options, process_one)
-        finally:
-            folder.close()
+    with contextlib.ExitStack() as held:
+        held.enter_context(RunLock(directory / LOCK_NAME))
+        if options.work_dir is not None:
+            # Its staging folder is emptied at each drain: one drain at a time uses it.
+            options.work_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(options.work_dir / LOCK_NAME,
+                                       label=f"{options.work_dir} (the work folder)"))
+        return drain(LocalFolder(directory, options.work_dir), options, process_one)
 
 
 def local_work_dir(directory: Path, state_dir: Path) -> Path:
     """This host's own folder for a local drop folder's staging copies (under the state dir,
     one per drop folder: its lock keeps two drains of one folder apart)."""
-    absolute = str(Path(directory).absolute())
+    absolute = str(Path(directory).resolve())  # one folder, however it is named
     tag = hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:12]
     return state_dir / "inbox" / f"local-{tag}"
 

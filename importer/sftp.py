@@ -19,6 +19,7 @@ import os
 import posixpath
 import re
 import secrets
+import shutil
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -298,11 +299,18 @@ class RemoteInbox:
         ]
 
     def prepare(self) -> None:
-        """Create ``done/`` and ``failed/`` on the server, ``staging/`` and ``reports/`` here."""
+        """Create ``done/`` and ``failed/`` on the server, ``reports/`` here, and an empty
+        ``staging/`` (this user's only) for the downloads."""
         for sub in ("done", "failed"):
             self._mkdirs(self._remote(sub))
-        for local in (self.staging, self.reports):
-            local.mkdir(parents=True, exist_ok=True)
+        self.reports.mkdir(parents=True, exist_ok=True)
+        self.clear_staging()
+        self.staging.mkdir(mode=0o700, parents=True)
+
+    def clear_staging(self) -> None:
+        """Remove ``staging/`` and the downloads in it (a killed run's too)."""
+        if self.staging.is_dir() and not self.staging.is_symlink():
+            shutil.rmtree(self.staging, ignore_errors=True)
 
     def fetch(self, entry: Entry) -> Fetched:
         """Download ``entry`` to ``staging/``, checking its size and hashing it on the way.
@@ -317,7 +325,9 @@ class RemoteInbox:
         digest = hashlib.sha256()
         size = 0
         try:
-            with self.sftp.open(remote, "rb") as source, part.open("wb") as target:
+            with self.sftp.open(remote, "rb") as source, open(
+                    part, "xb", opener=lambda path, flags: os.open(path, flags, 0o600)
+            ) as target:
                 source.prefetch(entry.size)
                 while chunk := source.read(CHUNK):
                     digest.update(chunk)

@@ -579,3 +579,54 @@ def test_the_copy_read_is_this_users_own_and_outside_the_drop_folder(tmp_path: P
     drop(inbox, "payments-2.csv", "good")
     summary = process_inbox(inbox, FAST, spy)
     assert seen[-1][0] != inbox and not seen[-1][0].exists()
+
+
+def test_no_staging_folder_outlives_its_drain(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """drain() removes the staging folder prepare() made, also the private temporary one
+    (it holds copies of payment files), however the drain is called. (helper-45)"""
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    drop(inbox, "payments.csv", "good")
+    assert drain(LocalFolder(inbox), FAST, FakeRun()).exit_code == ExitCode.OK
+    assert list(temp.iterdir()) == []
+
+
+def test_a_work_folder_is_used_by_one_drain_at_a_time(tmp_path: Path) -> None:
+    """Two drop folders drained at once with the same work folder: the second drain is
+    refused (the work folder's lock) instead of emptying the staging folder the first is
+    reading its copy from. (helper-45)"""
+    from importer.errors import RunLocked
+
+    work, a, b = tmp_path / "work", tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    drop(a, "pay-a.csv", "good")
+    drop(b, "pay-b.csv", "good")
+    options = replace(FAST, work_dir=work)
+    copied, go = threading.Event(), threading.Event()
+    seen: list[bool] = []
+    run = FakeRun()
+
+    def slow(copy: Path, report_dir: Path) -> InboxFileResult:
+        copied.set()
+        go.wait(10)
+        seen.append(copy.exists())
+        return run(copy, report_dir)
+
+    first = threading.Thread(target=process_inbox, args=(a, options, slow))
+    first.start()
+    try:
+        assert copied.wait(10)
+        with pytest.raises(RunLocked, match="the work folder"):
+            process_inbox(b, options, FakeRun())
+    finally:
+        go.set()
+        first.join(10)
+    assert seen == [True]
+    assert (b / "pay-b.csv").exists()  # left for the next night

@@ -133,7 +133,7 @@ def test_remote_drain_downloads_processes_and_archives(server: RunningSftp,
     assert (inbox / "failed" / failed[0]).read_text() == "bad"
     assert summary.files[0].sha256 == hashlib.sha256(b"good").hexdigest()
     assert summary.exit_code == ExitCode.ROWS_IN_ERROR
-    assert names(tmp_path / "work" / "staging") == []
+    assert not (tmp_path / "work" / "staging").exists()  # the downloads are removed
     assert (tmp_path / "work" / ".amili-import.lock").exists()
 
 
@@ -148,6 +148,30 @@ def test_pickup_receives_each_runs_report(server: RunningSftp, tmp_path: Path) -
     assert outcome.report_dir is not None
     assert (uploaded / "report.json").read_bytes() == (
         outcome.report_dir / "report.json").read_bytes()
+
+
+def test_a_killed_runs_downloads_are_removed_and_new_ones_are_private(
+        server: RunningSftp, tmp_path: Path) -> None:
+    """What a killed drain left in staging/ is removed by the next one; a download is
+    readable by this user only, whatever the umask. (helper-45)"""
+    import os
+    import stat
+
+    put(server, "a.csv", "12345")
+    stale = tmp_path / "work" / "staging" / ".download-deadbeef"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a payment file")
+    old = os.umask(0o022)
+    try:
+        with remote(server, tmp_path) as inbox:
+            inbox.prepare()
+            assert names(tmp_path / "work" / "staging") == []
+            [entry] = inbox.scan()
+            copy = inbox.fetch(entry).path
+            assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+            assert stat.S_IMODE(copy.parent.stat().st_mode) == 0o700
+    finally:
+        os.umask(old)
 
 
 def test_download_size_is_checked(server: RunningSftp, tmp_path: Path) -> None:
