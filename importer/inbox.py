@@ -629,19 +629,8 @@ def _drain_ready(folder: Folder, options: InboxOptions, process_one: ProcessOne,
 
 def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: ProcessOne,
                log: Any) -> FileOutcome | None:
-    """One file: fetch, process, archive, publish. None: left for the next run."""
-    copies: list[Fetched] = []
-    try:
-        return _drain_fetched(folder, entry, sidecars, process_one, log, copies)
-    except BaseException:  # a stop (Ctrl-C, SIGTERM's exit) leaves no copy behind
-        for fetched in copies:
-            _discard(folder, fetched)
-        raise
-
-
-def _drain_fetched(folder: Folder, entry: Entry, sidecars: list[str], process_one: ProcessOne,
-                   log: Any, copies: list[Fetched]) -> FileOutcome | None:
-    """:func:`_drain_one`'s work; the local copy it makes is added to ``copies``."""
+    """One file: fetch, process, archive, publish. None: left for the next run. (A stop
+    that ends the drain leaves no copy behind: :func:`drain` clears the staging folder.)"""
     run_id = new_run_id()
     outcome = FileOutcome(entry.name, run_id, ExitCode.CANNOT_RUN)
     fetched: Fetched | None = None
@@ -655,7 +644,6 @@ def _drain_fetched(folder: Folder, entry: Entry, sidecars: list[str], process_on
     outcome.report_dir = report_dir
     try:
         fetched = folder.fetch(entry)
-        copies.append(fetched)
         outcome.sha256 = fetched.sha256
         result = process_one(fetched.path, report_dir)
     except ChangedWhileFetching as exc:
