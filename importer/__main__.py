@@ -1,5 +1,5 @@
 """``python -m importer`` is the same as ``amili-import``."""
 
-from importer.cli import main
+from importer.cli import entry
 
-main()
+entry()

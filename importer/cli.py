@@ -6,6 +6,7 @@ so ``amili-import --help`` stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -24,6 +25,8 @@ KIND_CHOICE = click.Choice(["payments", "creditings", "credits", "cancellations"
 
 
 def _fail(message: str, code: int) -> None:
+    """Say why the command ends (one line, and a JSON line for machines) and exit with
+    ``code``."""
     import structlog
 
     from importer import logs
@@ -40,6 +43,37 @@ def _fail(message: str, code: int) -> None:
     sys.exit(int(code))
 
 
+_interrupted = False  # a KeyboardInterrupt (SIGTERM, Ctrl-C) was raised in this process
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM and Ctrl-C: raise KeyboardInterrupt (as Python's own handler does), noted."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def entry() -> None:
+    """The ``amili-import`` process: :func:`main`, then its exit code.
+
+    After an interrupt the process ends at once with that code, past the interpreter's own
+    shutdown, once stdout and stderr are flushed (everything of ours: report temp files,
+    journal, locks, run.log, was closed on the way). Python 3.11 turns an exit after an
+    interrupt that landed in ``exec``'d code (a dataclass being made while pandera is
+    imported) into a death by SIGINT, and a half-imported extension can crash while the
+    interpreter shuts down: either would hide the exit code 3 that cron reads.
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        if _interrupted and isinstance(exc.code, int):
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):  # a closed pipe
+                    stream.flush()
+            os._exit(exc.code)
+        raise
+
+
 def handle_errors(func: F) -> F:
     """The one place where errors become a message and an exit code."""
 
@@ -53,6 +87,8 @@ def handle_errors(func: F) -> F:
                 raise
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
+            global _interrupted
+            _interrupted = True  # also one raised by the posting's own handler (see entry)
             _fail("interrupted; rows in flight are reconciled on the next run", ExitCode.CANNOT_RUN)
         except BrokenPipeError:  # `amili-import runs | head`: the reader has had enough
             # Python's advice: point stdout at devnull so that the exit's flush stays quiet.
@@ -97,7 +133,9 @@ def main(ctx: click.Context, config_file: Path | None, state_dir: Path | None,
     # SIGTERM (systemctl stop, kill) ends a run as Ctrl-C does: the posting lets the requests
     # in flight finish; elsewhere the run stops with exit 3 and its temp files removed.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
     ctx.obj = {"config_file": config_file, "state_dir": state_dir, "log_format": log_format}
 
 
