@@ -103,6 +103,11 @@ def _detect_encoding(path: Path, forced: str | None) -> tuple[str, int, str, lis
                                  "(try utf-8, cp1252, utf-16)") from None
             codec = info.name
             read_as = codec
+            if bom is not None and not codec.startswith(bom[1][:6]):  # utf-8, utf-16…
+                mark = bom[3].removesuffix(" with BOM")
+                raise FileRejected(name, f"the file starts with a {mark} byte-order mark, "
+                                         f"which says how it is encoded, but --encoding "
+                                         f"{forced} was given: leave --encoding out")
             if codec == "utf-8" and bom is not None and bom[1] == "utf-8":
                 skip, read_as = len(bom[0]), "utf-8-sig"
             notes.append(f"encoding {read_as} (from --encoding)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,23 @@ def test_utf16_forced_on_a_file_without_bom_is_rejected_not_a_crash(tmp_path: Pa
     with pytest.raises(FileRejected, match=r"cancellations.csv.*cannot be read as .*utf-16-le"):
         read(path, encoding="utf-16")
     _, (table,) = read(path, encoding="utf-16-le")
+    assert rows(table) == [{"creditor": CRED, "case": CRED, "_row": 2}]
+
+
+def test_an_encoding_given_against_the_files_byte_order_mark_is_refused(
+        tmp_path: Path) -> None:
+    """--encoding cp1252 on a file that starts with a UTF-8 byte-order mark would read the
+    mark into the first header ("missing column creditor"): the file is refused saying
+    what the mark says. An --encoding of the mark's own family still reads it."""
+    text = f"creditor,case\n{CRED},{CRED}\n"
+    path = write(tmp_path, "cancellations.csv", codecs.BOM_UTF8 + text.encode())
+    with pytest.raises(FileRejected, match="UTF-8 byte-order mark.*--encoding cp1252"):
+        read(path, encoding="cp1252")
+    _, (table,) = read(path, encoding="utf-8")
+    assert rows(table) == [{"creditor": CRED, "case": CRED, "_row": 2}]
+    utf16 = write(tmp_path, "cancellations-16.csv", codecs.BOM_UTF16_LE + text.encode(
+        "utf-16-le"))
+    _, (table,) = read(utf16, encoding="utf-16")
     assert rows(table) == [{"creditor": CRED, "case": CRED, "_row": 2}]
 
 
