@@ -653,9 +653,7 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         if not isinstance(exc, FileRejected):
             log.error("inbox.stopped", folder=folder.label, file=entry.name, error=str(exc))
             _discard(folder, fetched)
-            if outcome.report_dir is not None:
-                with contextlib.suppress(OSError):  # only if the run wrote nothing into it
-                    outcome.report_dir.rmdir()
+            _drop_if_empty(report_dir)
             raise _StopDrain(f"{entry.name}: {exc}") from None
         outcome.error = str(exc)
     except Exception as exc:  # one file's IO error or bug must not stop the others
@@ -665,8 +663,7 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         log.exception("inbox.file_error", folder=folder.label, file=entry.name,
                       error=outcome.error)
         _discard(folder, fetched)
-        with contextlib.suppress(OSError):  # only if the run wrote nothing into it
-            report_dir.rmdir()
+        if _drop_if_empty(report_dir):
             outcome.report_dir, outcome.run_id = None, ""
         return outcome
     else:
@@ -730,6 +727,20 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
              duplicate=outcome.duplicate, totals=outcome.totals, sha256=outcome.sha256,
              error=outcome.error)
     return outcome
+
+
+def _drop_if_empty(report_dir: Path) -> bool:
+    """Remove a file's report folder when its run wrote nothing into it (a run that could not
+    start leaves at most an empty run.log); True when it is gone."""
+    with contextlib.suppress(OSError):
+        log_file = report_dir / "run.log"
+        if log_file.is_file() and log_file.stat().st_size == 0:
+            log_file.unlink()
+    try:
+        report_dir.rmdir()
+    except OSError:  # it holds what the run said: kept
+        return False
+    return True
 
 
 def _publish_report(folder: Folder, outcome: FileOutcome) -> None:

@@ -355,3 +355,24 @@ def test_a_file_rewritten_in_place_after_the_listing_is_never_read_half_written(
     assert refs == ["NEWREF-000", "NEWREF-001", "NEWREF-002"]
     assert [p.name for p in (inbox / "done").iterdir()][0].endswith("--payments-2.csv")
     assert not staging.exists()  # the copies are removed
+
+
+def test_a_held_state_dir_leaves_the_file_and_no_empty_report_folder(
+        tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """A manual run holds the state directory's lock when the nightly drain starts: the
+    drain exits 3 naming the holder, the file stays for the next night, and no report folder
+    with nothing in it is left in DIR/reports for the morning reader. (helper-42)"""
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    aged(write_csv(inbox / "payments.csv", [
+        [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "L1"]]))
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {**os.environ, **env_for(sandbox, state)}
+    with RunLock(state / "run.lock"):
+        out = subprocess.run([sys.executable, "-m", "importer", "inbox", str(inbox)], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == ExitCode.CANNOT_RUN, out.stderr[-1000:]
+    assert f"pid {os.getpid()}" in out.stderr
+    assert (inbox / "payments.csv").exists()
+    assert list((inbox / "reports").iterdir()) == []
