@@ -56,7 +56,7 @@ FUTURE_SLACK = 5.0  # seconds an mtime may lie ahead of this host's clock withou
 # Names a producer uses while a file is still being written, and files that are not input.
 IGNORED_PREFIXES = (".", "~$")
 IGNORED_SUFFIXES = (".part", ".tmp", ".filepart", *SIDECAR_SUFFIXES)
-COPY_CHUNK = 1 << 20  # bytes read at a time when a local file is copied before its run
+COPY_CHUNK = 1 << 20  # bytes read at a time when a file is copied or downloaded to staging
 
 
 @dataclass(frozen=True)
@@ -249,6 +249,53 @@ class Folder(Protocol):
         ...
 
 
+class Readable(Protocol):
+    """A file open for reading: a local one, or an SFTP download."""
+
+    def read(self, size: int, /) -> bytes:
+        """Up to ``size`` bytes; empty at the end."""
+        ...
+
+
+@dataclass(frozen=True)
+class StagedCopy:
+    """A file's bytes copied into a staging folder under a short temporary name (NAME +
+    ".part" may pass the 255-byte limit), readable by this user only, hashed on the way:
+    checked by the caller against the listing, then kept under the file's name or dropped."""
+
+    part: Path
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, source: Readable, staging: Path) -> StagedCopy:
+        """Copy ``source`` to its end (nothing is left behind when that fails)."""
+        part = staging / f".part-{secrets.token_hex(4)}"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(part, "xb",
+                      opener=lambda path, flags: os.open(path, flags, 0o600)) as target:
+                while chunk := source.read(COPY_CHUNK):
+                    digest.update(chunk)
+                    target.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        return cls(part, size, digest.hexdigest())
+
+    def keep(self, name: str) -> Fetched:
+        """The copy under the file's own name, for its run."""
+        local = self.part.with_name(name)
+        os.replace(self.part, local)
+        return Fetched(local, self.sha256)
+
+    def drop(self) -> None:
+        """Remove the copy (it is not the file that was listed)."""
+        self.part.unlink(missing_ok=True)
+
+
 class LocalFolder:
     """A drop folder on a local (or mounted) filesystem."""
 
@@ -326,39 +373,24 @@ class LocalFolder:
             ChangedWhileFetching: the file is not the one that was listed any more.
         """
         assert self._staging is not None, "prepare() first"
-        # A short name while copying: NAME + ".part" may pass the 255-byte limit.
-        part = self._staging / f".copy-{secrets.token_hex(4)}"
-        digest = hashlib.sha256()
-        size = 0
         try:
             # O_NOFOLLOW: a symlink put in the file's place is not followed elsewhere.
             with open(self.directory / entry.name, "rb",
                       opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW)
-                      ) as source, open(part, "xb",
-                                        opener=lambda path, flags: os.open(path, flags, 0o600)
-                                        ) as target:
+                      ) as source:
                 before = os.fstat(source.fileno())
-                while chunk := source.read(COPY_CHUNK):
-                    digest.update(chunk)
-                    target.write(chunk)
-                    size += len(chunk)
+                copy = StagedCopy.of(source, self._staging)
                 after = os.fstat(source.fileno())
         except FileNotFoundError:
-            part.unlink(missing_ok=True)
             raise ChangedWhileFetching("it is gone since it was listed") from None
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
         listed = (entry.size, entry.mtime)
-        if size != entry.size or (before.st_size, before.st_mtime) != listed \
+        if copy.size != entry.size or (before.st_size, before.st_mtime) != listed \
                 or (after.st_size, after.st_mtime) != listed:
-            part.unlink(missing_ok=True)
+            copy.drop()
             raise ChangedWhileFetching(
-                f"listed with {entry.size} bytes, read {size}, now {after.st_size} "
+                f"listed with {entry.size} bytes, read {copy.size}, now {after.st_size} "
                 "(rewritten since it was listed)")
-        local = self._staging / entry.name
-        os.replace(part, local)
-        return Fetched(local, digest.hexdigest())
+        return copy.keep(entry.name)
 
     def discard(self, fetched: Fetched) -> None:
         """Remove the copy (the original stays in the folder, done/ or failed/)."""

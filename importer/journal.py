@@ -837,14 +837,17 @@ _INSERT_ROW = f"INSERT INTO rows ({_ROW_COLUMNS})"
 # Stored rows (an Amili id is known) whose status was never read.
 _STATUS_UNREAD = "reason = 'status_unknown' AND amili_id IS NOT NULL"
 _LOOKUP_BATCH = 500  # values per IN (...) query (SQLite allows 999 parameters in older builds)
+# A row that stands in the way of posting it again: done or pending, or an error that Amili
+# stored (its parameters: _STATES_ARGS).
+_STORED_OR_PENDING = ("state IN (?, ?, ?, ?) OR (state = ? AND"
+                      " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299))")
 # The rows that decide whether a fingerprint may be posted (see Journal.prior).
-_PRIOR = ("fingerprint = ? AND (state IN (?, ?, ?, ?) OR (state = ? AND"
-          " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299)))")
+_PRIOR = f"fingerprint = ? AND ({_STORED_OR_PENDING})"
 # The same, for the rows that came from one row of one file (its bytes, sheet and row number):
-# that row, however a version of amili-import reads it (see Journal.prior_source).
-_PRIOR_SOURCE = ("file_sha256 = ? AND row = ? AND sheet IS ? AND kind = ? AND (state IN"
-                 " (?, ?, ?, ?) OR (state = ? AND (amili_id IS NOT NULL OR http_status"
-                 " BETWEEN 200 AND 299)) OR (state = 'skipped' AND ref_row IS NOT NULL))")
+# that row, however a version of amili-import reads it (see Journal.prior_source); also the
+# rows skipped there as covered by another row.
+_PRIOR_SOURCE = ("file_sha256 = ? AND row = ? AND sheet IS ? AND kind = ? AND"
+                 f" ({_STORED_OR_PENDING} OR (state = 'skipped' AND ref_row IS NOT NULL))")
 _CLAIM_ROW = (f"{_INSERT_ROW} SELECT " + ", ".join("?" * 23)
               + f" WHERE NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR})"
               + f" AND NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR_SOURCE})")

@@ -137,9 +137,6 @@ def apply_outcomes(chunks: Sequence[Checked], plan: Plan, outcomes: Iterable[Out
     _write(chunks, updates)
 
 
-_SEVERITY = {"valid": 0, "completed": 0, "warning": 1, "error": 2}
-
-
 def annotate(chunks: Sequence[Checked], plan: Plan,
              notes: Iterable[tuple[int, str, str, str]]) -> None:
     """Mark the planned rows a dry run would not post, given as (index, the status a real run
@@ -150,7 +147,7 @@ def annotate(chunks: Sequence[Checked], plan: Plan,
     for index, status, reason, message in notes:
         number, position = plan.places[index]
         current = str(chunks[number].frame["status"].iat[position])
-        if _SEVERITY.get(status, 2) > _SEVERITY.get(current, 2):
+        if SEVERITY.get(status, 2) > SEVERITY.get(current, 2):
             current = status
         updates.append(((number, position),
                         {"status": current, "reason": reason, "message": message}))

@@ -645,9 +645,7 @@ class _Engine:
             return outcome
         settlement = self._send(row, journal_id, rlog)
         self.journal.finish(journal_id, settlement)
-        outcome = _outcome(row.index, settlement,
-                           posted=settlement.state not in (FAILED, UNKNOWN),
-                           journal_id=journal_id)
+        outcome = _outcome(row.index, settlement, journal_id=journal_id)
         if isinstance(settlement, _Provisional) and settlement.amili_id:
             with self._progress_lock:
                 self._status_todo.append(_StatusTodo(row.kind, settlement.amili_id, journal_id,
@@ -759,7 +757,7 @@ class _Engine:
             outcome = early[1]
             outcome.journal_id = journal_id
         else:
-            outcome = _outcome(row.index, settlement, posted=False, journal_id=journal_id)
+            outcome = _outcome(row.index, settlement, journal_id=journal_id)
         self.log.info("row.not_posted", file=row.file_name, sheet=row.sheet, row=row.row,
                       kind=row.kind.name, status=outcome.status, reason=outcome.reason,
                       detail=outcome.message)
@@ -1047,7 +1045,7 @@ class _Engine:
                           amili_id=item.amili_id, detail=settled.message or None)
             return
         self.journal.finish(item.journal_id, settled)
-        final = _outcome(item.outcome.index, settled, posted=True, journal_id=item.journal_id)
+        final = _outcome(item.outcome.index, settled, journal_id=item.journal_id)
         item.outcome.__dict__.update(final.__dict__)
         item.log.info("row.status", status=final.status, reason=final.reason,
                       amili_id=final.amili_id, detail=final.message or None)
@@ -1271,7 +1269,7 @@ def _awaiting(row: PlannedRow, pending: RowRecord, which: str) -> tuple[Settleme
     settlement = Settlement(FAILED, retryable=True, reason="outcome_unknown", ref_row=pending.id,
                             message=f"not posted: {which} is {state}; it is read back on the "
                                     "next run, then this row can be retried")
-    return settlement, _outcome(row.index, settlement, posted=False)
+    return settlement, _outcome(row.index, settlement)
 
 
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
@@ -1535,14 +1533,16 @@ def report_status(state: str) -> str:
     return state if state in KNOWN_STATUSES else ERROR
 
 
-def _outcome(index: int, s: Settlement, *, posted: bool, journal_id: int | None = None) -> Outcome:
+def _outcome(index: int, s: Settlement, *, journal_id: int | None = None) -> Outcome:
+    """The outcome of a row this run settled itself (posted, or journaled as not sent):
+    ``posted`` follows from its state (see :class:`Outcome`)."""
     status = report_status(s.state)
     return Outcome(
         index=index, status=status, reason=s.reason, message=s.message or "",
         retryable=s.retryable, amili_id=s.amili_id, settled_amount=s.settled_amount,
         case_reference_number=s.case_reference_number,
         status_reason_locale=s.status_reason_locale, http_status=s.http_status,
-        attempts=s.attempts, posted=posted, journal_id=journal_id)
+        attempts=s.attempts, posted=s.state not in (FAILED, UNKNOWN), journal_id=journal_id)
 
 
 def _decimal(value: Any) -> Decimal | None:

@@ -53,6 +53,7 @@ _CELL = re.compile(rb"<" + _P + rb"c(?:\s([^>]*?))?(?:/>|>(.*?)</" + _P + rb"c>)
 _FORMULA = re.compile(rb"<" + _P + rb"f[\s>/]")
 _VALUE = re.compile(rb"<" + _P + rb"v(?:\s[^>]*)?(?:/>|>(.*?)</" + _P + rb"v>)", re.S)
 _REF = re.compile(rb"\br=\"([A-Z]{1,3})(\d+)\"")
+_LETTERS = re.compile(rb"([A-Z]{1,3})\d+$")  # a cell reference's column (``AB`` of ``AB12``)
 _TYPE = re.compile(rb"\bt=\"(\w+)\"")
 _MAX_EXACT = 2**53
 
@@ -227,7 +228,7 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
                 if element.get("hidden") in ("1", "true"):
                     scan.hidden_rows.add(row)
             elif tag == "c":
-                ref = _REF.fullmatch(f'r="{element.get("r", "")}"'.encode())
+                ref = _LETTERS.match(element.get("r", "").encode())
                 column = _column_index(ref.group(1)) if ref else column + 1
             elif tag == "col" and element.get("hidden") in ("1", "true"):
                 scan.hidden_columns = True

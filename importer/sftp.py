@@ -18,7 +18,6 @@ import hashlib
 import os
 import posixpath
 import re
-import secrets
 import shutil
 import stat
 from pathlib import Path
@@ -38,6 +37,7 @@ from importer.inbox import (
     InboxOptions,
     InboxSummary,
     ProcessOne,
+    StagedCopy,
     drain,
 )
 from importer.lock import RunLock
@@ -45,7 +45,6 @@ from importer.lock import RunLock
 if TYPE_CHECKING:
     from paramiko import PKey
 
-CHUNK = 1 << 20
 
 
 class RemoteError(ImporterError):
@@ -319,33 +318,22 @@ class RemoteInbox:
             ChangedWhileFetching: the file is not the one that was listed any more.
         """
         remote = self._remote(entry.name)
-        local = self.staging / entry.name
-        # A short name while downloading: NAME + ".part" may pass the 255-byte limit.
-        part = self.staging / f".download-{secrets.token_hex(4)}"
-        digest = hashlib.sha256()
-        size = 0
+        with self.sftp.open(remote, "rb") as source:
+            source.prefetch(entry.size)
+            copy = StagedCopy.of(source, self.staging)
         try:
-            with self.sftp.open(remote, "rb") as source, open(
-                    part, "xb", opener=lambda path, flags: os.open(path, flags, 0o600)
-            ) as target:
-                source.prefetch(entry.size)
-                while chunk := source.read(CHUNK):
-                    digest.update(chunk)
-                    target.write(chunk)
-                    size += len(chunk)
             after = self.sftp.stat(remote)
         except BaseException:
-            part.unlink(missing_ok=True)
+            copy.drop()
             raise
-        if size != entry.size or (after.st_size, float(after.st_mtime or 0)) != (
+        if copy.size != entry.size or (after.st_size, float(after.st_mtime or 0)) != (
             entry.size, entry.mtime
         ):
-            part.unlink(missing_ok=True)
+            copy.drop()
             raise ChangedWhileFetching(
-                f"listed with {entry.size} bytes, downloaded {size}, now {after.st_size}"
+                f"listed with {entry.size} bytes, downloaded {copy.size}, now {after.st_size}"
             )
-        os.replace(part, local)
-        return Fetched(local, digest.hexdigest())
+        return copy.keep(entry.name)
 
     def discard(self, fetched: Fetched) -> None:
         """Remove the staged copy (the original stays on the server, in done/ or failed/)."""
