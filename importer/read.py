@@ -253,8 +253,17 @@ def build_columns(name: str, where: str, header: list[str], keep: Callable[[int]
         (positions read, column names, original header -> API field).
 
     Raises:
-        FileRejected: a recognised column appears twice, or a required one is missing.
+        FileRejected: no column name is recognised (no header found), a recognised column
+            appears twice, or a required one is missing.
     """
+    if not any(canonical_header(t) in RECOGNISED for t in header):
+        found = ", ".join(repr(t) for t in header if t)
+        raise FileRejected(name, f"{where}no header row found: none of the first "
+                                 f"{HEADER_SEARCH_ROWS} non-empty rows names a column of "
+                                 f"{kind.name} ({', '.join(kind.fields)}); the first of them, "
+                                 f"row {header_row}, has {found}. Put the column names in one "
+                                 f"row above the data, within the first {HEADER_SEARCH_ROWS} "
+                                 "rows")
     positions: list[int] = []
     columns: list[str] = []
     fields: dict[str, str] = {}

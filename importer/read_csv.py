@@ -227,11 +227,6 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
         info.notes.append(f"header on row {header_row}; the rows above it are read as titles "
                           "and ignored")
     below = [cells for number, cells in records if number > header_row]
-    for number, cells in records:
-        # Values past the header's last cell: a value split by an unquoted delimiter (a
-        # decimal comma in a comma-separated file), so every cell after it is shifted.
-        if number > header_row and any(v.strip() for v in cells[len(header):]):
-            raise FileRejected(name, _too_many(number, len(cells), len(header), header_row))
     header_cells = len(header)
     width = max([header_cells] + [len(cells) for cells in below])
     header = header + [""] * (width - header_cells)
@@ -241,6 +236,11 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     positions, columns, fields = build_columns(
         name, "", header, lambda i: i < header_cells, lambda i: str(i + 1), kind, options,
         header_row, info.notes)
+    for number, cells in records:
+        # Values past the header's last cell: a value split by an unquoted delimiter (a
+        # decimal comma in a comma-separated file), so every cell after it is shifted.
+        if number > header_row and any(v.strip() for v in cells[header_cells:]):
+            raise FileRejected(name, _too_many(number, len(cells), header_cells, header_row))
     info.kinds.append(kind.name)
     table = Table(file=info, sheet=None, kind=kind, header_row=header_row, columns=columns,
                   fields=fields, chunks=lambda: iter(()))

@@ -307,6 +307,20 @@ def test_missing_required_columns_named(tmp_path: Path) -> None:
     assert "creditor," not in message.split("payments:")[1].split("(")[0]
 
 
+def test_header_too_far_down_is_named_as_not_found(tmp_path: Path) -> None:
+    """A header below the first 20 non-empty rows is "not found", and the message says where
+    it must be, instead of reading the first title row as the header (and then calling the
+    real header a row with too many cells)."""
+    titles = "".join(f"Export line {i}\n" for i in range(25))
+    path = write(tmp_path, "payments.csv", f"{titles}{HEADER}\n{CRED},A,SEK,1,d\n")
+    with pytest.raises(FileRejected) as err:
+        read(path)
+    message = str(err.value)
+    assert "no header row found: none of the first 20 non-empty rows" in message
+    assert "row 1, has 'Export line 0'" in message and "too many" not in message
+    assert "within the first 20 rows" in message
+
+
 def test_default_creditor_makes_creditor_optional(tmp_path: Path) -> None:
     """With a default creditor, a file without a creditor column is accepted."""
     path = write(tmp_path, "cancellations.csv", "case\nabc\n")

@@ -247,6 +247,20 @@ def test_missing_column_names_sheet(tmp_path: Path) -> None:
         open_file(save(wb, tmp_path, "c.xlsx"), ReadOptions())
 
 
+def test_header_too_far_down_the_sheet_is_named_as_not_found(tmp_path: Path) -> None:
+    """Title rows filling the first 20 rows: the sheet's header is "not found", naming the
+    sheet, rather than a missing-columns list for a title row."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    for i in range(22):
+        ws.append([f"Month-end report, part {i}"])
+    ws.append(["creditor", "case", "currency", "amount", "bank_transaction_date"])
+    with pytest.raises(FileRejected, match=r"sheet 'payments': no header row found: .* row 1, "
+                                           r"has 'Month-end report, part 0'\. Put the column"):
+        open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+
+
 def test_workbook_chunks_keep_row_numbers(tmp_path: Path) -> None:
     """Chunking a sheet with gaps keeps each row's Excel row number."""
     wb = openpyxl.Workbook()
