@@ -124,6 +124,13 @@ def _from_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(_TYPES))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    if "allow_duplicates" in data:
+        # A decision about the rows of one run, never a standing setting: in a config file it
+        # would let every identical row of every later run through (overlapping exports
+        # posted twice, night after night).
+        raise ConfigError(f"config file {path}: allow_duplicates is not a setting; pass "
+                          "--allow-duplicates to the one run that holds a separate event "
+                          "with the same values (never to the nightly job)")
     return {k: _coerce(k, v, str(path)) for k, v in data.items()}
 
 

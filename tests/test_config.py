@@ -67,6 +67,9 @@ def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
         ("connect_timeout = -1\n", "connect_timeout"),
         ("read_timeout = 0\n", "read_timeout"),
         ('log_format = "xml"\n', "log_format"),
+        # Only ever for one run, as a flag: a standing setting would post overlaps twice.
+        ("allow_duplicates = true\n", "allow_duplicates is not a setting; pass "
+                                       "--allow-duplicates to the one run"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
