@@ -742,6 +742,14 @@ class Journal:
                            _prior_args(fingerprint))
         return [_row(r) for r in rows]
 
+    def skipped_for(self, fingerprint: str) -> list[RowRecord]:
+        """Rows with this fingerprint that were not sent because another done row stands for
+        them (``skipped`` with ``ref_row``), oldest first: the judgement a run made on a row of
+        its file, which a later run of that file keeps."""
+        rows = self._query("SELECT * FROM rows WHERE fingerprint = ? AND state = 'skipped' AND"
+                           " ref_row IS NOT NULL ORDER BY id", (fingerprint,))
+        return [_row(r) for r in rows]
+
     def prior_source(self, ref: RowRef, kind: str) -> list[RowRecord]:
         """Rows from this very row of this very file (same content, sheet, row number and
         kind) that were stored or may have been, or were skipped as covered by another row

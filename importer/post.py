@@ -40,10 +40,13 @@ for big backfills when Amili agrees; ``--rate-limit`` caps requests per second i
 
 Report statuses and reasons written back per row (:class:`Outcome`):
 
-``completed``  Amili applied it (``reason`` None, or ``already_posted`` when skipped)
+``completed``  Amili applied it (``reason`` None, or ``already_posted``: skipped, this row of
+               this file was posted before)
 ``warning``    Amili stored it with status warning (``api_warning``), or gave a status value
                we do not know / none at all (``status_unknown``), or answered 2xx without
-               naming the record, which the read-back then did not find (``stored_without_id``)
+               naming the record, which the read-back then did not find (``stored_without_id``),
+               or ``already_posted``: an identical row of another file was posted, this one
+               never was
 ``error``      ``api_error`` (stored with status error), ``api_rejected`` (422/404, nothing
                stored), and the retryable ones: ``retry_exhausted``, ``outcome_unknown``,
                ``not_posted`` (the run stopped first), ``api_unusable`` (login failed),
@@ -333,8 +336,9 @@ def preview(rows: list[PlannedRow], journal: Journal, config: Config) -> list[Ou
             early = (Settlement(SKIPPED), Outcome(
                 index=row.index, status=WARNING, reason="already_posted",
                 message=f"identical to {twin.ref.describe()} of this run, which would be "
-                "posted first; not posted twice (pass --allow-duplicates if it is a separate "
-                "event)"))
+                "posted first; not posted twice. If it really is a separate event with the "
+                "same values, copy this row alone into a new file and run that file with "
+                "--allow-duplicates (the flag lets every identical row of its run through)"))
         seen.setdefault(row.fingerprint, row)
         out.append(early[1] if early is not None else None)
     return out
@@ -663,11 +667,16 @@ class _Engine:
     def _decide(self, row: PlannedRow) -> tuple[Settlement, Outcome] | None:
         """None: post it. Otherwise what to record and report instead."""
         prior = self.journal.prior(row.fingerprint)
-        same = [p for p in prior if _covers(p, row)]
+        # This row of this file was posted before, or judged already posted (skipped for a
+        # done row of another file): so it stays, --allow-duplicates or not.
+        same = sorted((p for p in (*prior, *self.journal.skipped_for(row.fingerprint))
+                       if _covers(p, row)), key=lambda p: p.id)
         if same:
             earlier = same[-1]
             if not earlier.done and earlier.ref_row is not None:  # skipped: its covering row
                 earlier = self.journal.row(earlier.ref_row) or earlier
+            if not _from_here(earlier, row):
+                return self._skip(row, earlier, _identical(earlier))
             return self._skip(row, earlier, f"already posted in run {earlier.run_id}, "
                                             f"{earlier.ref.describe()}")
         if not same:
@@ -693,11 +702,7 @@ class _Engine:
             return _awaiting(row, p, f"an identical row of run {p.run_id} ({p.ref.describe()})")
         done = [p for p in prior if p.done]
         if done and not self.config.allow_duplicates:
-            earlier = done[-1]
-            return self._skip(row, earlier, (
-                f"identical to a row already posted in run {earlier.run_id}, "
-                f"{earlier.ref.describe()}; not posted again (pass --allow-duplicates if this "
-                "is a separate event)"))
+            return self._skip(row, done[-1], _identical(done[-1]))
         return None
 
     def _read_differently(self, row: PlannedRow, here: RowRecord,
@@ -719,13 +724,18 @@ class _Engine:
 
     def _skip(self, row: PlannedRow, earlier: RowRecord,
               text: str) -> tuple[Settlement, Outcome]:
+        """Not sent: ``earlier`` (done) stands for it. Its outcome is this row's when it came
+        from this same file; a row of another file was judged identical by its values alone,
+        and this one never reached Amili: a warning, so that a person sees it (an error stays
+        an error)."""
         if earlier.amili_id:
             text += f" (Amili id {earlier.amili_id})"
         if earlier.state != COMPLETED and earlier.message:
             text += f"; then: {earlier.message}"
+        status = earlier.state if earlier.state == ERROR or _from_here(earlier, row) else WARNING
         recorded = Settlement(SKIPPED, reason="already_posted", message=text, ref_row=earlier.id)
         outcome = Outcome(
-            index=row.index, status=earlier.state, reason="already_posted", message=text,
+            index=row.index, status=status, reason="already_posted", message=text,
             amili_id=earlier.amili_id, settled_amount=earlier.settled_amount,
             case_reference_number=earlier.case_reference_number,
             status_reason_locale=earlier.status_reason_locale)
@@ -1302,18 +1312,30 @@ def _shown_by(rows: list[PlannedRow], allow_duplicates: bool) -> Callable[[RowRe
     return shown
 
 
+def _from_here(earlier: RowRecord, row: PlannedRow) -> bool:
+    """Whether a journal row comes from the same file as ``row``: the same content, or the same
+    file name (the file was edited and run again, and rows below an edit moved)."""
+    return earlier.ref.file_sha256 == row.file_sha256 or earlier.ref.file_name == row.file_name
+
+
 def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
     """Whether an earlier journal row with the same fingerprint already stands for this row.
 
-    It does when it comes from the same file — the same content, or the same file name (the
-    file was edited and run again, and rows below an edit moved up or down) — and is done,
-    or was skipped there because another done row covers it. ``--allow-duplicates`` never
-    re-posts such a row: it only lets an identical row from a different file through (two
-    identical rows in one file are a duplicate that validation already refuses).
+    It does when it comes from the same file (:func:`_from_here`) and is done, or was skipped
+    there because another done row covers it. ``--allow-duplicates`` never re-posts such a
+    row: it only lets through an identical row of a file never run before (two identical rows
+    in one file are a duplicate that validation already refuses).
     """
-    here = (earlier.ref.file_sha256 == row.file_sha256
-            or earlier.ref.file_name == row.file_name)
-    return here and (earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
+    return _from_here(earlier, row) and (
+        earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
+
+
+def _identical(earlier: RowRecord) -> str:
+    """The message of a row not sent because a done row of another file has its values."""
+    return (f"identical to a row already posted in run {earlier.run_id}, "
+            f"{earlier.ref.describe()}; not sent again. If it really is a separate event with "
+            "the same values, copy this row alone into a new file and run that file with "
+            "--allow-duplicates (the flag lets every identical row of its run through)")
 
 
 class _Slots:

@@ -29,7 +29,7 @@ from fixtures_sandbox import (
 from importer.client import ApiClient, PostResult
 from importer.config import Config
 from importer.errors import ApiError
-from importer.journal import COMPLETED, FAILED, IN_FLIGHT, SKIPPED, Journal
+from importer.journal import COMPLETED, FAILED, IN_FLIGHT, SKIPPED, WARNING, Journal
 from importer.kinds import PAYMENTS, Kind
 from importer.post import (
     Outcome,
@@ -261,12 +261,17 @@ def test_cross_file_duplicate_refused_unless_allowed(sandbox: RunningSandbox, tm
     assert refused[0].reason == "already_posted" and not refused[0].posted
     assert "run r1, file june.csv row 4" in refused[0].message
     assert "--allow-duplicates" in refused[0].message
+    assert refused[0].status == WARNING  # never sent from july.csv: not "completed"
     allowed = config_for(sandbox, tmp_path, allow_duplicates=True)
-    posted = run(other, allowed, journal, "r3")
+    kept = run(other, allowed, journal, "r3")  # judged already posted in r2: stays so
+    assert not kept[0].posted and kept[0].status == WARNING
+    assert "run r1, file june.csv row 4" in kept[0].message
+    alone = [planned(body, 2, sha="c" * 64, name="july-second-payment.csv")]
+    posted = run(alone, allowed, journal, "r4")
     assert posted[0].posted and posted[0].status == COMPLETED
-    again = run(other, allowed, journal, "r4")  # the same source again: not a third post
-    assert not again[0].posted and "already posted in run r3, file july.csv row 9" in (
-        again[0].message)
+    again = run(alone, allowed, journal, "r5")  # the same source again: not a third post
+    assert not again[0].posted and again[0].status == COMPLETED
+    assert "already posted in run r4, file july-second-payment.csv row 2" in again[0].message
     assert len(stored(sandbox)) == 2
 
 

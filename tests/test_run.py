@@ -207,18 +207,53 @@ def test_same_file_again_posts_nothing_twice(cli: Callable[..., Result], tmp_pat
 
 def test_identical_row_from_another_file_needs_allow_duplicates(
         cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
-    """A row already posted from another file is not posted again unless --allow-duplicates."""
+    """A row already posted from another file is not posted again: a warning (it was never
+    sent from this file), whose hint leads to posting that one row, not the whole file."""
     row = [CREDITOR, OPEN_CASE.id, "", "SEK", "12", BANK_DATE, "DUP"]
     env = env_for(sandbox, tmp_path / "state")
-    first = write_csv(tmp_path / "payments-monday.csv", [row])
+    monday = [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "MONDAY-ONLY"]
+    first = write_csv(tmp_path / "payments-monday.csv", [row, monday])
     other = [CREDITOR, OPEN_CASE.id, "", "SEK", "13", BANK_DATE, "TUESDAY-ONLY"]
     second = write_csv(tmp_path / "payments-tuesday.csv", [other, row])
     cli(["run", str(first), "--report-dir", str(tmp_path / "r1")], env=env)
     cli(["run", str(second), "--report-dir", str(tmp_path / "r2")], env=env)
-    message = report(tmp_path / "r2")["rows"][1]["message"]
-    assert "payments-monday.csv" in message and stored_references(sandbox)["DUP"] == 1
+    skipped = report(tmp_path / "r2")["rows"][1]
+    assert (skipped["status"], skipped["reason"]) == ("warning", "already_posted")
+    assert "payments-monday.csv" in skipped["message"] and stored_references(sandbox)["DUP"] == 1
+    assert "copy this row alone into a new file" in skipped["message"]
+    # The whole file again with the flag: its rows judged already posted stay so.
     cli(["run", str(second), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")], env=env)
+    assert stored_references(sandbox)["DUP"] == 1
+    assert report(tmp_path / "r3")["rows"][1]["reason"] == "already_posted"
+    # The hint followed: the one row alone in a new file, with the flag, is posted once.
+    alone = write_csv(tmp_path / "payments-tuesday-second-payment.csv", [row])
+    cli(["run", str(alone), "--allow-duplicates", "--report-dir", str(tmp_path / "r4")], env=env)
+    cli(["run", str(alone), "--allow-duplicates", "--report-dir", str(tmp_path / "r5")], env=env)
     assert stored_references(sandbox)["DUP"] == 2
+    assert report(tmp_path / "r5")["rows"][0]["status"] == "completed"  # that file's own post
+
+
+def test_following_the_already_posted_hint_does_not_repost_an_overlapping_row(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-46: Tuesday's export repeats Monday's row B and holds a second, identical
+    payment A. Running Tuesday's file again with --allow-duplicates (as the old hint said)
+    posted B twice; the rows it judged already posted now stay so."""
+    env = env_for(sandbox, tmp_path / "state")
+    a = [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, ""]
+    b = [CREDITOR, "", OPEN_CASE.invoice_number, "SEK", "20", BANK_DATE, "B"]
+    write_csv(tmp_path / "payments-monday.csv", [a, b])
+    tuesday = write_csv(tmp_path / "payments-tuesday.csv", [b, a])
+    cli(["run", str(tmp_path / "payments-monday.csv"), "--report-dir", str(tmp_path / "r1")],
+        env=env)
+    result = cli(["run", str(tuesday), "--report-dir", str(tmp_path / "r2")], env=env)
+    rows = report(tmp_path / "r2")["rows"]
+    assert [(r["status"], r["reason"]) for r in rows] == [("warning", "already_posted")] * 2
+    assert report(tmp_path / "r2")["posted"] == 0
+    assert "payments warning: 2 rows, 30.00 SEK" in result.output  # never "completed"
+    cli(["run", str(tuesday), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")],
+        env=env)
+    assert stored_references(sandbox)["B"] == 1
+    assert sandbox.state.count("creditor--payments") == 2
 
 
 def test_dry_run_posts_nothing_and_plans(cli: Callable[..., Result], tmp_path: Path,
@@ -713,7 +748,8 @@ def test_an_earlier_error_is_told_when_another_done_row_is_named_instead(
     in_error = [r for r in report["earlier_rows"] if r["reason"] == "api_error"]
     assert [(r["file"], r["row"]) for r in in_error] == [("payments-a.csv", 2)]
     assert "Case closed" in in_error[0]["message"]
-    assert [r["status"] for r in report["rows"]] == ["completed", "completed"]
+    # (the repeated row is a warning: it was never sent from payments-c.csv)
+    assert [r["status"] for r in report["rows"]] == ["warning", "completed"]
     assert len(server.records) == 4
 
 
