@@ -568,6 +568,18 @@ _DATE_FORMS = ("write RFC 1123 in GMT (Fri, 04 Jul 2025 16:20:41 GMT) or ISO 860
                "(2025-07-04 or 2025-07-04T16:20:41Z)")
 
 
+# How systems write "no date": .NET's empty DateTime (0001-01-01), Excel's day 0 (1900-01-00,
+# read as 1899-12-31) and Unix's 0 (1970-01-01). A date before the day after that last one is
+# taken for such a placeholder, never posted as a real date.
+_FLOOR = datetime(1970, 1, 2)
+_PLACEHOLDER = Problem("placeholder_date", "is before 1970-01-02: the way systems write 'no "
+                       "date' (0001-01-01, Excel's day 0, 1970-01-01), not a real date; write "
+                       "the real date, or leave an optional date empty")
+_OUT_OF_CALENDAR = Problem("invalid_date", "leaves the calendar (before year 1 or after 9999) "
+                           "once converted to GMT: a placeholder, not a real date; write the "
+                           "real date")
+
+
 def _iso_or_nat(text: str) -> np.datetime64:
     try:
         return np.datetime64(text, "us")
@@ -614,8 +626,14 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
                                  f"{moment:%d} {mon} {moment:%Y} is a {right}; write '{fixed}'")
         tz = m["tz"].upper()
         if tz[0] in "+-":
+            if int(tz[1:3]) > 14 or int(tz[3:5]) > 59:  # no place on Earth is further off
+                return None, Problem("invalid_date", f"has a time-zone offset ({tz}) that is "
+                                     f"not a real one; {_DATE_FORMS}")
             offset = int(tz[1:3]) * 60 + int(tz[3:5])
-            moment -= timedelta(minutes=offset if tz[0] == "+" else -offset)
+            try:
+                moment -= timedelta(minutes=offset if tz[0] == "+" else -offset)
+            except OverflowError:
+                return None, _OUT_OF_CALENDAR
         return moment, None
     if _ISO_DATE.fullmatch(t):
         try:
@@ -634,7 +652,10 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
             return None, Problem("invalid_date", f"is not a real date or time; {_DATE_FORMS}")
         # Any number of fraction digits (.NET and SQL Server write 7), with . or , as ISO
         # 8601 allows; the API's form holds whole seconds, and so does the moment checked.
-        return _utc_naive(moment).replace(microsecond=0), None
+        try:
+            return _utc_naive(moment).replace(microsecond=0), None
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 (.NET's empty date, local time)
+            return None, _OUT_OF_CALENDAR
     if _LOCAL_DATE.fullmatch(t):
         return None, Problem("invalid_date", "is not an accepted date form (the order of day "
                              f"and month cannot be told); {_DATE_FORMS}")
@@ -645,7 +666,10 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
 
 
 def _date_cell(value: Any) -> tuple[datetime | None, Problem | None]:
-    return _cell(value, _date_text, _date_typed)
+    moment, problem = _cell(value, _date_text, _date_typed)
+    if moment is not None and moment < _FLOOR:
+        return None, _PLACEHOLDER
+    return moment, problem
 
 
 def _date_typed(value: Any) -> tuple[datetime | None, Problem | None]:
@@ -668,7 +692,9 @@ def dates(raw: pd.Series) -> Parsed:
     as the same; a numeric offset such as ``+0200`` is converted); ISO 8601 dates
     (``2025-07-04``: midnight GMT) and datetimes with ``Z`` or an offset (converted to GMT);
     Excel date/datetime cells (no time zone in Excel: taken as GMT). Nothing else is guessed:
-    ``04/07/2025``, ``4 juli 2025``, an ISO datetime without a zone and numbers are refused.
+    ``04/07/2025``, ``4 juli 2025``, an ISO datetime without a zone and numbers are refused,
+    and so are placeholder dates (before 1970-01-02: ``placeholder_date``) and offsets no
+    place has.
 
     Args:
         raw: the column as read.
@@ -755,7 +781,8 @@ def _canonical_rfc(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     length = ((first + 1).astype("datetime64[D]") - start).astype(np.int64)
     days = start + (day - 1)
     weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
-    real = ((_MONTH_KEYS[month] == months) & (year >= 1) & (day >= 1) & (day <= length)
+    real = ((_MONTH_KEYS[month] == months) & (year > _FLOOR.year) & (day >= 1)
+            & (day <= length)
             & (hour < 24) & (minute < 60) & (second < 60)
             & (_WEEKDAY_KEYS[weekday] == word(0)))
     mask = np.zeros(n, dtype=bool)
@@ -792,9 +819,9 @@ def _dates_per_unique(arr: np.ndarray, positions: np.ndarray
                 when = np.array(iso, dtype="datetime64[us]")
             except ValueError:  # an impossible date (30 Feb) among them: each on its own
                 when = np.array([_iso_or_nat(v) for v in iso], dtype="datetime64[us]")
-            # numpy reads year 0000 (Python's datetime and the API do not): those go the
-            # slow way, which says why they are not dates.
-            when[when < np.datetime64("0001-01-01", "us")] = np.datetime64("NaT")
+            # numpy reads year 0000 (Python's datetime and the API do not), and placeholder
+            # dates are no dates: those go the slow way, which says why.
+            when[when < np.datetime64(_FLOOR, "us")] = np.datetime64("NaT")
             read = ~np.isnat(when)
             # 1970-01-01 was a Thursday (weekday 3, Monday = 0).
             days = when[read].astype("datetime64[D]").astype(np.int64)

@@ -94,6 +94,26 @@ def test_duplicates_across_sheets_of_one_workbook(cli: Callable[..., Result],
     assert "same as row 2 of sheet Payments " in rows[1]["message"]
 
 
+def test_a_date_out_of_the_calendar_is_a_row_error_not_the_end_of_the_run(
+        cli: Callable[..., Result], tmp_path: Path) -> None:
+    """helper-47: one cell with .NET's empty date in local time ended the whole command (exit
+    3, no report for any file); it is an error on its row, the run goes on."""
+    import json
+
+    path = tmp_path / "payments.csv"
+    cred = "674dbeb208847b9501cc9138"
+    path.write_text("creditor;invoice_number;currency;amount;bank_transaction_date;"
+                    "client_registration_date\n"
+                    f"{cred};A1;SEK;100;2026-11-02;\n"
+                    f"{cred};A2;SEK;100;2026-11-02;0001-01-01T00:00:00+01:00\n", encoding="utf-8")
+    cli(["validate", str(path), "--report-dir", str(tmp_path / "r")],
+        expect=ExitCode.ROWS_IN_ERROR, env={"AMILI_STATE_DIR": str(tmp_path / "state")})
+    rows = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))["rows"]
+    assert [(r["row"], r["status"], r["reason"]) for r in rows] == [
+        (2, "valid", None), (3, "error", "invalid_date")]
+    assert rows[1]["message"].startswith("client_registration_date: '0001-01-01T00:00:00+01:00'")
+
+
 def test_journal_and_system_errors_are_one_clear_line(cli: Callable[..., Result],
                                                       monkeypatch: Any, tmp_path: Path) -> None:
     """Disk full in the journal, or an OS error, ends with exit 3 and one line that says what

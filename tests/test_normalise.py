@@ -225,6 +225,40 @@ def test_dates_not_guessed(raw: str) -> None:
     assert "write" in text or "format" in text or "add Z" in text
 
 
+@pytest.mark.parametrize("raw", ["Mon, 02 Nov 2026 10:00:00 +2400",
+                                 "Mon, 02 Nov 2026 10:00:00 -9999",
+                                 "Mon, 02 Nov 2026 10:00:00 +0160"])
+def test_an_impossible_numeric_offset_is_not_converted(raw: str) -> None:
+    """helper-47: an RFC offset no place has (+2400, -9999) is an error, not a shift of a day
+    or more (the ISO path refuses the same)."""
+    parsed = normalise.dates(col(raw, "Mon, 02 Nov 2026 10:00:00 +0130"))
+    assert parsed.values.tolist() == [None, "Mon, 02 Nov 2026 08:30:00 GMT"]
+    [(code, text)] = problems(parsed).values()
+    assert code == "invalid_date" and "offset" in text
+
+
+@pytest.mark.parametrize("raw", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+                                 "Mon, 01 Jan 0001 00:00:00 +0100"])
+def test_a_date_that_leaves_the_calendar_in_gmt_is_a_cell_error(raw: str) -> None:
+    """helper-47: .NET's empty DateTime in local time (0001-01-01T00:00:00+01:00) is before
+    year 1 in GMT: an error on the cell (it ended the whole run with an OverflowError)."""
+    [(code, text)] = problems(normalise.dates(col(raw))).values()
+    assert code == "invalid_date" and "leaves the calendar" in text
+
+
+@pytest.mark.parametrize("raw", ["0001-01-01", "0001-01-01T00:00:00Z", "1970-01-01",
+                                 "Mon, 01 Jan 0001 00:00:00 GMT",
+                                 "Thu, 01 Jan 1970 00:00:00 GMT", datetime(1899, 12, 31),
+                                 datetime(1900, 2, 28)])
+def test_placeholder_dates_are_errors(raw: object) -> None:
+    """How systems write "no date" (.NET's 0001-01-01, Excel's day 0 or 60, Unix's 0) is never
+    posted as a date; the day after Unix's 0 is a date."""
+    parsed = normalise.dates(col(raw, "Fri, 02 Jan 1970 00:00:00 GMT"))
+    assert parsed.values.tolist() == [None, "Fri, 02 Jan 1970 00:00:00 GMT"]
+    [(code, text)] = problems(parsed).values()
+    assert code == "placeholder_date" and "no date" in text
+
+
 def test_number_cell_in_a_date_column() -> None:
     """An Excel number where a date belongs is refused (it may be a serial date)."""
     [(code, text)] = problems(normalise.dates(col(45842.0))).values()
