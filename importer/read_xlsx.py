@@ -88,6 +88,8 @@ class SheetScan:
     hidden_rows: set[int] = field(default_factory=set)  # 0-based
     hidden_columns: bool = False
     tables: list[ExcelTable] = field(default_factory=list)  # those with a Total Row
+    recalculate: bool = False  # the workbook disowns its formulas' saved results
+    untrusted: int = 0  # formula cells read as without a value for that reason
 
 
 def column_letter(index: int) -> str:
@@ -121,14 +123,24 @@ def cell_value(value: Any) -> Any:
     return value
 
 
-def _sheet_parts(path: Path) -> dict[str, str]:
-    """Worksheet name → its XML part in the zip (empty when the workbook is unusual)."""
+def _sheet_parts(path: Path) -> tuple[dict[str, str], bool]:
+    """Worksheet name → its XML part in the zip (empty when the workbook is unusual), and
+    whether the workbook asks to be calculated when opened.
+
+    ``<calcPr fullCalcOnLoad="1"/>`` is how programs that write workbooks without
+    calculating them (xlsxwriter, openpyxl, PhpSpreadsheet, ExcelJS, openxlsx2) tell Excel to
+    do it: the results saved in such a file are placeholders (xlsxwriter writes 0 for every
+    formula) or stale (a workbook Excel saved, then edited by such a program). Excel
+    calculates on opening and drops the flag when it saves.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             book = ElementTree.fromstring(archive.read("xl/workbook.xml"))
             rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
     except (KeyError, zipfile.BadZipFile, ElementTree.ParseError, OSError):
-        return {}
+        return {}, False
+    recalculate = any(e.tag.endswith("}calcPr") and e.get("fullCalcOnLoad") in ("1", "true")
+                      for e in book)
     targets = {r.get("Id"): r.get("Target", "") for r in rels.iter()
                if r.tag.endswith("Relationship")}
     parts = {}
@@ -137,7 +149,7 @@ def _sheet_parts(path: Path) -> dict[str, str]:
         if sheet.tag.endswith("}sheet") and rel in targets:
             target = targets[rel]  # r:id in the Transitional or the Strict namespace
             parts[sheet.get("name", "")] = _part_name("xl", target)
-    return parts
+    return parts, recalculate
 
 
 def _part_name(folder: str, target: str) -> str:
@@ -147,18 +159,20 @@ def _part_name(folder: str, target: str) -> str:
         f"{folder}/{target}")
 
 
-def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
+def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False) -> SheetScan:
     """Find error cells (as their text, ``#N/A``), formulas without a cached value, and
     hidden (or filtered-out) rows and columns.
 
     Args:
         path: the workbook.
         part: the worksheet's XML part, from ``_sheet_parts``.
+        recalculate: the workbook asks to be calculated when opened (see ``_sheet_parts``):
+            every formula counts as one without a cached value.
 
     Returns:
         the cells calamine shows as empty that must not be read as empty, and what is hidden.
     """
-    scan = SheetScan()
+    scan = SheetScan(recalculate=recalculate)
     if part is None:
         return scan
     with zipfile.ZipFile(path) as archive:
@@ -170,6 +184,7 @@ def scan_sheet_xml(path: Path, part: str | None) -> SheetScan:
         # attributes in single quotes: every row and cell is counted instead.
         scan.fixes.clear()
         scan.hidden_rows.clear()
+        scan.untrusted = 0
         with archive.open(part) as stream:
             _scan_by_position(stream, scan)
     return scan
@@ -197,7 +212,7 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan) -> bool:
             return False
         # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
         if (b"<f" in data or b":f" in data or b't="e"' in data) and not _fix_cells(
-                data, scan.fixes):
+                data, scan):
             return False
         if b"hidden=" in data:
             for match in _HIDDEN_ROW.finditer(data):
@@ -237,7 +252,7 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
             children = {child.tag.rpartition("}")[2]: child for child in element}
             value_tag = children.get("v")
             fix = _cell_fix(element.get("t", "n"), "f" in children,
-                            None if value_tag is None else value_tag.text or "")
+                            None if value_tag is None else value_tag.text or "", scan)
             if fix is not None:
                 scan.fixes.setdefault(row, []).append((column, fix))
             element.clear()
@@ -247,15 +262,22 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
                 rows_parent.remove(element)
 
 
-def _cell_fix(cell_type: str, formula: bool, value: str | None) -> str | None:
-    """What a cell calamine shows as empty really holds: its error text (``#N/A``), the
-    formula-without-value marker, or None (calamine's value stands).
+def _cell_fix(cell_type: str, formula: bool, value: str | None,
+              scan: SheetScan) -> str | None:
+    """What a cell calamine shows (as empty, or as a value not to be trusted) really holds:
+    its error text (``#N/A``), the formula-without-value marker, or None (calamine's value
+    stands).
 
     Args:
         cell_type: the ``t`` attribute (``n`` when absent).
         formula: whether the cell has an ``<f>``.
         value: the ``<v>`` text, ``""`` for an empty one, None for none at all.
+        scan: in a workbook that disowns its saved results (``recalculate``) every formula
+            is one without a value, counted in ``untrusted``.
     """
+    if formula and scan.recalculate:
+        scan.untrusted += 1
+        return FORMULA_WITHOUT_VALUE
     if cell_type == "e" and value:
         return value.strip()
     if formula and (value is None or (not value and cell_type != "str")):
@@ -297,7 +319,7 @@ def _tables_with_totals(archive: zipfile.ZipFile, part: str) -> list[ExcelTable]
     return found
 
 
-def _fix_cells(data: bytes, fixes: Fixes) -> bool:
+def _fix_cells(data: bytes, scan: SheetScan) -> bool:
     """Collect the fixes of the cells in ``data``; False when one cannot be placed (no
     ``r``)."""
     for match in _CELL.finditer(data):
@@ -309,13 +331,14 @@ def _fix_cells(data: bytes, fixes: Fixes) -> bool:
             continue
         value_tag = _VALUE.search(inner)
         fix = _cell_fix(cell_type.decode("ascii"), formula, None if value_tag is None else
-                        (value_tag.group(1) or b"").decode("utf-8", "replace"))
+                        (value_tag.group(1) or b"").decode("utf-8", "replace"), scan)
         if fix is None:
             continue
         ref = _REF.search(attrs)
         if ref is None:
             return False
-        fixes.setdefault(int(ref.group(2)) - 1, []).append((_column_index(ref.group(1)), fix))
+        scan.fixes.setdefault(int(ref.group(2)) - 1, []).append(
+            (_column_index(ref.group(1)), fix))
     return True
 
 
@@ -337,7 +360,9 @@ def _apply(row: list[Any], fixes: list[tuple[int, str]] | None) -> list[Any]:
     if fixes:
         row = list(row)
         for column, value in fixes:
-            if column < len(row) and row[column] == "":
+            # Where calamine shows a cell as empty; a formula's result the workbook disowns
+            # (see _sheet_parts) is shown, and replaced.
+            if column < len(row) and (row[column] == "" or value is FORMULA_WITHOUT_VALUE):
                 row[column] = value
             elif column >= len(row):
                 row.extend([""] * (column - len(row)) + [value])
@@ -352,7 +377,7 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     digest, size = hash_file(path)
     info = file_info(path, digest, size)
     book = _workbook(path)
-    parts = _sheet_parts(path)
+    parts, recalculate = _sheet_parts(path)
     tables: list[Table] = []
     for meta in book.sheets_metadata:
         sheet_name = meta.name
@@ -363,7 +388,8 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
             info.notes.append(f"sheet {sheet_name!r} is not a worksheet and was skipped")
             continue
         with _sheet_errors(name, sheet_name):
-            table = _open_sheet(path, book, sheet_name, parts.get(sheet_name), info, options)
+            table = _open_sheet(path, book, sheet_name, parts.get(sheet_name), recalculate,
+                                info, options)
         if table is not None:
             tables.append(table)
     if not tables:
@@ -397,12 +423,12 @@ def _sheet(book: Any, name: str, sheet_name: str) -> Any:
     return sheet
 
 
-def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: FileInfo,
-                options: ReadOptions) -> Table | None:
+def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalculate: bool,
+                info: FileInfo, options: ReadOptions) -> Table | None:
     """One visible worksheet as a Table; None (with a note) when it holds no data."""
     name = path.name
     sheet = _sheet(book, name, sheet_name)
-    scan = scan_sheet_xml(path, part)
+    scan = scan_sheet_xml(path, part, recalculate)
     fixes = scan.fixes
     if sheet.start is None and not fixes:
         info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
@@ -436,6 +462,13 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, info: 
                           f"{min(hidden) + 1}): they are reported as errors, never posted")
     if scan.hidden_columns:
         info.notes.append(f"{where}some columns are hidden; they are read like the others")
+    if scan.untrusted:
+        info.notes.append(
+            f"{where}the workbook asks Excel to calculate it when opened (it was written by a "
+            "program, not saved by Excel), so the results saved with its formulas are "
+            f"placeholders or out of date: its {scan.untrusted} formula cell(s) are read as "
+            "formulas without a saved result. Open the file in Excel, let it calculate, save "
+            "it and run it again")
     # header_row is the header's row number, i.e. the 0-based index of the first data row.
     recognised = [p for p, c in zip(positions, columns, strict=True) if c in fields]
     totals: set[int] = set()

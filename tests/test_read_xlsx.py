@@ -167,13 +167,15 @@ def test_formulas_cached_value_and_missing_value(tmp_path: Path) -> None:
     ws.append([CRED, "A", "SEK", "=2*50", dt.date(2025, 7, 1)])  # openpyxl saves no value
     ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
     path = save(wb, tmp_path, "payments.xlsx")
-    # Give B3's neighbour a cached value the way Excel saves it: <f> plus <v>.
+    # Give B3's neighbour a cached value the way Excel saves it: <f> plus <v>, and no
+    # "calculate me when opened" flag (which openpyxl sets) in workbook.xml.
     with zipfile.ZipFile(path) as src:
         parts = {n: src.read(n) for n in src.namelist()}
     sheet = parts["xl/worksheets/sheet1.xml"].decode()
     sheet = sheet.replace('<c r="D3" t="n"><v>7</v></c>', '<c r="D3"><f>3+4</f><v>7</v></c>')
     assert "<f>3+4</f>" in sheet
     parts["xl/worksheets/sheet1.xml"] = sheet.encode()
+    parts["xl/workbook.xml"] = _as_excel_saves(parts["xl/workbook.xml"].decode()).encode()
     with zipfile.ZipFile(path, "w") as dst:
         for name, data in parts.items():
             dst.writestr(name, data)
@@ -181,6 +183,39 @@ def test_formulas_cached_value_and_missing_value(tmp_path: Path) -> None:
     first, second = rows(table)
     assert first["Amount"] is FORMULA_WITHOUT_VALUE
     assert second["Amount"] == 7
+
+
+def test_results_a_workbook_disowns_are_not_values(tmp_path: Path) -> None:
+    """helper-47: xlsxwriter (and pandas with it) saves 0 as every formula's result and asks
+    Excel to calculate when opening (``fullCalcOnLoad``); PhpSpreadsheet or openxlsx2 leave
+    the old results of a workbook they edited. Such results are not read as values (an
+    invoice "0" was posted): every formula cell is one without a saved result, and a note
+    says why; once Excel has calculated and saved the file, its results are read."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER + ["OCR"])
+    ws.append([CRED, '="F-"&F2', "SEK", "=2*50", dt.date(2025, 7, 1), 1001])
+    ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1), 1002])
+    plain = save(wb, tmp_path, "plain.xlsx")
+
+    def placeholders(name: str, text: str) -> str:  # as xlsxwriter writes a formula
+        return text.replace("<v />", "<v>0</v>").replace("<v/>", "<v>0</v>")
+
+    path = _rewrite(plain, tmp_path / "payments.xlsx", placeholders)
+    assert b"<v>0</v>" in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
+    info, (table,) = open_file(path, ReadOptions())
+    first, second = rows(table)
+    assert first["Invoice Number"] is FORMULA_WITHOUT_VALUE
+    assert first["Amount"] is FORMULA_WITHOUT_VALUE
+    assert second["Amount"] == 7 and second["Invoice Number"] == "B"
+    assert any("asks Excel to calculate it when opened" in n and "2 formula cell(s)" in n
+               for n in info.notes)
+    saved = _rewrite(path, tmp_path / "payments-saved.xlsx",
+                     lambda name, text: _as_excel_saves(text) if name.endswith("workbook.xml")
+                     else text)
+    info, (table,) = open_file(saved, ReadOptions())
+    assert rows(table)[0]["Amount"] == 0 and not any("calculate" in n for n in info.notes)
 
 
 def test_rows_of_formulas_without_values_below_the_data_are_read(tmp_path: Path) -> None:
@@ -288,6 +323,12 @@ def test_not_a_workbook_rejected(tmp_path: Path) -> None:
         open_file(path, ReadOptions())
 
 
+def _as_excel_saves(workbook_xml: str) -> str:
+    """workbook.xml without ``fullCalcOnLoad`` (Excel calculates, then saves without it)."""
+    assert 'fullCalcOnLoad="1"' in workbook_xml
+    return workbook_xml.replace(' fullCalcOnLoad="1"', "")
+
+
 def _rewrite(path: Path, out: Path, change: Any) -> Path:
     """A copy of a workbook with change(part name, text) applied to its XML parts."""
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
@@ -342,6 +383,8 @@ def test_strict_open_xml_error_cells_are_read(tmp_path: Path) -> None:
             text = text.replace("<f>VLOOKUP(1,Z:Z,2,0)</f><v />",
                                 "<f>VLOOKUP(1,Z:Z,2,0)</f><v>#N/A</v>").replace(
                 '<c r="B2">', '<c r="B2" t="e">')
+        if name.endswith("workbook.xml"):
+            text = _as_excel_saves(text)
         return text.replace("http://schemas.openxmlformats.org/spreadsheetml/2006/main",
                             "http://purl.oclc.org/ooxml/spreadsheetml/main").replace(
             "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
