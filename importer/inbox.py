@@ -895,11 +895,15 @@ def summary_lines(summary: InboxSummary) -> list[str]:
         run = f" [run {f.run_id}]" if f.run_id else ""
         lines.append(f"{f.name}: {what}{where}{run}" + (f"; {f.message}" if f.message else "")
                      + (f"; error: {f.error}" if f.error else ""))
-    if any(f.totals.get("error") and f.run_id for f in summary.files):
+    if any(f.totals.get("error") and f.run_id and f.moved_to for f in summary.files):
         lines.append("rows in error: `amili-import show RUN_ID` (the run in brackets) says "
                      "which and why; transient failures go again with `amili-import retry "
                      "RUN_ID`, data errors are fixed in the failed-*.csv of the run's report "
                      "folder (see README, 'The morning after')")
+    if any(f.totals.get("error") and f.run_id and not f.moved_to for f in summary.files):
+        lines.append("a file left in place runs again at the next drain, rows already posted "
+                     "never twice: nothing to do for rows that failed for lack of the API; "
+                     "`amili-import show RUN_ID` says which rows failed and why")
     for f in summary.files:
         if f.earlier_exit_code:
             lines.append(f"run {f.run_id} found rows of earlier runs stored in error in Amili "

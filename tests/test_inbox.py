@@ -119,6 +119,26 @@ def test_a_file_name_with_a_line_break_keeps_the_summary_one_line_a_file() -> No
     assert "--pay\\nments.csv" in lines[0] and "error: pay\\nments.csv" in lines[0]
 
 
+def test_the_retry_hint_is_for_files_moved_to_failed_only() -> None:
+    """helper-46: a file left in place (the API could not be used) runs again at the next
+    drain: its line says so, instead of sending the reader to `retry` and a failed-rows file
+    for rows the next night posts anyway."""
+    left = InboxSummary("drop")
+    left.files.append(FileOutcome("payments-1.csv", "r1", ExitCode.CANNOT_RUN,
+                                  totals={"error": 2}, error="could not post; left in place"))
+    lines = summary_lines(left)
+    assert not any("amili-import retry" in line for line in lines)
+    assert any(line.startswith("a file left in place runs again at the next drain")
+               for line in lines)
+    failed = InboxSummary("drop")
+    failed.files.append(FileOutcome("payments-2.csv", "r2", ExitCode.ROWS_IN_ERROR,
+                                    totals={"error": 1, "completed": 3},
+                                    moved_to="failed/20261122T010203Z--payments-2.csv"))
+    lines = summary_lines(failed)
+    assert any("`amili-import retry RUN_ID`" in line for line in lines)
+    assert not any("left in place runs again" in line for line in lines)
+
+
 def test_young_files_wait(tmp_path: Path) -> None:
     """A file younger than min_age (by mtime) is not ready; an older one is."""
     now = time.time()
