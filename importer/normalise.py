@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
@@ -234,6 +234,12 @@ def _not_a_cell_type(value: Any, expected: str, todo: str, code: str) -> Problem
         return Problem(code, f"is a TRUE/FALSE cell, not {expected}; {todo}")
     if isinstance(value, datetime | date):
         return Problem(code, f"is a date cell, not {expected}; {todo}")
+    if isinstance(value, time | timedelta):
+        # Excel shows a date-formatted 0 (or less) as a time of day, a [h]:mm cell as a
+        # duration: no calendar date in either.
+        return Problem(code, f"is a time or duration cell (no calendar date in it: a date "
+                             f"cell holding 0 or less, or a [h]:mm format), not {expected}; "
+                             "write the real value")
     if isinstance(value, int | float):
         return Problem(code, f"is a number cell, not {expected}; {todo}")
     return Problem(code, f"is not {expected}; {todo}")

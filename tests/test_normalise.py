@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import pandas as pd
@@ -257,6 +257,15 @@ def test_placeholder_dates_are_errors(raw: object) -> None:
     assert parsed.values.tolist() == [None, "Fri, 02 Jan 1970 00:00:00 GMT"]
     [(code, text)] = problems(parsed).values()
     assert code == "placeholder_date" and "no date" in text
+
+
+def test_time_and_duration_cells_are_named_as_such() -> None:
+    """helper-47: a date-formatted 0 (calamine: a time of day) or a [h]:mm duration cell is
+    named for what it is, not sent to "format the cells as dates" (they are)."""
+    [(code, text)] = problems(normalise.dates(col(time(0, 0)))).values()
+    assert code == "invalid_date" and text.startswith("is a time or duration cell")
+    [(code, text)] = problems(normalise.amounts(col(timedelta(days=46328)))).values()
+    assert code == "invalid_amount" and "time or duration cell" in text
 
 
 def test_number_cell_in_a_date_column() -> None:
