@@ -89,6 +89,10 @@ def _announce(result: RunResult, options: RunOptions) -> ExitCode:
                   "run the same command again to post them", file=sys.stderr)
         elif result.extra.get("stopped"):
             print("stopped after every row was posted: the report is complete", file=sys.stderr)
+        if result.extra.get("already_posted"):
+            print(f"sent to Amili by this run: {result.extra['posted']} row(s); "
+                  f"{result.extra['already_posted']} row(s) already posted earlier were not "
+                  "sent again (reason already_posted)", file=sys.stderr)
         for line in earlier_lines(result.extra.get("earlier_rows", [])):
             print(line, file=sys.stderr)
     print(result.report_dir)
@@ -341,6 +345,9 @@ class _Run:
             outcomes = post_rows(rows, self.client, self.journal, self.run_id, self.config,
                                  self.log, advance, stop=stop, earlier=self.learned)
         extra: dict[str, Any] = {"posted": sum(o.posted for o in outcomes)}
+        repeated = sum(o.reason == "already_posted" for o in outcomes)
+        if repeated:
+            extra["already_posted"] = repeated
         if self.learned:
             extra["earlier_rows"] = [_earlier_row(item.record) for item in self.learned]
             for row in extra["earlier_rows"]:

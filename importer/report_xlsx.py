@@ -257,6 +257,7 @@ _LABELS = {
     "exit_code": "Exit code (exit_code)",
     "process_exit_code": "Exit code of the process (process_exit_code)",
     "posted": "Rows known to have reached Amili (posted)",
+    "already_posted": "Rows already posted earlier, not sent again (already_posted)",
     "planned": "Rows a real run would post (planned)",
     "would_not_post": "Rows a real run would not post (would_not_post)",
     "could_not_run": "Why the API could not be used (could_not_run)",
