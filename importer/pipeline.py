@@ -295,10 +295,33 @@ class _Run:
             outcomes, extra = self._post_planned(planned)
             writer.add(_retry_frame(rows, outcomes))
             extra["retry_of"] = self.options.retry_of
-            return self._close(writer, [], extra)
+            return self._close(writer, [], extra, self._retried_files(rows))
 
-    def _close(self, writer: Any, files: list[FileInfo], extra: dict[str, Any]) -> RunResult:
-        summary = writer.close(files, datetime.now(UTC), extra)
+    def _retried_files(self, rows: list[RowRecord]) -> list[FileInfo]:
+        """The files the retried rows come from, for the report only: they were not read
+        again (and are not journaled as this run's, so their content still counts as not
+        processed completely)."""
+        from importer.read import FileInfo
+
+        assert self.journal is not None
+        per_file = Counter((r.run_id, r.ref.file_sha256, r.ref.file_name) for r in rows)
+        known = {(f.run_id, f.sha256, f.name): f for run in {r.run_id for r in rows}
+                 for f in self.journal.files(run)}
+        out = []
+        for (run_id, sha256, name), count in per_file.items():
+            record = known.get((run_id, sha256, name))
+            out.append(FileInfo(
+                path=Path(record.path if record else name), name=name, sha256=sha256,
+                size=(record.size or 0) if record else 0,
+                kinds=list(record.kinds) if record else [], rows=count,
+                notes=[f"{count} row(s) of run {run_id} posted again; the file itself was not "
+                       "read again"]))
+        return out
+
+    def _close(self, writer: Any, files: list[FileInfo], extra: dict[str, Any],
+               report_files: list[FileInfo] | None = None) -> RunResult:
+        summary = writer.close(files if report_files is None else report_files,
+                               datetime.now(UTC), extra)
         # The run's own code (the journal keeps it: it says whether its files need running
         # again); rows of earlier runs found in error count in the process exit code only.
         code = exit_code(files, summary.totals, bool(extra.get("could_not_run")))

@@ -428,6 +428,14 @@ def test_retry_reposts_transient_failures(cli: Callable[..., Result], tmp_path: 
     assert second["retry_of"] == first["run_id"]
     assert [r["status"] for r in second["rows"]] == ["completed", "completed"]
     assert stored_references(box) == Counter({"R1": 1, "R2": 1})
+    # The retry's report names the file its rows come from (it listed none), saying it was
+    # not read again; the journal keeps it the first run's (its content was not processed
+    # completely by the retry: the drop folder still runs it when it comes again).
+    [entry] = second["files"]
+    assert (entry["name"], entry["sha256"], entry["rows"]) == (
+        "payments.csv", first["files"][0]["sha256"], 2)
+    assert entry["notes"] == [f"2 row(s) of run {first['run_id']} posted again; the file "
+                              "itself was not read again"]
     listing = cli(["runs"], env=env).output
     assert first["run_id"] in listing and second["run_id"] in listing
     shown = cli(["show", second["run_id"]], env=env).output
