@@ -652,6 +652,10 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
             return None, Problem("invalid_date", "has no time zone; add Z for GMT or an "
                                  "offset such as +02:00 (e.g. 2025-07-04T16:20:41Z), or give "
                                  "the date alone (2025-07-04)")
+        zone = m["tz"].replace(":", "")
+        if zone[0] in "+-" and (int(zone[1:3]) > 14 or int(zone[3:5]) > 59):
+            return None, Problem("invalid_date", f"has a time-zone offset ({m['tz']}) that is "
+                                 f"not a real one; {_DATE_FORMS}")
         try:
             moment = datetime.fromisoformat(t.upper().replace("Z", "+00:00"))
         except ValueError:

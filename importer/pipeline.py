@@ -90,7 +90,7 @@ def _announce(result: RunResult, options: RunOptions) -> ExitCode:
         elif result.extra.get("stopped"):
             print("stopped after every row was posted: the report is complete", file=sys.stderr)
         if result.extra.get("already_posted"):
-            print(f"sent to Amili by this run: {result.extra['posted']} row(s); "
+            print(f"known to have reached Amili in this run: {result.extra['posted']} row(s); "
                   f"{result.extra['already_posted']} row(s) already posted earlier were not "
                   "sent again (reason already_posted)", file=sys.stderr)
         for line in earlier_lines(result.extra.get("earlier_rows", [])):

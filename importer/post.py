@@ -59,6 +59,7 @@ post again) or the found record's status.
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import threading
 import time
@@ -669,8 +670,8 @@ class _Engine:
         prior = self.journal.prior(row.fingerprint)
         # This row of this file was posted before, or judged already posted (skipped for a
         # done row of another file): so it stays, --allow-duplicates or not.
-        same = sorted((p for p in (*prior, *self.journal.skipped_for(row.fingerprint))
-                       if _covers(p, row)), key=lambda p: p.id)
+        same = sorted((p for p in (*prior, *self._skipped_for(row)) if _covers(p, row)),
+                      key=lambda p: p.id)
         if same:
             earlier = same[-1]
             if not earlier.done and earlier.ref_row is not None:  # skipped: its covering row
@@ -721,6 +722,14 @@ class _Engine:
         if outcome.status == COMPLETED:
             outcome.status = WARNING
         return recorded, outcome
+
+    def _skipped_for(self, row: PlannedRow) -> list[RowRecord]:
+        """Rows with this row's values skipped for a done row with the same values (a row
+        skipped because it was read differently after an upgrade is left to the check by
+        place, which names what differs)."""
+        return [s for s in self.journal.skipped_for(row.fingerprint)
+                if (target := self.journal.row(s.ref_row or 0)) is not None
+                and target.fingerprint == row.fingerprint]
 
     def _skip(self, row: PlannedRow, earlier: RowRecord,
               text: str) -> tuple[Settlement, Outcome]:
@@ -1314,8 +1323,27 @@ def _shown_by(rows: list[PlannedRow], allow_duplicates: bool) -> Callable[[RowRe
 
 def _from_here(earlier: RowRecord, row: PlannedRow) -> bool:
     """Whether a journal row comes from the same file as ``row``: the same content, or the same
-    file name (the file was edited and run again, and rows below an edit moved)."""
-    return earlier.ref.file_sha256 == row.file_sha256 or earlier.ref.file_name == row.file_name
+    file name (the file was edited and run again, and rows below an edit moved), also as the
+    drop folder archives it (``20261122T010203Z--name``), and a failed-rows file of it
+    (``failed-<stem>[-<sheet>].csv``, fixed and run again)."""
+    from importer.report import failed_rows_name
+
+    if earlier.ref.file_sha256 == row.file_sha256:
+        return True
+    here = _original_name(row.file_name)
+    return here in (_original_name(earlier.ref.file_name), _original_name(failed_rows_name(
+        earlier.ref.file_name, earlier.ref.sheet, earlier.kind)))
+
+
+_ARCHIVED = re.compile(r"^\d{8}T\d{6}Z(?:-\d+)?--")
+
+
+def _original_name(name: str) -> str:
+    """A file name without the drop folder's archive prefix and the failed-rows prefix."""
+    name = _ARCHIVED.sub("", name)
+    while name.startswith("failed-"):
+        name = _ARCHIVED.sub("", name[len("failed-"):])
+    return name
 
 
 def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
@@ -1333,9 +1361,11 @@ def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
 def _identical(earlier: RowRecord) -> str:
     """The message of a row not sent because a done row of another file has its values."""
     return (f"identical to a row already posted in run {earlier.run_id}, "
-            f"{earlier.ref.describe()}; not sent again. If it really is a separate event with "
-            "the same values, copy this row alone into a new file and run that file with "
-            "--allow-duplicates (the flag lets every identical row of its run through)")
+            f"{earlier.ref.describe()}; not sent again. Nothing to do if this file repeats "
+            "rows already sent (an overlapping export, a corrected copy); only if it really "
+            "is a separate event with the same values, copy this row alone into a new file "
+            "and run that file with --allow-duplicates (the flag lets every identical row of "
+            "its run through)")
 
 
 class _Slots:

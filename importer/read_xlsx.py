@@ -51,6 +51,12 @@ _P = rb"(?:[\w.-]+:)?"  # an optional namespace prefix (<x:c> in some generators
 # A cell, with or without attributes (``<c>`` alone: no r=, as some generators write it).
 _CELL = re.compile(rb"<" + _P + rb"c(?:\s([^>]*?))?(?:/>|>(.*?)</" + _P + rb"c>)", re.S)
 _FORMULA = re.compile(rb"<" + _P + rb"f[\s>/]")
+# An array formula's opening tag (its range's other cells hold results but no <f>), its range.
+_ARRAY_FORMULA = re.compile(rb"<" + _P + rb"f\s[^>]*\bt=\"array\"[^>]*")
+_RANGE_ATTR = re.compile(rb"\bref=\"\$?([A-Z]{1,3})\$?(\d+)(?::\$?([A-Z]{1,3})\$?(\d+))?\"")
+# Cells of array formulas in a workbook to be calculated when opened that are marked one by one
+# (their results are placeholders); a larger range rejects the file.
+MAX_ARRAY_CELLS = 1_000_000
 _VALUE = re.compile(rb"<" + _P + rb"v(?:\s[^>]*)?(?:/>|>(.*?)</" + _P + rb"v>)", re.S)
 _REF = re.compile(rb"\br=\"([A-Z]{1,3})(\d+)\"")
 _LETTERS = re.compile(rb"([A-Z]{1,3})\d+$")  # a cell reference's column (``AB`` of ``AB12``)
@@ -178,7 +184,7 @@ def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False) -> S
     with zipfile.ZipFile(path) as archive:
         scan.tables = _tables_with_totals(archive, part)
         with archive.open(part) as stream:
-            if _scan_blocks(stream, scan):
+            if _scan_blocks(stream, scan, path.name):
                 return scan
         # Rows or cells without r= (optional in ECMA-376, left out by some generators) or
         # attributes in single quotes: every row and cell is counted instead.
@@ -186,11 +192,11 @@ def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False) -> S
         scan.hidden_rows.clear()
         scan.untrusted = 0
         with archive.open(part) as stream:
-            _scan_by_position(stream, scan)
+            _scan_by_position(stream, scan, path.name)
     return scan
 
 
-def _scan_blocks(stream: IO[bytes], scan: SheetScan) -> bool:
+def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
     """The fast scan: only blocks that hold a formula, an error cell or a hidden row are
     searched, and cells and rows are placed by their ``r="A1"`` attribute.
 
@@ -212,7 +218,7 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan) -> bool:
             return False
         # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
         if (b"<f" in data or b":f" in data or b't="e"' in data) and not _fix_cells(
-                data, scan):
+                data, scan, name):
             return False
         if b"hidden=" in data:
             for match in _HIDDEN_ROW.finditer(data):
@@ -225,7 +231,7 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan) -> bool:
             return True
 
 
-def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
+def _scan_by_position(stream: IO[bytes], scan: SheetScan, name: str) -> None:
     """The full scan: every row and cell parsed and counted. A row without ``r`` follows the
     row before it, a cell without ``r`` the cell before it in its row (as Excel and calamine
     read them)."""
@@ -253,6 +259,9 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
             value_tag = children.get("v")
             fix = _cell_fix(element.get("t", "n"), "f" in children,
                             None if value_tag is None else value_tag.text or "", scan)
+            formula = children.get("f")
+            if formula is not None and formula.get("t") == "array":
+                _mark_array_range(scan, name, f'ref="{formula.get("ref", "")}"'.encode())
             if fix is not None:
                 scan.fixes.setdefault(row, []).append((column, fix))
             element.clear()
@@ -260,6 +269,35 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan) -> None:
             element.clear()
             if rows_parent is not None:  # done with: a million rows must not pile up here
                 rows_parent.remove(element)
+
+
+def _mark_array_range(scan: SheetScan, name: str, tag: bytes) -> None:
+    """In a workbook to be calculated when opened, the other cells of an array formula's range
+    (``<f t="array" ref="B2:B9">`` in B2; B3:B9 hold results and no ``<f>``) are formulas
+    without a saved result too.
+
+    Raises:
+        FileRejected: a range of more than :data:`MAX_ARRAY_CELLS` cells.
+    """
+    if not scan.recalculate:
+        return
+    found = _RANGE_ATTR.search(tag)
+    if found is None or found.group(3) is None:
+        return
+    first_col, last_col = _column_index(found.group(1)), _column_index(found.group(3))
+    first_row, last_row = int(found.group(2)) - 1, int(found.group(4)) - 1
+    if (last_row - first_row + 1) * (last_col - first_col + 1) > MAX_ARRAY_CELLS:
+        where = (f"{found.group(1).decode()}{found.group(2).decode()}:"
+                 f"{found.group(3).decode()}{found.group(4).decode()}")
+        raise FileRejected(name, f"an array formula covers {where}; "
+                                 "the workbook asks Excel to calculate it when opened, so its "
+                                 "results are not saved in it: open the file in Excel, let it "
+                                 "calculate, save it and run it again")
+    for row in range(first_row, last_row + 1):
+        for column in range(first_col, last_col + 1):
+            if (row, column) != (first_row, first_col):  # the formula's own cell: counted
+                scan.fixes.setdefault(row, []).append((column, FORMULA_WITHOUT_VALUE))
+                scan.untrusted += 1
 
 
 def _cell_fix(cell_type: str, formula: bool, value: str | None,
@@ -319,7 +357,7 @@ def _tables_with_totals(archive: zipfile.ZipFile, part: str) -> list[ExcelTable]
     return found
 
 
-def _fix_cells(data: bytes, scan: SheetScan) -> bool:
+def _fix_cells(data: bytes, scan: SheetScan, name: str) -> bool:
     """Collect the fixes of the cells in ``data``; False when one cannot be placed (no
     ``r``)."""
     for match in _CELL.finditer(data):
@@ -332,6 +370,8 @@ def _fix_cells(data: bytes, scan: SheetScan) -> bool:
         value_tag = _VALUE.search(inner)
         fix = _cell_fix(cell_type.decode("ascii"), formula, None if value_tag is None else
                         (value_tag.group(1) or b"").decode("utf-8", "replace"), scan)
+        if formula and scan.recalculate and (array := _ARRAY_FORMULA.search(inner)):
+            _mark_array_range(scan, name, array.group(0))
         if fix is None:
             continue
         ref = _REF.search(attrs)
@@ -356,13 +396,17 @@ def _workbook(path: Path) -> Any:
                                       "save it again from Excel as .xlsx") from None
 
 
-def _apply(row: list[Any], fixes: list[tuple[int, str]] | None) -> list[Any]:
+def _apply(row: list[Any], fixes: list[tuple[int, str]] | None, *,
+           keep_shown: bool = False) -> list[Any]:
+    """A row with the scan's fixes put where calamine shows a cell as empty; a formula's
+    result the workbook disowns (see _sheet_parts) is shown, and replaced too, unless
+    ``keep_shown`` (the rows searched for the header: a header cell written as a formula is
+    read as its saved text)."""
     if fixes:
         row = list(row)
         for column, value in fixes:
-            # Where calamine shows a cell as empty; a formula's result the workbook disowns
-            # (see _sheet_parts) is shown, and replaced.
-            if column < len(row) and (row[column] == "" or value is FORMULA_WITHOUT_VALUE):
+            if column < len(row) and (row[column] == "" or (
+                    value is FORMULA_WITHOUT_VALUE and not keep_shown)):
                 row[column] = value
             elif column >= len(row):
                 row.extend([""] * (column - len(row)) + [value])
@@ -435,7 +479,8 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
         return None
     first = sheet.start[0] if sheet.start is not None else min(fixes)
     top = sheet.to_python(skip_empty_area=False, nrows=first + HEADER_PROBE_ROWS)
-    found = find_header((i + 1, _apply(row, fixes.get(i))) for i, row in enumerate(top))
+    found = find_header((i + 1, _apply(row, fixes.get(i), keep_shown=True))
+                        for i, row in enumerate(top))
     if found is None:
         info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
         return None
@@ -462,15 +507,20 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
                           f"{min(hidden) + 1}): they are reported as errors, never posted")
     if scan.hidden_columns:
         info.notes.append(f"{where}some columns are hidden; they are read like the others")
-    if scan.untrusted:
-        info.notes.append(
-            f"{where}the workbook asks Excel to calculate it when opened (it was written by a "
-            "program, not saved by Excel), so the results saved with its formulas are "
-            f"placeholders or out of date: its {scan.untrusted} formula cell(s) are read as "
-            "formulas without a saved result. Open the file in Excel, let it calculate, save "
-            "it and run it again")
     # header_row is the header's row number, i.e. the 0-based index of the first data row.
     recognised = [p for p, c in zip(positions, columns, strict=True) if c in fields]
+    if scan.untrusted:
+        sent = set(recognised)  # a formula in a column never sent harms nothing
+        untrusted = sum(value is FORMULA_WITHOUT_VALUE and column in sent
+                        for row, cells in fixes.items() if row >= header_row
+                        for column, value in cells)
+        if untrusted:
+            info.notes.append(
+                f"{where}the workbook asks Excel to calculate it when opened (it was written "
+                "by a program, not saved by Excel), so the results saved with its formulas are "
+                f"placeholders or out of date: {untrusted} formula cell(s) of columns that are "
+                "sent are read as formulas without a saved result. Open the file in Excel, let "
+                "it calculate, save it and run it again")
     totals: set[int] = set()
     for excel_table in scan.tables:  # only a table that is the data: not one beside it
         if excel_table.is_the_data(header_row - 1, recognised):

@@ -227,12 +227,15 @@ def test_dates_not_guessed(raw: str) -> None:
 
 @pytest.mark.parametrize("raw", ["Mon, 02 Nov 2026 10:00:00 +2400",
                                  "Mon, 02 Nov 2026 10:00:00 -9999",
-                                 "Mon, 02 Nov 2026 10:00:00 +0160"])
+                                 "Mon, 02 Nov 2026 10:00:00 +0160",
+                                 "2026-11-02T10:00:00+23:00", "2026-11-02T10:00:00+1500"])
 def test_an_impossible_numeric_offset_is_not_converted(raw: str) -> None:
     """helper-47: an RFC offset no place has (+2400, -9999) is an error, not a shift of a day
-    or more (the ISO path refuses the same)."""
-    parsed = normalise.dates(col(raw, "Mon, 02 Nov 2026 10:00:00 +0130"))
-    assert parsed.values.tolist() == [None, "Mon, 02 Nov 2026 08:30:00 GMT"]
+    or more; ISO likewise (helper-48)."""
+    parsed = normalise.dates(col(raw, "Mon, 02 Nov 2026 10:00:00 +0130",
+                                 "2026-11-02T10:00:00-14:00"))
+    assert parsed.values.tolist() == [None, "Mon, 02 Nov 2026 08:30:00 GMT",
+                                      "Tue, 03 Nov 2026 00:00:00 GMT"]
     [(code, text)] = problems(parsed).values()
     assert code == "invalid_date" and "offset" in text
 

@@ -275,6 +275,44 @@ def test_cross_file_duplicate_refused_unless_allowed(sandbox: RunningSandbox, tm
     assert len(stored(sandbox)) == 2
 
 
+def test_a_failed_rows_file_and_an_archived_copy_are_their_original_file(
+        sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
+    """helper-48: `retry` posts row 7 of payments.csv; the fixed failed-payments.csv still
+    holds it: the same payment, `completed` (no hint to post it again); so is the drop
+    folder's archived copy. An unrelated file's identical row keeps the warning, whose hint
+    first says that nothing is to be done for a repeated row."""
+    config = config_for(sandbox, tmp_path)
+    body = payment_body(OPEN_CASE, 42.0)
+    run([planned(body, 7, sha="a" * 64, name="payments.csv")], config, journal, "retry1")
+    for n, name in enumerate(("failed-payments.csv", "20261122T010203Z--payments.csv",
+                              "20261123T010203Z--failed-payments.csv")):
+        [again] = run([planned(body, 3, sha=f"{n}" * 64, name=name)], config, journal,
+                      f"r{n}")
+        assert again.status == COMPLETED and not again.posted, name
+        assert "--allow-duplicates" not in again.message
+        assert again.message.startswith("already posted in run retry1, file payments.csv row 7")
+    [other] = run([planned(body, 2, sha="e" * 64, name="payments-november.csv")], config,
+                  journal, "r9")
+    assert other.status == WARNING and "Nothing to do if this file repeats rows" in (
+        other.message)
+    assert len(stored(sandbox)) == 1
+
+
+def test_every_run_after_an_upgrade_names_what_is_read_differently(
+        sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
+    """helper-48: the second run of a file after an upgrade (values read differently) is a
+    warning naming the difference; so is the third (its own skipped row must not turn it
+    into a plain 'completed')."""
+    config = config_for(sandbox, tmp_path)
+    before = payment_body(OPEN_CASE, 100.0)
+    run([planned(before, 2)], config, journal, "r1")
+    now = {**before, "creditor_payment_reference": "OCR 4711"}
+    for run_id in ("r2", "r3", "r4"):
+        [out] = run([planned(now, 2)], config, journal, run_id)
+        assert out.status == WARNING and "read with other values" in out.message, run_id
+    assert len(stored(sandbox)) == 1
+
+
 def test_same_case_in_order_then_error(sandbox: RunningSandbox, tmp_path: Path,
                                        journal: Journal) -> None:
     """A payment that closes a case, then one more for it: completed, then error (in order)."""

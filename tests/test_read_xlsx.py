@@ -210,12 +210,67 @@ def test_results_a_workbook_disowns_are_not_values(tmp_path: Path) -> None:
     assert first["Amount"] is FORMULA_WITHOUT_VALUE
     assert second["Amount"] == 7 and second["Invoice Number"] == "B"
     assert any("asks Excel to calculate it when opened" in n and "2 formula cell(s)" in n
-               for n in info.notes)
+               for n in info.notes)  # the two sent: not the OCR column's
     saved = _rewrite(path, tmp_path / "payments-saved.xlsx",
                      lambda name, text: _as_excel_saves(text) if name.endswith("workbook.xml")
                      else text)
     info, (table,) = open_file(saved, ReadOptions())
     assert rows(table)[0]["Amount"] == 0 and not any("calculate" in n for n in info.notes)
+
+
+def _array_workbook(tmp_path: Path, name: str = "payments.xlsx") -> Path:
+    """Invoice numbers B2:B3 from one array formula (only B2 holds the <f>; B3 holds a result
+    alone), in a workbook openpyxl marks to be calculated when opened."""
+    from openpyxl.worksheet.formula import ArrayFormula
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER + ["OCR", "Check"])
+    ws.append([CRED, None, "SEK", 100, dt.date(2025, 7, 1), 1001, "=1+1"])
+    ws.append([CRED, 0, "SEK", 100, dt.date(2025, 7, 1), 1002])  # xlsxwriter's padding
+    ws["B2"] = ArrayFormula("B2:B3", '="F-"&F2:F3')
+    return save(wb, tmp_path, name)
+
+
+def test_every_cell_of_an_array_formula_in_a_recalculate_workbook_is_without_value(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """helper-48: an array formula keeps its <f> in its first cell only; the other cells of its
+    range hold placeholder results (xlsxwriter: 0) and were read as invoice 0. Each is a
+    formula without a saved result; a formula in a column never sent ("Check") is not counted
+    in the note. A range too large to mark cell by cell rejects the file."""
+    info, (table,) = open_file(_array_workbook(tmp_path), ReadOptions())
+    first, second = rows(table)
+    assert first["Invoice Number"] is FORMULA_WITHOUT_VALUE
+    assert second["Invoice Number"] is FORMULA_WITHOUT_VALUE
+    assert any("2 formula cell(s) of columns that are sent" in n for n in info.notes)
+    # The same sheet without r= references takes the full scan: the same result.
+    plain = _rewrite(_array_workbook(tmp_path, "plain.xlsx"), tmp_path / "payments-nor.xlsx",
+                     lambda name, text: re.sub(r' r="[A-Z]+\d+"', "", text)
+                     if name.endswith("sheet1.xml") else text)
+    _, (table,) = open_file(plain, ReadOptions())
+    assert [r["Invoice Number"] for r in rows(table)] == [FORMULA_WITHOUT_VALUE] * 2
+    monkeypatch.setattr("importer.read_xlsx.MAX_ARRAY_CELLS", 1)
+    with pytest.raises(FileRejected, match="an array formula covers B2:B3"):
+        open_file(_array_workbook(tmp_path, "payments-big.xlsx"), ReadOptions())
+
+
+def test_a_header_written_as_a_formula_keeps_its_saved_text(tmp_path: Path) -> None:
+    """helper-48: in a workbook to be calculated when opened, a header cell written as a
+    formula with its text saved is read as that text (the header row only names columns);
+    its data cells below are still formulas without a saved result."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER)
+    ws.append([CRED, "A", "SEK", 5, dt.date(2025, 7, 1)])
+    path = _rewrite(save(wb, tmp_path, "p0.xlsx"), tmp_path / "payments.xlsx",
+                    lambda name, text: text.replace(
+                        '<c r="A1" t="inlineStr"><is><t>Creditor</t></is></c>',
+                        '<c r="A1" t="str"><f>"Creditor"</f><v>Creditor</v></c>'))
+    assert b"<f>" in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
+    _, (table,) = open_file(path, ReadOptions())
+    assert rows(table)[0]["Creditor"] == CRED
 
 
 def test_rows_of_formulas_without_values_below_the_data_are_read(tmp_path: Path) -> None:
@@ -556,9 +611,9 @@ def test_both_sheet_scans_agree_on_a_usual_sheet(tmp_path: Path) -> None:
     fast, full = SheetScan(), SheetScan()
     with zipfile.ZipFile(path) as z:
         with z.open("xl/worksheets/sheet1.xml") as stream:
-            assert _scan_blocks(stream, fast)
+            assert _scan_blocks(stream, fast, "p.xlsx")
         with z.open("xl/worksheets/sheet1.xml") as stream:
-            _scan_by_position(stream, full)
+            _scan_by_position(stream, full, "p.xlsx")
     assert fast.fixes == full.fixes == {1: [(1, "#N/A"), (3, FORMULA_WITHOUT_VALUE)]}
     assert fast.hidden_rows == full.hidden_rows == {2}
     assert fast.hidden_columns and full.hidden_columns

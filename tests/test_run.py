@@ -250,8 +250,8 @@ def test_following_the_already_posted_hint_does_not_repost_an_overlapping_row(
     assert [(r["status"], r["reason"]) for r in rows] == [("warning", "already_posted")] * 2
     assert report(tmp_path / "r2")["posted"] == 0
     assert "payments warning: 2 rows, 30.00 SEK" in result.output  # never "completed"
-    assert ("sent to Amili by this run: 0 row(s); 2 row(s) already posted earlier were not "
-            "sent again") in result.output
+    assert ("known to have reached Amili in this run: 0 row(s); 2 row(s) already posted "
+            "earlier were not sent again") in result.output
     assert report(tmp_path / "r2")["already_posted"] == 2
     cli(["run", str(tuesday), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")],
         env=env)
