@@ -737,17 +737,11 @@ class Journal:
 
     def prior(self, fingerprint: str) -> list[RowRecord]:
         """Rows with this fingerprint that were stored or may have been (done or pending),
-        oldest first: what decides whether a row may be posted."""
-        rows = self._query(f"SELECT * FROM rows WHERE {_PRIOR} ORDER BY id",
+        and those not sent because another done row stands for them (``skipped`` with
+        ``ref_row``: the judgement a run made on a row of its file, which a later run of that
+        file keeps), oldest first: what decides whether a row may be posted."""
+        rows = self._query(f"SELECT * FROM rows WHERE {_PRIOR_OR_SKIPPED} ORDER BY id",
                            _prior_args(fingerprint))
-        return [_row(r) for r in rows]
-
-    def skipped_for(self, fingerprint: str) -> list[RowRecord]:
-        """Rows with this fingerprint that were not sent because another done row stands for
-        them (``skipped`` with ``ref_row``), oldest first: the judgement a run made on a row of
-        its file, which a later run of that file keeps."""
-        rows = self._query("SELECT * FROM rows WHERE fingerprint = ? AND state = 'skipped' AND"
-                           " ref_row IS NOT NULL ORDER BY id", (fingerprint,))
         return [_row(r) for r in rows]
 
     def prior_source(self, ref: RowRef, kind: str) -> list[RowRecord]:
@@ -851,6 +845,8 @@ _STORED_OR_PENDING = ("state IN (?, ?, ?, ?) OR (state = ? AND"
                       " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299))")
 # The rows that decide whether a fingerprint may be posted (see Journal.prior).
 _PRIOR = f"fingerprint = ? AND ({_STORED_OR_PENDING})"
+_PRIOR_OR_SKIPPED = (f"fingerprint = ? AND ({_STORED_OR_PENDING} OR"
+                     " (state = 'skipped' AND ref_row IS NOT NULL))")
 # The same, for the rows that came from one row of one file (its bytes, sheet and row number):
 # that row, however a version of amili-import reads it (see Journal.prior_source); also the
 # rows skipped there as covered by another row.

@@ -670,8 +670,7 @@ class _Engine:
         prior = self.journal.prior(row.fingerprint)
         # This row of this file was posted before, or judged already posted (skipped for a
         # done row of another file): so it stays, --allow-duplicates or not.
-        same = sorted((p for p in (*prior, *self._skipped_for(row)) if _covers(p, row)),
-                      key=lambda p: p.id)
+        same = [p for p in prior if _covers(p, row) and (p.done or self._for_same_values(p))]
         if same:
             earlier = same[-1]
             if not earlier.done and earlier.ref_row is not None:  # skipped: its covering row
@@ -723,13 +722,12 @@ class _Engine:
             outcome.status = WARNING
         return recorded, outcome
 
-    def _skipped_for(self, row: PlannedRow) -> list[RowRecord]:
-        """Rows with this row's values skipped for a done row with the same values (a row
-        skipped because it was read differently after an upgrade is left to the check by
-        place, which names what differs)."""
-        return [s for s in self.journal.skipped_for(row.fingerprint)
-                if (target := self.journal.row(s.ref_row or 0)) is not None
-                and target.fingerprint == row.fingerprint]
+    def _for_same_values(self, skipped: RowRecord) -> bool:
+        """Whether a skipped row was skipped for a done row with its values (one skipped
+        because it was read differently after an upgrade is left to the check by place,
+        which names what differs)."""
+        target = self.journal.row(skipped.ref_row or 0)
+        return target is not None and target.fingerprint == skipped.fingerprint
 
     def _skip(self, row: PlannedRow, earlier: RowRecord,
               text: str) -> tuple[Settlement, Outcome]:
