@@ -146,12 +146,18 @@ def kind_from_label(label: str) -> Kind | None:
     (``Betalningar``, ``Kreditering``, ``Återkallelser``). A name that matches more than one
     kind is not guessed.
     """
+    found = kinds_named(label)
+    return KINDS[found.pop()] if len(found) == 1 else None
+
+
+def kinds_named(label: str) -> set[str]:
+    """The kinds a file or worksheet name names (see :func:`kind_from_label`): none, one, or
+    several (``Cancelled creditings``)."""
     text = unicodedata.normalize("NFC", label).lower()  # macOS file names come decomposed
     english = text.replace("creditor", " ")
     words = set(re.findall(r"[^\W\d_]+", text))
     found = {kind for kind, stem in _KIND_STEMS.items() if stem in english}
-    found |= {kind for kind, names in _KIND_WORDS_SV.items() if words & names}
-    return KINDS[found.pop()] if len(found) == 1 else None
+    return found | {kind for kind, names in _KIND_WORDS_SV.items() if words & names}
 
 
 def without_kind_words(label: str) -> str:

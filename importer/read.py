@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from importer.errors import FileRejected
-from importer.kinds import ALL_FIELDS, NAMING_HINT, READ_ONLY_FIELDS, Kind, kind_from_label
+from importer.kinds import (
+    ALL_FIELDS,
+    NAMING_HINT,
+    READ_ONLY_FIELDS,
+    Kind,
+    kind_from_label,
+    kinds_named,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -175,6 +182,14 @@ def kind_for(name: str, label: str, options: ReadOptions, fallback: str | None =
     if options.kind is not None:
         return options.kind
     kind = kind_from_label(label)
+    named = sorted(kinds_named(label))
+    if kind is None and fallback is not None and len(named) > 1:
+        # "Cancelled creditings": the sheet says something of its rows that the file name
+        # (creditings-2026-11.xlsx) must not overrule.
+        raise FileRejected(name, f"worksheet {label!r} names more than one kind "
+                                 f"({', '.join(named)}): rename it after the one kind of its "
+                                 "rows ('Payments', 'Creditings', 'Cancellations'), or move "
+                                 "rows that must not be posted out of the workbook")
     if kind is None and fallback is not None:
         kind = kind_from_label(fallback)
     if kind is None and fallback is not None:
@@ -192,6 +207,10 @@ def cell_text(value: Any) -> str:
     if value is None:
         return ""
     return str(value).replace("\ufeff", "").strip()
+
+
+# Columns of money events: in a file read as cancellations they mark rows of another kind.
+_MONEY_MARKS = ("amount", "credit_invoice", "creditor_reference")
 
 
 def find_header(rows: Iterable[tuple[int, Sequence[Any]]]) -> tuple[int, list[str]] | None:
@@ -302,6 +321,16 @@ def build_columns(name: str, where: str, header: list[str], keep: Callable[[int]
                                  f"payments column, but the rows are read as {kind.name}; if "
                                  "these are payments, pass --kind payments or name the file "
                                  "(or sheet) after its kind")
+    money = [by_field[f] for f in _MONEY_MARKS if f in by_field and not kind.amount]
+    if money:
+        # The marks of a crediting (or payment) read as cancellations: each row would cancel
+        # its whole case.
+        raise FileRejected(name, f"{where}column(s) {', '.join(repr(m) for m in money)} belong "
+                                 f"to credit notes or payments, but the rows are read as "
+                                 f"{kind.name}: each would cancel its whole case. If these are "
+                                 "credit notes, pass --kind creditings or name the file (or "
+                                 "sheet) after its kind; if they really are cancellations, "
+                                 "delete the column(s)")
     foreign = [text for text, canon in fields.items()
                if canon not in kind.fields and canon not in READ_ONLY_FIELDS]
     if foreign:

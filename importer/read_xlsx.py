@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from importer.errors import FileRejected
-from importer.kinds import kind_from_label
+from importer.kinds import kind_from_label, kinds_named
 from importer.read import (
     FORMULA_WITHOUT_VALUE,
     HIDDEN,
@@ -497,9 +497,18 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
     width = max([len(header)] + [c + 1 for row in fixes.values() for c, _ in row])
     header = header + [""] * (width - len(header))
     with_values = _headerless_with_values(sheet, header, header_row, fixes)
-    positions, columns, fields = build_columns(
-        name, where, header, with_values.__contains__, column_letter, kind, options,
-        header_row, info.notes)
+    try:
+        positions, columns, fields = build_columns(
+            name, where, header, with_values.__contains__, column_letter, kind, options,
+            header_row, info.notes)
+    except FileRejected as exc:
+        if options.kind is not None or kinds_named(sheet_name):
+            raise
+        # The kind came from the file name: say so, the sheet may hold another kind.
+        raise FileRejected(name, f"{exc.reason}. The sheet's name tells no kind, so it was "
+                                 f"read as {kind.name}, the kind the file name tells; if it "
+                                 "holds another kind, rename the sheet after it ('Payments', "
+                                 "'Creditings', 'Cancellations')") from None
     info.kinds.append(kind.name)
     hidden = {r for r in scan.hidden_rows if r >= header_row}
     if hidden:

@@ -426,9 +426,31 @@ def test_a_payments_file_read_as_another_kind_is_rejected(tmp_path: Path) -> Non
     with pytest.raises(FileRejected, match="'bank_transaction_date' is a payments column, "
                                            "but the rows are read as creditings"):
         read(path, kind=CREDITINGS)
-    cancel = write(tmp_path, "cancellations.csv", f"creditor,case,amount\n{CRED},{'a' * 24},5\n")
+    cancel = write(tmp_path, "cancellations.csv",
+                   f"creditor,case,origin,creditor_payment_reference\n{CRED},{'a' * 24},,R\n")
     info, _ = read(cancel)
-    assert any("other kinds, not of cancellations" in n and "'amount'" in n for n in info.notes)
+    assert any("other kinds, not of cancellations" in n and "'creditor_payment_reference'" in n
+               for n in info.notes)
+
+
+@pytest.mark.parametrize("columns", ["amount", "credit_invoice", "Creditor Reference",
+                                     "currency,amount,credit_invoice"])
+def test_credit_note_columns_in_a_file_read_as_cancellations_reject_it(
+        tmp_path: Path, columns: str) -> None:
+    """helper-49: credit notes read as cancellations (a misnamed file, --kind cancellations)
+    would each cancel their whole case: an amount, credit invoice or creditor reference column
+    rejects the file, naming the column(s) and both ways out."""
+    values = ",".join("1" for _ in columns.split(","))
+    path = write(tmp_path, "cancellations.csv", f"creditor,case,{columns}\n{CRED},{'a' * 24},"
+                                                f"{values}\n")
+    with pytest.raises(FileRejected, match=r"belong to credit notes or payments, but the rows "
+                                           r"are read as cancellations: each would cancel its "
+                                           r"whole case\. If these are credit notes, pass "
+                                           r"--kind creditings"):
+        read(path)
+    with pytest.raises(FileRejected, match="each would cancel its whole case"):
+        read(write(tmp_path, "credits.csv", f"creditor,case,{columns}\n{CRED},{'a' * 24},"
+                                            f"{values}\n"), kind=CANCELLATIONS)
 
 
 def test_inert_formula_text_reads_back_as_written(tmp_path: Path) -> None:

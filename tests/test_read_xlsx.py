@@ -351,6 +351,39 @@ def test_header_too_far_down_the_sheet_is_named_as_not_found(tmp_path: Path) -> 
         open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
 
 
+@pytest.mark.parametrize("sheet", ["Cancelled creditings", "Återkallade krediteringar"])
+def test_a_sheet_naming_two_kinds_is_not_read_as_the_files_kind(tmp_path: Path,
+                                                                sheet: str) -> None:
+    """helper-49: "Cancelled creditings" in creditings-2026-11.xlsx was read as creditings
+    (the file name's kind) and posted: a sheet naming two kinds rejects the workbook."""
+    wb = openpyxl.Workbook()
+    first = wb.active
+    first.title = "Creditings"
+    for ws in (first, wb.create_sheet(sheet)):
+        ws.append(["creditor", "case", "currency", "amount", "credit_invoice"])
+        ws.append([CRED, "a" * 24, "SEK", 500, "CR-1"])
+    with pytest.raises(FileRejected, match=f"worksheet '{sheet}' names more than one kind "
+                                           r"\(cancellations, creditings\)"):
+        open_file(save(wb, tmp_path, "creditings-2026-11.xlsx"), ReadOptions())
+
+
+def test_a_sheet_read_by_the_file_names_kind_says_so_when_columns_are_missing(
+        tmp_path: Path) -> None:
+    """helper-49: a sheet whose name tells no kind is read as the file name's kind; when its
+    columns do not fit, the message says where the kind came from."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "Betalningar"
+    wb.active.append(["creditor", "case", "currency", "amount", "bank_transaction_date"])
+    wb.active.append([CRED, "a" * 24, "SEK", 5, dt.date(2026, 11, 2)])
+    other = wb.create_sheet("Avbrott 2026")
+    other.append(["creditor", "case"])
+    other.append([CRED, "a" * 24])
+    with pytest.raises(FileRejected, match=r"sheet 'Avbrott 2026': missing required .*\. The "
+                                           r"sheet's name tells no kind, so it was read as "
+                                           r"payments, the kind the file name tells"):
+        open_file(save(wb, tmp_path, "payments-2026.xlsx"), ReadOptions())
+
+
 def test_workbook_chunks_keep_row_numbers(tmp_path: Path) -> None:
     """Chunking a sheet with gaps keeps each row's Excel row number."""
     wb = openpyxl.Workbook()
