@@ -40,13 +40,13 @@ for big backfills when Amili agrees; ``--rate-limit`` caps requests per second i
 
 Report statuses and reasons written back per row (:class:`Outcome`):
 
-``completed``  Amili applied it (``reason`` None, or ``already_posted``: skipped, this row of
-               this file was posted before)
+``completed``  Amili applied it (``reason`` None, or ``already_posted``: skipped, this very
+               row was posted before)
 ``warning``    Amili stored it with status warning (``api_warning``), or gave a status value
                we do not know / none at all (``status_unknown``), or answered 2xx without
                naming the record, which the read-back then did not find (``stored_without_id``),
-               or ``already_posted``: an identical row of another file was posted, this one
-               never was
+               or ``already_posted``: an identical row (of another file, or another row of a
+               file of that name) was posted, this one never was
 ``error``      ``api_error`` (stored with status error), ``api_rejected`` (422/404, nothing
                stored), and the retryable ones: ``retry_exhausted``, ``outcome_unknown``,
                ``not_posted`` (the run stopped first), ``api_unusable`` (login failed),
@@ -675,7 +675,7 @@ class _Engine:
             earlier = same[-1]
             if not earlier.done and earlier.ref_row is not None:  # skipped: its covering row
                 earlier = self.journal.row(earlier.ref_row) or earlier
-            if not _from_here(earlier, row):
+            if not _same_row(earlier, row):
                 return self._skip(row, earlier, _identical(earlier))
             return self._skip(row, earlier, f"already posted in run {earlier.run_id}, "
                                             f"{earlier.ref.describe()}")
@@ -731,15 +731,15 @@ class _Engine:
 
     def _skip(self, row: PlannedRow, earlier: RowRecord,
               text: str) -> tuple[Settlement, Outcome]:
-        """Not sent: ``earlier`` (done) stands for it. Its outcome is this row's when it came
-        from this same file; a row of another file was judged identical by its values alone,
-        and this one never reached Amili: a warning, so that a person sees it (an error stays
-        an error)."""
+        """Not sent: ``earlier`` (done) stands for it. Its outcome is this row's when it is
+        this very row (:func:`_same_row`); any other row was judged identical by its values
+        alone, and this one never reached Amili: a warning, so that a person sees it (an error
+        stays an error)."""
         if earlier.amili_id:
             text += f" (Amili id {earlier.amili_id})"
         if earlier.state != COMPLETED and earlier.message:
             text += f"; then: {earlier.message}"
-        status = earlier.state if earlier.state == ERROR or _from_here(earlier, row) else WARNING
+        status = earlier.state if earlier.state == ERROR or _same_row(earlier, row) else WARNING
         recorded = Settlement(SKIPPED, reason="already_posted", message=text, ref_row=earlier.id)
         outcome = Outcome(
             index=row.index, status=status, reason="already_posted", message=text,
@@ -1322,38 +1322,37 @@ def _shown_by(rows: list[PlannedRow], allow_duplicates: bool) -> Callable[[RowRe
 def _from_here(earlier: RowRecord, row: PlannedRow) -> bool:
     """Whether a journal row comes from the same file as ``row``: the same content, or the same
     file name (the file was edited and run again, and rows below an edit moved), also as the
-    drop folder archives it (``20261122T010203Z--name``), and a failed-rows file of it
-    (``failed-<stem>[-<sheet>].csv``, fixed and run again)."""
-    from importer.report import failed_rows_name
+    drop folder archives it (``20261122T010203Z--name``). A failed-rows file is a file of its
+    own: its rows are other rows (a duplicate refused in the first file may be a second
+    payment, which the failed-rows file run with --allow-duplicates posts)."""
+    return (earlier.ref.file_sha256 == row.file_sha256
+            or _ARCHIVED.sub("", earlier.ref.file_name) == _ARCHIVED.sub("", row.file_name))
 
-    if earlier.ref.file_sha256 == row.file_sha256:
-        return True
-    here = _original_name(row.file_name)
-    return here in (_original_name(earlier.ref.file_name), _original_name(failed_rows_name(
-        earlier.ref.file_name, earlier.ref.sheet, earlier.kind)))
+
+def _same_row(earlier: RowRecord, row: PlannedRow) -> bool:
+    """Whether a journal row is this very row: the same file content, or the same file name
+    (as :func:`_from_here`) and the same sheet and row. Another row of the same name (a fixed
+    name exported every night, an edit that moved rows) is only identical by its values."""
+    return earlier.ref.file_sha256 == row.file_sha256 or (
+        _from_here(earlier, row) and (earlier.ref.sheet, earlier.ref.row) == (row.sheet, row.row))
 
 
 _ARCHIVED = re.compile(r"^\d{8}T\d{6}Z(?:-\d+)?--")
 
 
-def _original_name(name: str) -> str:
-    """A file name without the drop folder's archive prefix and the failed-rows prefix."""
-    name = _ARCHIVED.sub("", name)
-    while name.startswith("failed-"):
-        name = _ARCHIVED.sub("", name[len("failed-"):])
-    return name
-
-
 def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
     """Whether an earlier journal row with the same fingerprint already stands for this row.
 
-    It does when it comes from the same file (:func:`_from_here`) and is done, or was skipped
-    there because another done row covers it. ``--allow-duplicates`` never re-posts such a
-    row: it only lets through an identical row of a file never run before (two identical rows
-    in one file are a duplicate that validation already refuses).
+    It does when it is done and comes from the same file (:func:`_from_here`), or was skipped
+    in a file of the same name because another done row covers it (that file run again:
+    its rows judged already posted stay so). ``--allow-duplicates`` never re-posts such a
+    row: it only lets through an identical row of a file of another name (a row copied alone
+    into a new file; two identical rows in one file are a duplicate validation refuses).
     """
-    return _from_here(earlier, row) and (
-        earlier.done or (earlier.state == SKIPPED and earlier.ref_row is not None))
+    if earlier.done:
+        return _from_here(earlier, row)
+    return (earlier.state == SKIPPED and earlier.ref_row is not None
+            and _ARCHIVED.sub("", earlier.ref.file_name) == _ARCHIVED.sub("", row.file_name))
 
 
 def _identical(earlier: RowRecord) -> str:

@@ -275,26 +275,27 @@ def test_cross_file_duplicate_refused_unless_allowed(sandbox: RunningSandbox, tm
     assert len(stored(sandbox)) == 2
 
 
-def test_a_failed_rows_file_and_an_archived_copy_are_their_original_file(
+def test_only_this_very_row_is_completed_others_are_warnings_that_say_nothing_to_do(
         sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
-    """helper-48: `retry` posts row 7 of payments.csv; the fixed failed-payments.csv still
-    holds it: the same payment, `completed` (no hint to post it again); so is the drop
-    folder's archived copy. An unrelated file's identical row keeps the warning, whose hint
+    """helper-48/50: `retry` posts row 7 of payments.csv. The drop folder's archived copy of
+    that file, dropped back (row 7 again), is that row: `completed`. The fixed
+    failed-payments.csv, another row of a file of that name (a fixed-name export of the next
+    night) and an unrelated file are identical by their values only: a warning whose message
     first says that nothing is to be done for a repeated row."""
     config = config_for(sandbox, tmp_path)
     body = payment_body(OPEN_CASE, 42.0)
     run([planned(body, 7, sha="a" * 64, name="payments.csv")], config, journal, "retry1")
-    for n, name in enumerate(("failed-payments.csv", "20261122T010203Z--payments.csv",
-                              "20261123T010203Z--failed-payments.csv")):
-        [again] = run([planned(body, 3, sha=f"{n}" * 64, name=name)], config, journal,
-                      f"r{n}")
-        assert again.status == COMPLETED and not again.posted, name
-        assert "--allow-duplicates" not in again.message
-        assert again.message.startswith("already posted in run retry1, file payments.csv row 7")
-    [other] = run([planned(body, 2, sha="e" * 64, name="payments-november.csv")], config,
-                  journal, "r9")
-    assert other.status == WARNING and "Nothing to do if this file repeats rows" in (
-        other.message)
+    [same] = run([planned(body, 7, sha="b" * 64, name="20261122T010203Z--payments.csv")],
+                 config, journal, "r1")
+    assert same.status == COMPLETED and not same.posted
+    assert same.message.startswith("already posted in run retry1, file payments.csv row 7")
+    for n, (name, row) in enumerate((("failed-payments.csv", 2), ("payments.csv", 3),
+                                     ("payments-november.csv", 7))):
+        [other] = run([planned(body, row, sha=f"{n}" * 64, name=name)], config, journal,
+                      f"r{n + 2}")
+        assert other.status == WARNING and not other.posted, name
+        assert other.message.startswith("identical to a row already posted in run retry1, "
+                                        "file payments.csv row 7; not sent again. Nothing to do")
     assert len(stored(sandbox)) == 1
 
 

@@ -259,6 +259,36 @@ def test_following_the_already_posted_hint_does_not_repost_an_overlapping_row(
     assert sandbox.state.count("creditor--payments") == 2
 
 
+def test_a_duplicate_row_sent_alone_from_its_failed_rows_file_is_posted(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-50: the same amount paid twice the same day, no reference: validation refuses
+    the second row (duplicate_row), which lands alone in the failed-rows file. Run with
+    --allow-duplicates, as the hint says, it is posted: a failed-rows file is a file of its
+    own, not "the same row" as the first file's row 2."""
+    import csv
+
+    row = [CREDITOR, OPEN_CASE.id, "", "SEK", "77", BANK_DATE, ""]
+    env = env_for(sandbox, tmp_path / "state")
+    source = write_csv(tmp_path / "payments.csv", [row, row])
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    assert [r["reason"] for r in report(tmp_path / "r1")["rows"]] == [None, "duplicate_row"]
+    failed = tmp_path / "r1" / "failed-payments.csv"
+    with failed.open(encoding="utf-8-sig") as handle:
+        assert [r["source_row"] for r in csv.DictReader(handle)] == ["3"]
+    cli(["run", str(failed), "--report-dir", str(tmp_path / "r2")], env=env)
+    refused = report(tmp_path / "r2")["rows"][0]
+    assert (refused["status"], refused["reason"]) == ("warning", "already_posted")
+    cli(["run", str(failed), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")],
+        env=env)  # the failed-rows file's row 2 was judged already posted: it stays so
+    alone = tmp_path / "payments-second.csv"
+    alone.write_bytes(failed.read_bytes())
+    cli(["run", str(alone), "--allow-duplicates", "--report-dir", str(tmp_path / "r4")],
+        env=env)
+    assert report(tmp_path / "r4")["rows"][0]["status"] == "completed"
+    assert [r["amount"] for r in sandbox.state.records("creditor--payments")].count(77) == 2
+
+
 def test_dry_run_posts_nothing_and_plans(cli: Callable[..., Result], tmp_path: Path,
                                          sandbox: RunningSandbox) -> None:
     """--dry-run validates and plans (marking rows already posted) but sends nothing."""
