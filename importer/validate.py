@@ -674,6 +674,13 @@ class Checker:
             return
         names = seen.sheet_names
         why = _DUPLICATE_WHY[self.kind.name]
+        reference = self.kind.reference
+        if reference is not None and reference not in self.header:
+            # "Payment Reference" is no creditor_payment_reference: say so, or the message
+            # claims equal references the user sees differ.
+            why += (f" (this file has no {reference} column, so no reference tells rows "
+                    "apart; a column of references under another name is not read as one: "
+                    f"rename it {reference})")
         texts = [f"same as row {int(r)}"
                  + ("" if names[int(k)] is None else f" of sheet {names[int(k)]}")
                  + why for r, k in zip(first_of[dup], sheet_of[dup], strict=True)]

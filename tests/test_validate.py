@@ -271,6 +271,15 @@ def test_duplicate_messages_name_each_kinds_own_fields() -> None:
     assert credit["message"][1].endswith("tell the two apart with a creditor_reference")
     pay = check([payment(), payment()])
     assert pay["message"][1].endswith("tell the two apart with a creditor_payment_reference")
+    # helper-49: without a reference column ("Payment Reference" is not one) the message says
+    # so, instead of claiming equal references the user sees differ.
+    fields = tuple(f for f in PAY_FIELDS if f != "creditor_payment_reference")
+    bare = check([payment(), payment()], fields=fields)
+    assert bare["message"][1].endswith("(this file has no creditor_payment_reference column, so "
+                                       "no reference tells rows apart; a column of references "
+                                       "under another name is not read as one: rename it "
+                                       "creditor_payment_reference)")
+    assert "this file has no" not in credit["message"][1]  # it has a creditor_reference column
 
 
 def test_excel_cells() -> None:
