@@ -94,6 +94,8 @@ class InboxFileResult:
             every row was posted, or the API became unusable); its rows so far are counted.
         earlier_exit_code: 1 when the run found rows of earlier runs in error in Amili (their
             statuses were unread): the drain's exit code says so, the file's place does not.
+        posted: rows known to have reached Amili in this run.
+        already_posted: rows not sent because they were posted earlier.
     """
 
     exit_code: ExitCode
@@ -105,6 +107,8 @@ class InboxFileResult:
     stop_after: str | None = None
     stop_before: str | None = None
     earlier_exit_code: ExitCode = ExitCode.OK
+    posted: int = 0
+    already_posted: int = 0
 
 
 ProcessOne = Callable[[Path, Path], InboxFileResult]
@@ -126,6 +130,8 @@ class FileOutcome:
     sha256: str | None = None
     stop_after: str | None = None  # see InboxFileResult.stop_after
     earlier_exit_code: ExitCode = ExitCode.OK  # see InboxFileResult.earlier_exit_code
+    posted: int = 0  # see InboxFileResult.posted
+    already_posted: int = 0
 
 
 @dataclass
@@ -702,6 +708,7 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
         outcome.exit_code = ExitCode(result.exit_code)
         outcome.run_id = result.run_id or run_id
         outcome.totals = dict(result.totals)
+        outcome.posted, outcome.already_posted = result.posted, result.already_posted
         outcome.message = result.message
         outcome.duplicate = result.duplicate
         outcome.sha256 = outcome.sha256 or result.sha256
@@ -756,8 +763,8 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
     _discard(folder, fetched)
     log.info("inbox.file", folder=folder.label, file=entry.name, run_id=outcome.run_id,
              exit_code=int(outcome.exit_code), moved_to=outcome.moved_to,
-             duplicate=outcome.duplicate, totals=outcome.totals, sha256=outcome.sha256,
-             error=outcome.error)
+             duplicate=outcome.duplicate, totals=outcome.totals, posted=outcome.posted,
+             already_posted=outcome.already_posted, sha256=outcome.sha256, error=outcome.error)
     return outcome
 
 
@@ -891,6 +898,8 @@ def summary_lines(summary: InboxSummary) -> list[str]:
     for f in summary.files:
         rows = ", ".join(f"{k} {v}" for k, v in sorted(f.totals.items())) or "no rows"
         what = "already processed (duplicate content)" if f.duplicate else rows
+        if f.already_posted:  # "completed 6" is not six payments sent tonight
+            what += f" ({f.posted} reached Amili now, {f.already_posted} already posted before)"
         where = f" -> {f.moved_to}" if f.moved_to else " (left in place)"
         run = f" [run {f.run_id}]" if f.run_id else ""
         lines.append(f"{f.name}: {what}{where}{run}" + (f"; {f.message}" if f.message else "")

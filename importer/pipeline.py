@@ -200,7 +200,9 @@ def process_inbox_file(path: Path, report_dir: Path, config: Config,
     return InboxFileResult(result.exit_code, result.run_id, result.summary.totals, rejected,
                            sha256=digest, stop_after="stopped by a signal"
                            if result.extra.get("stopped") else None, stop_before=stop_before,
-                           earlier_exit_code=earlier_exit_code(result.extra))
+                           earlier_exit_code=earlier_exit_code(result.extra),
+                           posted=result.extra.get("posted", 0),
+                           already_posted=result.extra.get("already_posted", 0))
 
 
 class _Run:

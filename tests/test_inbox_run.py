@@ -72,6 +72,28 @@ def test_inbox_posts_archives_and_reports_each_file(
     assert sandbox.state.count("creditor--payments") == 1
 
 
+def test_an_overlapping_export_says_what_reached_amili_and_what_was_posted_before(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-50: the second night's export repeats a row of the first; its summary line says
+    how many rows reached Amili that night and how many were posted before ("completed 2"
+    alone read as two payments sent), and the repeated row is a warning, not "completed"."""
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    env = env_for(sandbox, tmp_path / "state")
+    old = [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "N1"]
+    aged(write_csv(inbox / "payments-night1.csv", [old]))
+    cli(["inbox", str(inbox), "--min-age", "1"], env=env)
+    new = [CREDITOR, OPEN_CASE.id, "", "SEK", "11", BANK_DATE, "N2"]
+    aged(write_csv(inbox / "payments-night2.csv", [old, new]))
+    result = cli(["inbox", str(inbox), "--min-age", "1"], env=env)
+    assert ("payments-night2.csv: completed 1, warning 1 (1 reached Amili now, 1 already posted "
+            "before) -> done/") in result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    [event] = [e for e in events if e["event"] == "inbox.file"]
+    assert (event["posted"], event["already_posted"]) == (1, 1)
+    assert sandbox.state.count("creditor--payments") == 2
+
+
 def test_inbox_log_names_each_files_content(
         cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
     """The JSON log's inbox.file event carries the sha256 of a local file, as the report
