@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -329,6 +330,15 @@ def hex_ids(raw: pd.Series, code: str) -> Parsed:
     return Parsed(_obj_series(out, raw.index), _errors(raw.index, failed, problems))
 
 
+def _nfc(values: np.ndarray) -> np.ndarray:
+    """Texts in Unicode's composed form (NFC): ``ä`` typed on a Mac, or pasted from a PDF, may
+    come as ``a`` plus a combining mark, the same text to a reader but not to Amili's lookup of
+    an invoice number, nor to the duplicate check."""
+    if "".join(values).isascii():
+        return values
+    return np.array([unicodedata.normalize("NFC", v) for v in values], dtype=object)
+
+
 def texts(raw: pd.Series, code: str = "invalid_text") -> Parsed:
     """Free texts (invoice numbers, references): Excel numbers become the digits typed.
 
@@ -347,10 +357,10 @@ def texts(raw: pd.Series, code: str = "invalid_text") -> Parsed:
     arr = cells.arr
     special, problems = _screen(cells)
     if cells.plain and not cells.empty.any() and not len(special):
-        return Parsed(_obj_series(arr, raw.index), _no_errors(raw.index))
+        return Parsed(_obj_series(_nfc(arr), raw.index), _no_errors(raw.index))
     out = _filled(len(arr), None)
     text = cells.is_str & ~cells.empty
-    out[text] = arr[text]
+    out[text] = _nfc(arr[text])
     bad: list[Any] = list(special)
     for p in np.setdiff1d(cells.others, special):
         value = arr[p]

@@ -271,6 +271,15 @@ def test_time_and_duration_cells_are_named_as_such() -> None:
     assert code == "invalid_amount" and "time or duration cell" in text
 
 
+def test_texts_are_sent_in_composed_form() -> None:
+    """helper-49: an invoice number with a decomposed letter (a plus a combining diaeresis, as
+    macOS and PDFs give it) is sent composed, as Amili's lookup would hold it; ASCII is kept as
+    is, cell by cell."""
+    parsed = normalise.texts(col("Fa\u0308ktura-1", "INV-2", 103118.0))
+    assert parsed.values.tolist() == ["F\u00e4ktura-1", "INV-2", "103118"]
+    assert normalise.texts(col("Fa\u0308ktura-1")).values.tolist() == ["F\u00e4ktura-1"]
+
+
 def test_number_cell_in_a_date_column() -> None:
     """An Excel number where a date belongs is refused (it may be a serial date)."""
     [(code, text)] = problems(normalise.dates(col(45842.0))).values()

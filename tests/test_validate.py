@@ -282,6 +282,13 @@ def test_duplicate_messages_name_each_kinds_own_fields() -> None:
     assert "this file has no" not in credit["message"][1]  # it has a creditor_reference column
 
 
+def test_composed_and_decomposed_texts_are_duplicates() -> None:
+    """The same invoice number written composed and decomposed is one payment, twice."""
+    out = check([payment(invoice_number="F\u00e4ktura-1", case=""),
+                 payment(invoice_number="Fa\u0308ktura-1", case="")])
+    assert out["reason"].tolist() == [None, "duplicate_row"]
+
+
 def test_excel_cells() -> None:
     """Workbook cells: numbers, dates, a formula without value and an error value."""
     tab = table(PAYMENTS, ("creditor", "invoice_number", "currency", "amount",
