@@ -64,14 +64,27 @@ def run_lines(config: Config, limit: int = 20) -> list[str]:
     with Journal(config.state_dir, read_only=True) as journal:
         records = journal.runs(limit)
     lines = [f"{'run id':<24} {'started':<20} {'mode':<8} {'files':>5} {'exit':>4}  rows"]
+    retried: dict[str, RunRecord] = {}
+    for r in records:  # newest first: the latest retry of a run is kept
+        if r.retry_of:
+            retried.setdefault(r.retry_of, r)
     for r in records:
-        code = "-" if r.exit_code is None else str(r.exit_code)
-        if r.finished is None:  # still running, or killed / crashed
-            code = "run" if r.alive() else "kill"
+        code = _code(r)
         mode = "retry" if r.retry_of else r.mode
+        link = f"  (retry of {r.retry_of})" if r.retry_of else ""
+        if r.run_id in retried:  # a failed night settled the morning after says so here
+            later = retried[r.run_id]
+            link = f"  (retried by {later.run_id}: exit {_code(later)})"
         lines.append(f"{r.run_id:<24} {r.started[:19]:<20} {mode:<8} {r.files:>5} {code:>4}  "
-                     f"{_totals(r.totals)}")
+                     f"{_totals(r.totals)}{link}")
     return lines
+
+
+def _code(record: RunRecord) -> str:
+    """A run's exit code for the listing: ``run`` while it runs, ``kill`` if it never ended."""
+    if record.finished is None:
+        return "run" if record.alive() else "kill"
+    return "-" if record.exit_code is None else str(record.exit_code)
 
 
 def show_lines(config: Config, reference: str) -> list[str]:

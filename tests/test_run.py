@@ -468,6 +468,9 @@ def test_retry_reposts_transient_failures(cli: Callable[..., Result], tmp_path: 
                               "itself was not read again"]
     listing = cli(["runs"], env=env).output
     assert first["run_id"] in listing and second["run_id"] in listing
+    # helper-50: the failed night says it was settled, the retry says what it followed up.
+    assert f"(retried by {second['run_id']}: exit 0)" in listing
+    assert f"(retry of {first['run_id']})" in listing
     shown = cli(["show", second["run_id"]], env=env).output
     assert f"retry of {first['run_id']}" in shown and str(printed) in shown
     assert "rows     2 completed (the report" in shown
