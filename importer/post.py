@@ -281,7 +281,7 @@ def post_rows(
     guard = _stop_on_signals(engine.stop) if handle_signals else _nothing()
     with guard:
         reconciled = engine.reconcile()
-        shown = _shown_by(rows, config.allow_duplicates)
+        shown = _shown_by(rows)
         unread = journal.status_unread(exclude_run=run_id)
         # Statuses this run's report shows (its rows' `already_posted`) are read before the
         # posting; the others after it, so that they never delay it.
@@ -1296,25 +1296,18 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(changed) or "the same values"
 
 
-def _shown_by(rows: list[PlannedRow], allow_duplicates: bool) -> Callable[[RowRecord], bool]:
-    """Whether a row of an earlier run is shown in this run's report: a row of this run from
-    the same place of the same file, or with its fingerprint, is reported ``already_posted``
-    with its outcome (see ``_decide``), unless ``--allow-duplicates`` posts an identical row
-    of another file anew."""
-    sources: dict[str, list[tuple[str, str]]] = {}
-    places = set()
-    for row in rows:
-        sources.setdefault(row.fingerprint, []).append((row.file_sha256, row.file_name))
-        places.add((row.file_sha256, row.sheet, row.row, row.kind.name))
+def _shown_by(rows: list[PlannedRow]) -> Callable[[RowRecord], bool]:
+    """Whether a row of an earlier run may be shown in this run's report: a row of this run
+    from the same place of the same file, or with its fingerprint, may be reported
+    ``already_posted`` with its outcome (see ``_decide``). Its status is then read before the
+    posting; one that no row ends up naming (``--allow-duplicates`` posted the row anew, or
+    another done row was named) is handed over as an earlier row all the same."""
+    fingerprints = {row.fingerprint for row in rows}
+    places = {(row.file_sha256, row.sheet, row.row, row.kind.name) for row in rows}
 
     def shown(rec: RowRecord) -> bool:
-        if (rec.ref.file_sha256, rec.ref.sheet, rec.ref.row, rec.kind) in places:
-            return True  # the same row of the same file, read with other values now
-        mine = sources.get(rec.fingerprint, [])
-        if not allow_duplicates:
-            return bool(mine)
-        return any(rec.ref.file_sha256 == sha or rec.ref.file_name == name
-                   for sha, name in mine)
+        return rec.fingerprint in fingerprints or (
+            rec.ref.file_sha256, rec.ref.sheet, rec.ref.row, rec.kind) in places
 
     return shown
 

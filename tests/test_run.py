@@ -797,6 +797,31 @@ def test_an_earlier_error_is_told_when_another_done_row_is_named_instead(
     assert len(server.records) == 4
 
 
+def test_a_row_kept_skipped_under_allow_duplicates_shows_the_status_read_now(
+        cli: Callable[..., Result], tmp_path: Path, unread_api: tuple[Any, dict[str, str]]
+) -> None:
+    """helper-48: payments-b.csv's row was skipped for payments-a.csv's row, whose status was
+    unread; Amili then has that record in error. Run again with --allow-duplicates, b's row
+    stays skipped and names a's row: its status is read before the posting, so the row says
+    `error` with Amili's reason (it said the stale `warning`), and the run exits 1."""
+    server, env = unread_api
+    row = [CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "X1"]
+    cli(["run", str(write_csv(tmp_path / "payments-a.csv", [row])),
+         "--report-dir", str(tmp_path / "r1")], env=env)
+    b = write_csv(tmp_path / "payments-b.csv", [row])
+    cli(["run", str(b), "--report-dir", str(tmp_path / "r2")], env=env)
+    server.state.variant.fail_gets = 0
+    server.records[0]["status"] = "error"
+    server.records[0]["status_reason_locale"] = "Case closed"
+    cli(["run", str(b), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    report = json.loads((tmp_path / "r3" / "report.json").read_text(encoding="utf-8"))
+    [only] = report["rows"]
+    assert (only["status"], only["reason"]) == ("error", "already_posted")
+    assert "Case closed" in only["message"]
+    assert len(server.records) == 1
+
+
 def test_a_dry_run_reports_a_row_amili_holds_in_error_as_the_run_would(
         cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
     """A payment to a closed case is stored by Amili in error. Running the file again reports
