@@ -648,21 +648,39 @@ class ReportWriter:
         self._tally = _Tally()
         self._limit = xlsx_all_rows_limit
         self._temps: list[Path] = []
-        # report.json is streamed in place: the keys before "rows" are only known at close,
-        # so room for them is kept at the start (JSON allows the whitespace) and filled in
-        # then; copying ~750 MB of rows per million after the fact would double the I/O.
-        self._rows_path = self._temp("report.json")
-        self._csv_path = self._temp("report.csv")
-        self._spill_path = self._temp("report.xlsx.rows")
-        self._rows_file: IO[bytes] = open(self._rows_path, "wb")  # noqa: SIM115
-        self._rows_file.write(b" " * HEAD_RESERVE)
-        self._csv_file: IO[bytes] = open(self._csv_path, "wb")  # noqa: SIM115
-        # UTF-8 with BOM, so that Excel opens å ä ö right.
-        self._csv_file.write(b"\xef\xbb\xbf" + (",".join(
-            _csv_quote(escape_formula(c)) for c in self.columns) + "\r\n").encode())
-        self._spill: IO[bytes] = open(self._spill_path, "wb")  # noqa: SIM115
-        self._io = _Worker("report-writer", 2)
-        self._work = _Worker("report-encoder", 1)
+        opened: list[IO[bytes]] = []
+        try:
+            # report.json is streamed in place: the keys before "rows" are only known at
+            # close, so room for them is kept at the start (JSON allows the whitespace) and
+            # filled in then; copying ~750 MB of rows per million afterwards would double
+            # the I/O.
+            self._rows_path = self._temp("report.json")
+            self._csv_path = self._temp("report.csv")
+            self._spill_path = self._temp("report.xlsx.rows")
+            self._rows_file: IO[bytes] = open(self._rows_path, "wb")  # noqa: SIM115
+            opened.append(self._rows_file)
+            self._rows_file.write(b" " * HEAD_RESERVE)
+            self._csv_file: IO[bytes] = open(self._csv_path, "wb")  # noqa: SIM115
+            opened.append(self._csv_file)
+            # UTF-8 with BOM, so that Excel opens å ä ö right.
+            self._csv_file.write(b"\xef\xbb\xbf" + (",".join(
+                _csv_quote(escape_formula(c)) for c in self.columns) + "\r\n").encode())
+            self._spill: IO[bytes] = open(self._spill_path, "wb")  # noqa: SIM115
+            opened.append(self._spill)
+            self._io = _Worker("report-writer", 2)
+            self._work = _Worker("report-encoder", 1)
+        except BaseException:
+            # Interrupted (SIGTERM) or failed half-way: no half-made writer, no temp files
+            # left in the report folder (no caller's `with` will abort it).
+            for worker in (getattr(self, "_io", None), getattr(self, "_work", None)):
+                if worker is not None:
+                    with contextlib.suppress(Exception):
+                        worker.stop()
+            for f in opened:
+                with contextlib.suppress(OSError):
+                    f.close()
+            self._remove_temps()
+            raise
         self._spill_rows = 0
         self._spill_all = True  # still keeping valid rows for the XLSX
         self._spill_lengths: list[np.ndarray] = []

@@ -270,6 +270,36 @@ def test_unknown_column_is_refused(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("at", [1, 2, 3, 4, 5])
+def test_a_writer_interrupted_while_it_is_made_leaves_no_temp_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    """SIGTERM (KeyboardInterrupt) while the writer creates its temp files, or starts its
+    threads: no `with` will abort a writer that was never made, so it cleans up itself."""
+    from importer import report as report_module
+
+    calls = {"n": 0}
+    real_temp, real_worker = report_module._temp_path, report_module._Worker
+
+    def interrupt() -> None:
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+
+    def temp(directory: Path, name: str) -> Path:
+        interrupt()
+        return real_temp(directory, name)
+
+    def worker(name: str, depth: int) -> object:
+        interrupt()
+        return real_worker(name, depth)
+
+    monkeypatch.setattr(report_module, "_temp_path", temp)
+    monkeypatch.setattr(report_module, "_Worker", worker)
+    with pytest.raises(KeyboardInterrupt):
+        ReportWriter(tmp_path / "r", "run1", "validate", datetime.now(UTC), ["amount"])
+    assert list((tmp_path / "r").iterdir()) == []
+
+
 def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
     """After close only the three report files exist; an aborted report leaves nothing."""
     write(tmp_path / "ok", [frame([{}] * 3)], [])
