@@ -333,13 +333,14 @@ def preview(rows: list[PlannedRow], journal: Journal, config: Config) -> list[Ou
     for row in rows:
         early = engine._decide(row)
         twin = seen.get(row.fingerprint)
-        if early is None and twin is not None and not config.allow_duplicates:
+        # (the real run skips the twin too when --allow-duplicates lets rows of other files
+        # through but the twin's file is this row's: two files of one name in one run)
+        if early is None and twin is not None and (not config.allow_duplicates or _same_file(
+                twin.file_sha256, twin.file_name, row.file_sha256, row.file_name)):
             early = (Settlement(SKIPPED), Outcome(
                 index=row.index, status=WARNING, reason="already_posted",
                 message=f"identical to {twin.ref.describe()} of this run, which would be "
-                "posted first; not posted twice. If it really is a separate event with the "
-                "same values, copy this row alone into a new file and run that file with "
-                "--allow-duplicates (the flag lets every identical row of its run through)"))
+                f"posted first; not posted twice. {_separate_hint(row.kind.name)}"))
         seen.setdefault(row.fingerprint, row)
         out.append(early[1] if early is not None else None)
     return out
@@ -676,7 +677,7 @@ class _Engine:
             if not earlier.done and earlier.ref_row is not None:  # skipped: its covering row
                 earlier = self.journal.row(earlier.ref_row) or earlier
             if not _same_row(earlier, row):
-                return self._skip(row, earlier, _identical(earlier))
+                return self._skip(row, earlier, _identical(earlier), _separate_hint(earlier.kind))
             return self._skip(row, earlier, f"already posted in run {earlier.run_id}, "
                                             f"{earlier.ref.describe()}")
         if not same:
@@ -688,7 +689,9 @@ class _Engine:
             # file it was skipped for)
             pairs = [(p, q) for p in moved if (q := self.journal.row(p.ref_row) if
                      p.state == SKIPPED and p.ref_row is not None else p) is not None and q.done]
-            itself = [(p, q) for p, q in pairs if _covers(q, row) or q.ref == row.ref]
+            # (skipped here: this very row was judged already posted, flag or not)
+            itself = [(p, q) for p, q in pairs
+                      if p.state == SKIPPED or _covers(q, row) or q.ref == row.ref]
             if itself or (pairs and not self.config.allow_duplicates):
                 return self._read_differently(row, *(itself or pairs)[-1])
             pending_there = [p for p in moved if p.state in PENDING_STATES]
@@ -702,7 +705,7 @@ class _Engine:
             return _awaiting(row, p, f"an identical row of run {p.run_id} ({p.ref.describe()})")
         done = [p for p in prior if p.done]
         if done and not self.config.allow_duplicates:
-            return self._skip(row, done[-1], _identical(done[-1]))
+            return self._skip(row, done[-1], _identical(done[-1]), _separate_hint(row.kind.name))
         return None
 
     def _read_differently(self, row: PlannedRow, here: RowRecord,
@@ -729,8 +732,8 @@ class _Engine:
         target = self.journal.row(skipped.ref_row or 0)
         return target is not None and target.fingerprint == skipped.fingerprint
 
-    def _skip(self, row: PlannedRow, earlier: RowRecord,
-              text: str) -> tuple[Settlement, Outcome]:
+    def _skip(self, row: PlannedRow, earlier: RowRecord, text: str,
+              hint: str = "") -> tuple[Settlement, Outcome]:
         """Not sent: ``earlier`` (done) stands for it. Its outcome is this row's when it is
         this very row (:func:`_same_row`); any other row was judged identical by its values
         alone, and this one never reached Amili: a warning, so that a person sees it (an error
@@ -739,6 +742,8 @@ class _Engine:
             text += f" (Amili id {earlier.amili_id})"
         if earlier.state != COMPLETED and earlier.message:
             text += f"; then: {earlier.message}"
+        if hint:
+            text += f". {hint}"
         status = earlier.state if earlier.state == ERROR or _same_row(earlier, row) else WARNING
         recorded = Settlement(SKIPPED, reason="already_posted", message=text, ref_row=earlier.id)
         outcome = Outcome(
@@ -1312,14 +1317,19 @@ def _shown_by(rows: list[PlannedRow]) -> Callable[[RowRecord], bool]:
     return shown
 
 
+def _same_file(sha_a: str, name_a: str, sha_b: str, name_b: str) -> bool:
+    """The same content, or the same file name (the drop folder's archive prefix aside)."""
+    return sha_a == sha_b or _ARCHIVED.sub("", name_a) == _ARCHIVED.sub("", name_b)
+
+
 def _from_here(earlier: RowRecord, row: PlannedRow) -> bool:
     """Whether a journal row comes from the same file as ``row``: the same content, or the same
     file name (the file was edited and run again, and rows below an edit moved), also as the
     drop folder archives it (``20261122T010203Z--name``). A failed-rows file is a file of its
     own: its rows are other rows (a duplicate refused in the first file may be a second
     payment, which the failed-rows file run with --allow-duplicates posts)."""
-    return (earlier.ref.file_sha256 == row.file_sha256
-            or _ARCHIVED.sub("", earlier.ref.file_name) == _ARCHIVED.sub("", row.file_name))
+    return _same_file(earlier.ref.file_sha256, earlier.ref.file_name, row.file_sha256,
+                      row.file_name)
 
 
 def _same_row(earlier: RowRecord, row: PlannedRow) -> bool:
@@ -1351,11 +1361,20 @@ def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
 def _identical(earlier: RowRecord) -> str:
     """The message of a row not sent because a done row of another file has its values."""
     return (f"identical to a row already posted in run {earlier.run_id}, "
-            f"{earlier.ref.describe()}; not sent again. Nothing to do if this file repeats "
-            "rows already sent (an overlapping export, a corrected copy); only if it really "
-            "is a separate event with the same values, copy this row alone into a new file "
-            "and run that file with --allow-duplicates (the flag lets every identical row of "
-            "its run through)")
+            f"{earlier.ref.describe()}, not sent again")
+
+
+def _separate_hint(kind_name: str) -> str:
+    """What to do about a row not sent because an identical one was posted: nothing, for a
+    repeated row; a separate event is told apart by the kind's reference (no flag that would
+    let other rows through)."""
+    reference = KINDS[kind_name].reference
+    if reference is None:
+        return "Nothing to do: a case is cancelled once"
+    return ("Nothing to do if this file repeats rows already sent (an overlapping export, a "
+            "corrected copy). Only if it really is a separate event with the same values, give "
+            f"it a {reference} that tells it apart (the bank's or the ledger's own id) and run "
+            "it again")
 
 
 class _Slots:

@@ -260,7 +260,8 @@ def test_cross_file_duplicate_refused_unless_allowed(sandbox: RunningSandbox, tm
     assert len(stored(sandbox)) == 1
     assert refused[0].reason == "already_posted" and not refused[0].posted
     assert "run r1, file june.csv row 4" in refused[0].message
-    assert "--allow-duplicates" in refused[0].message
+    assert "give it a creditor_payment_reference that tells it apart" in refused[0].message
+    assert "--allow-duplicates" not in refused[0].message  # a flag for the whole run: no hint
     assert refused[0].status == WARNING  # never sent from july.csv: not "completed"
     allowed = config_for(sandbox, tmp_path, allow_duplicates=True)
     kept = run(other, allowed, journal, "r3")  # judged already posted in r2: stays so
@@ -295,7 +296,8 @@ def test_only_this_very_row_is_completed_others_are_warnings_that_say_nothing_to
                       f"r{n + 2}")
         assert other.status == WARNING and not other.posted, name
         assert other.message.startswith("identical to a row already posted in run retry1, "
-                                        "file payments.csv row 7; not sent again. Nothing to do")
+                                        "file payments.csv row 7, not sent again (Amili id ")
+        assert ". Nothing to do if this file repeats rows already sent" in other.message
     assert len(stored(sandbox)) == 1
 
 
@@ -311,6 +313,24 @@ def test_every_run_after_an_upgrade_names_what_is_read_differently(
     for run_id in ("r2", "r3", "r4"):
         [out] = run([planned(now, 2)], config, journal, run_id)
         assert out.status == WARNING and "read with other values" in out.message, run_id
+    assert len(stored(sandbox)) == 1
+
+
+def test_allow_duplicates_after_an_upgrade_keeps_a_row_judged_already_posted(
+        sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
+    """helper-51: tue.csv's row was skipped for mon.csv's; after an upgrade it is read with
+    other values. Run with --allow-duplicates, it stays "already posted" (it was posted a
+    second time): this very row was judged so, flag or not."""
+    config = config_for(sandbox, tmp_path)
+    flagged = config_for(sandbox, tmp_path, allow_duplicates=True)
+    body = payment_body(OPEN_CASE, 100.0)
+    run([planned(body, 2, sha="1" * 64, name="mon.csv")], config, journal, "r1")
+    [tue] = run([planned(body, 2, sha="2" * 64, name="tue.csv")], config, journal, "r2")
+    assert tue.reason == "already_posted"
+    now = {**body, "creditor_payment_reference": "OCR 1"}
+    [again] = run([planned(now, 2, sha="2" * 64, name="tue.csv")], flagged, journal, "r3")
+    assert again.reason == "already_posted" and not again.posted
+    assert "read with other values" in again.message
     assert len(stored(sandbox)) == 1
 
 

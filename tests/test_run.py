@@ -220,17 +220,47 @@ def test_identical_row_from_another_file_needs_allow_duplicates(
     skipped = report(tmp_path / "r2")["rows"][1]
     assert (skipped["status"], skipped["reason"]) == ("warning", "already_posted")
     assert "payments-monday.csv" in skipped["message"] and stored_references(sandbox)["DUP"] == 1
-    assert "copy this row alone into a new file" in skipped["message"]
+    assert skipped["message"].endswith(
+        "Only if it really is a separate event with the same values, give it a "
+        "creditor_payment_reference that tells it apart (the bank's or the ledger's own id) and "
+        "run it again")
     # The whole file again with the flag: its rows judged already posted stay so.
     cli(["run", str(second), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")], env=env)
     assert stored_references(sandbox)["DUP"] == 1
     assert report(tmp_path / "r3")["rows"][1]["reason"] == "already_posted"
-    # The hint followed: the one row alone in a new file, with the flag, is posted once.
+    # The hint followed: the row told apart by a reference is posted (no flag needed) ...
+    told = write_csv(tmp_path / "payments-tuesday.csv", [other, [*row[:6], "DUP-2"]])
+    cli(["run", str(told), "--report-dir", str(tmp_path / "r3b")], env=env)
+    assert stored_references(sandbox)["DUP-2"] == 1 and stored_references(sandbox)["DUP"] == 1
+    # ... and the flag, for a row alone in a file of a new name, still posts it once.
     alone = write_csv(tmp_path / "payments-tuesday-second-payment.csv", [row])
     cli(["run", str(alone), "--allow-duplicates", "--report-dir", str(tmp_path / "r4")], env=env)
     cli(["run", str(alone), "--allow-duplicates", "--report-dir", str(tmp_path / "r5")], env=env)
     assert stored_references(sandbox)["DUP"] == 2
     assert report(tmp_path / "r5")["rows"][0]["status"] == "completed"  # that file's own post
+    assert stored_references(sandbox)["TUESDAY-ONLY"] == 1
+
+
+def test_two_files_of_one_name_in_one_run_dry_run_agrees_with_the_run(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-51: north/payments.csv and south/payments.csv in one run with
+    --allow-duplicates: the real run skips south's copy of north's row (a file of that name
+    posted it moments before); the dry run said it would post it."""
+    env = env_for(sandbox, tmp_path / "state")
+    a = [CREDITOR, OPEN_CASE.id, "", "SEK", "21", BANK_DATE, "A"]
+    s = [CREDITOR, OPEN_CASE.id, "", "SEK", "22", BANK_DATE, "S"]
+    (tmp_path / "north").mkdir()
+    (tmp_path / "south").mkdir()
+    files = [str(write_csv(tmp_path / "north" / "payments.csv", [a])),
+             str(write_csv(tmp_path / "south" / "payments.csv", [a, s]))]
+    cli(["run", "--dry-run", "--allow-duplicates", *files, "--report-dir", str(tmp_path / "d")],
+        env=env)
+    cli(["run", "--allow-duplicates", *files, "--report-dir", str(tmp_path / "r")], env=env)
+    dry = [(r["status"], r["reason"]) for r in report(tmp_path / "d")["rows"]]
+    real = [(r["status"], r["reason"]) for r in report(tmp_path / "r")["rows"]]
+    assert dry == [("valid", None), ("warning", "already_posted"), ("valid", None)]
+    assert real == [("completed", None), ("warning", "already_posted"), ("completed", None)]
+    assert stored_references(sandbox) == Counter({"A": 1, "S": 1})
 
 
 def test_following_the_already_posted_hint_does_not_repost_an_overlapping_row(
