@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 
 import click
 
-from importer.errors import ExitCode, ImporterError
+from importer.errors import (
+    ExitCode,
+    ImporterError,
+    forget_interrupt,
+    interrupt_seen,
+    note_interrupt,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 KIND_CHOICE = click.Choice(["payments", "creditings", "credits", "cancellations"],
@@ -43,13 +49,11 @@ def _fail(message: str, code: int) -> None:
     sys.exit(int(code))
 
 
-_interrupted = False  # a KeyboardInterrupt (SIGTERM, Ctrl-C) was raised in this process
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     """SIGTERM and Ctrl-C: raise KeyboardInterrupt (as Python's own handler does), noted."""
-    global _interrupted
-    _interrupted = True
+    note_interrupt()
     raise KeyboardInterrupt
 
 
@@ -66,7 +70,7 @@ def entry() -> None:
     try:
         main()
     except SystemExit as exc:
-        if _interrupted and isinstance(exc.code, int):
+        if interrupt_seen() and isinstance(exc.code, int):
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):  # a closed pipe
                     stream.flush()
@@ -87,8 +91,7 @@ def handle_errors(func: F) -> F:
                 raise
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            global _interrupted
-            _interrupted = True  # also one raised by the posting's own handler (see entry)
+            note_interrupt()  # also one raised by the posting's own handler (see entry)
             _fail("interrupted; rows in flight are reconciled on the next run", ExitCode.CANNOT_RUN)
         except BrokenPipeError:  # `amili-import runs | head`: the reader has had enough
             # Python's advice: point stdout at devnull so that the exit's flush stays quiet.
@@ -132,6 +135,7 @@ def main(ctx: click.Context, config_file: Path | None, state_dir: Path | None,
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     # SIGTERM (systemctl stop, kill) ends a run as Ctrl-C does: the posting lets the requests
     # in flight finish; elsewhere the run stops with exit 3 and its temp files removed.
+    forget_interrupt()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:

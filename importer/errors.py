@@ -56,3 +56,37 @@ class ApiError(ImporterError):
 
 class TransientApiError(ApiError):
     """A failure that may succeed if tried again later (network, 429, 502/503/504)."""
+
+
+# SIGTERM / Ctrl-C in this process (set by the CLI's handler, which also raises
+# KeyboardInterrupt). Library code with a bare ``except:`` (some run while pandas or pandera
+# is imported) can swallow that KeyboardInterrupt: the run then checks this between chunks.
+_interrupt_seen = False
+
+
+def note_interrupt() -> None:
+    """Remember that the process was asked to stop."""
+    global _interrupt_seen
+    _interrupt_seen = True
+
+
+def forget_interrupt() -> None:
+    """Start an invocation afresh (tests run several in one process)."""
+    global _interrupt_seen
+    _interrupt_seen = False
+
+
+def interrupt_seen() -> bool:
+    """Whether the process was asked to stop (SIGTERM, Ctrl-C)."""
+    return _interrupt_seen
+
+
+def stop_if_interrupted() -> None:
+    """Raise KeyboardInterrupt when the process was asked to stop, even if the one raised by
+    the signal handler was swallowed on the way.
+
+    Raises:
+        KeyboardInterrupt: the process was asked to stop.
+    """
+    if _interrupt_seen:
+        raise KeyboardInterrupt

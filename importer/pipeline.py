@@ -21,7 +21,13 @@ import structlog
 
 from importer import logs
 from importer.config import Config
-from importer.errors import ApiError, ExitCode, FileRejected, ImporterError
+from importer.errors import (
+    ApiError,
+    ExitCode,
+    FileRejected,
+    ImporterError,
+    stop_if_interrupted,
+)
 from importer.journal import new_run_id
 from importer.kinds import kind_by_name
 
@@ -532,11 +538,13 @@ def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Che
         checker = Checker(table, config, now, shared)
         try:
             for chunk in table.chunks():
+                stop_if_interrupted()
                 frame = checker.check(chunk)
                 yield Checked(table, frame)
         except FileRejected as exc:
             table.file.rejected = exc.reason
             log.error("file.rejected", file=table.file.name, reason=exc.reason)
+    stop_if_interrupted()  # before any posting or report: a stop asked for is a stop
 
 
 def earlier_exit_code(extra: dict[str, Any]) -> ExitCode:

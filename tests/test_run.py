@@ -592,6 +592,30 @@ def big_payments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_csv(tmp_path_factory.mktemp("big") / "payments-big.csv", rows)
 
 
+def test_a_stop_whose_keyboard_interrupt_was_swallowed_still_stops_the_run(
+        tmp_path: Path) -> None:
+    """The fresh-clone suite saw SIGTERM 0.35 s into a run end in exit 0 and a full report:
+    the handler's KeyboardInterrupt had been swallowed (library code with a bare except:,
+    while pandas or pandera was imported). The stop is remembered and the run stops at its
+    next chunk, before any report is put in place."""
+    from importer import errors
+    from importer.config import Config
+    from importer.pipeline import Mode, RunOptions, execute
+
+    source = write_csv(tmp_path / "payments.csv",
+                       [[CREDITOR, OPEN_CASE.id, "", "SEK", "10", BANK_DATE, "S1"]])
+    out = tmp_path / "out"
+    errors.note_interrupt()  # as the handler does, its KeyboardInterrupt then lost
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute([source], Config(state_dir=tmp_path / "state"), Mode.VALIDATE,
+                    RunOptions(report_dir=out, quiet=True))
+    finally:
+        errors.forget_interrupt()
+    assert not (out / "report.json").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.2, 0.35, 0.4, 0.425, 0.45, 0.475, 0.5, 0.55])
 def test_sigterm_while_validating_ends_cleanly(tmp_path: Path, big_payments: Path,
                                                delay: float) -> None:
