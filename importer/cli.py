@@ -49,8 +49,6 @@ def _fail(message: str, code: int) -> None:
     sys.exit(int(code))
 
 
-
-
 def _interrupt(signum: int, frame: Any) -> None:
     """SIGTERM and Ctrl-C: raise KeyboardInterrupt (as Python's own handler does), noted."""
     note_interrupt()
