@@ -347,14 +347,29 @@ class _Run:
 
     def post(self, chunks: list[Checked]) -> dict[str, Any]:
         """Plan the chunks' valid rows; post them (run) or check them against the journal."""
-        from importer.plan import apply_outcomes, make_plan, mark_validated
+        from importer.plan import (
+            apply_outcomes,
+            make_plan,
+            mark_validated,
+            repeated_duplicates,
+            write_updates,
+        )
 
+        assert self.journal is not None
+        journal = self.journal
         plan = make_plan(chunks, self.config.send_account)
+        # Decided on the journal as it is before this run posts anything.
+        repeated = repeated_duplicates(
+            chunks, lambda fp: [r for r in journal.prior(fp) if r.done])
         if self.mode is Mode.DRY_RUN:
-            return self._dry_run(chunks, plan)
-        outcomes, extra = self._post_planned(plan.rows)
-        apply_outcomes(chunks, plan, outcomes)
-        mark_validated(chunks, plan)
+            extra = self._dry_run(chunks, plan)
+        else:
+            outcomes, extra = self._post_planned(plan.rows)
+            apply_outcomes(chunks, plan, outcomes)
+            mark_validated(chunks, plan)
+        write_updates(chunks, repeated)
+        if repeated and self.mode is Mode.RUN:
+            extra["already_posted"] = extra.get("already_posted", 0) + len(repeated)
         return extra
 
     def _post_planned(self, rows: list[PlannedRow]) -> tuple[list[Outcome], dict[str, Any]]:

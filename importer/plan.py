@@ -17,6 +17,7 @@ from importer.post import Outcome, PlannedRow, case_key
 from importer.validate import RESULT_COLUMNS, fingerprint, payload
 
 if TYPE_CHECKING:
+    from importer.journal import RowRecord
     from importer.read import Table
 
 POSTABLE = ("valid", "warning")
@@ -151,6 +152,60 @@ def annotate(chunks: Sequence[Checked], plan: Plan,
             current = status
         updates.append(((number, position),
                         {"status": current, "reason": reason, "message": message}))
+    _write(chunks, updates)
+
+
+def repeated_duplicates(chunks: Sequence[Checked],
+                        done_rows: Callable[[str], Sequence[RowRecord]]
+                        ) -> list[tuple[tuple[int, int], dict[str, Any]]]:
+    """The ``duplicate_row`` errors of a file that repeats a pair Amili already holds.
+
+    Two identical rows in one file are one payment twice, or one payment written twice: the
+    second is an error for a person to decide (a failed-rows file, a reference that tells the
+    two apart). An export that repeats yesterday's rows repeats yesterday's pair as well; once
+    both copies reached Amili, asking again invites a third. So the k-th copy after the first
+    is taken for one already posted when Amili holds more than k rows with its values (before
+    this run posts anything): ``warning``/``already_posted``, not sent, not in the failed-rows
+    file. Copies beyond what Amili holds stay errors.
+
+    Args:
+        chunks: validated chunks, in file order.
+        done_rows: the done journal rows with a fingerprint (the journal before this run).
+
+    Returns:
+        The updates for :func:`write_updates`.
+    """
+    updates: list[tuple[tuple[int, int], dict[str, Any]]] = []
+    copies: dict[tuple[str, str, str], int] = {}
+    for number, chunk in enumerate(chunks):
+        info = chunk.table.file
+        if info.rejected:
+            continue
+        frame = chunk.frame
+        kind = KINDS[chunk.table.kind.name]
+        repeated = ((frame["reason"] == "duplicate_row") & (frame["status"] == "error"))
+        for position in map(int, repeated.to_numpy().nonzero()[0]):
+            record = {str(k): _plain(v) for k, v in frame.iloc[position].items()}
+            key = (info.sha256, kind.name, fingerprint(kind, record))
+            copies[key] = copies.get(key, 0) + 1  # the first copy is a row of its own
+            done = done_rows(key[2])
+            if len(done) <= copies[key]:
+                continue
+            latest = done[-1]
+            updates.append(((number, position), {
+                "status": "warning", "reason": "already_posted",
+                "message": _join("; ", frame["message"].iat[position], (
+                    f"Amili already holds {len(done)} rows with these values (the latest: run "
+                    f"{latest.run_id}, {latest.ref.describe()}): this copy repeats one of them "
+                    "and is not sent. Nothing to do if the file repeats rows already sent; "
+                    "only if it really is one more separate event, give it a reference that "
+                    "tells it apart"))}))
+    return updates
+
+
+def write_updates(chunks: Sequence[Checked],
+                  updates: Iterable[tuple[tuple[int, int], dict[str, Any]]]) -> None:
+    """Write cells given as ((chunk number, position), {column: value})."""
     _write(chunks, updates)
 
 

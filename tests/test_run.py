@@ -241,6 +241,39 @@ def test_identical_row_from_another_file_needs_allow_duplicates(
     assert stored_references(sandbox)["TUESDAY-ONLY"] == 1
 
 
+def test_an_export_repeating_a_pair_already_posted_does_not_ask_for_it_again(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-51: Monday's pair A, A (two payments, no reference) is posted, the second from
+    its failed-rows file. Tuesday's export repeats the pair: its second copy was a
+    duplicate_row error in a failed-rows file, and posting that (as for Monday) posted a
+    third A. A copy Amili already holds is `warning`/`already_posted` and in no failed-rows
+    file; a third copy, beyond what Amili holds, stays an error; the dry run agrees."""
+    env = env_for(sandbox, tmp_path / "state")
+    a = [CREDITOR, OPEN_CASE.id, "", "SEK", "77", BANK_DATE, ""]
+    mon = write_csv(tmp_path / "payments-mon.csv", [a, a])
+    cli(["run", str(mon), "--report-dir", str(tmp_path / "r1")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    cli(["run", str(tmp_path / "r1" / "failed-payments-mon.csv"), "--allow-duplicates",
+         "--report-dir", str(tmp_path / "r2")], env=env)
+    new = [CREDITOR, OPEN_CASE.id, "", "SEK", "5", BANK_DATE, "NEW"]
+    tue = write_csv(tmp_path / "payments-tue.csv", [new, a, a])
+    cli(["run", "--dry-run", str(tue), "--report-dir", str(tmp_path / "d3")], env=env)
+    result = cli(["run", str(tue), "--report-dir", str(tmp_path / "r3")], env=env)
+    for folder in ("d3", "r3"):
+        rows = report(tmp_path / folder)["rows"]
+        assert [(r["status"], r["reason"]) for r in rows][1:] == [
+            ("warning", "already_posted")] * 2, folder
+        assert "Amili already holds 2 rows with these values" in rows[2]["message"]
+    assert not list((tmp_path / "r3").glob("failed-*.csv"))
+    assert "2 row(s) already posted earlier were not sent again" in result.output
+    wed = write_csv(tmp_path / "payments-wed.csv", [a, a, a])
+    cli(["run", str(wed), "--report-dir", str(tmp_path / "r4")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    assert [(r["status"], r["reason"]) for r in report(tmp_path / "r4")["rows"]] == [
+        ("warning", "already_posted"), ("warning", "already_posted"), ("error", "duplicate_row")]
+    assert [r["amount"] for r in sandbox.state.records("creditor--payments")].count(77) == 2
+
+
 def test_two_files_of_one_name_in_one_run_dry_run_agrees_with_the_run(
         cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
     """helper-51: north/payments.csv and south/payments.csv in one run with
