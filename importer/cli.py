@@ -49,6 +49,9 @@ def _fail(message: str, code: int) -> None:
     sys.exit(int(code))
 
 
+_INTERRUPTED = "interrupted; rows in flight are reconciled on the next run"
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     """SIGTERM and Ctrl-C: raise KeyboardInterrupt (as Python's own handler does), noted."""
     note_interrupt()
@@ -90,7 +93,7 @@ def handle_errors(func: F) -> F:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             note_interrupt()  # also one raised by the posting's own handler (see entry)
-            _fail("interrupted; rows in flight are reconciled on the next run", ExitCode.CANNOT_RUN)
+            _fail(_INTERRUPTED, ExitCode.CANNOT_RUN)
         except BrokenPipeError:  # `amili-import runs | head`: the reader has had enough
             # Python's advice: point stdout at devnull so that the exit's flush stays quiet.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -98,12 +101,19 @@ def handle_errors(func: F) -> F:
         except OSError as exc:  # disk full, permissions, a folder gone: the system's words
             if debug:
                 raise
+            if interrupt_seen():  # the stop, wrapped or turned into another error
+                _fail(_INTERRUPTED, ExitCode.CANNOT_RUN)
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             _fail(f"{exc.strerror or exc}{where}; nothing more was posted, rows in flight are "
                   "reconciled on the next run", ExitCode.CANNOT_RUN)
         except Exception as exc:  # a bug: one line for the user, the traceback with --debug
             if debug:
                 raise
+            if interrupt_seen():
+                # The stop, wrapped: Python turns a KeyboardInterrupt raised while a class is
+                # made (pandera's, during its import) into a RuntimeError ("Error calling
+                # __set_name__"); library code may turn it into other errors too.
+                _fail(_INTERRUPTED, ExitCode.CANNOT_RUN)
             if type(exc).__module__ == "sqlite3":  # the journal: disk full, locked, read-only
                 _fail(f"the journal in the state directory cannot be used ({exc}); nothing "
                       "more was posted, rows in flight are reconciled on the next run",

@@ -114,6 +114,27 @@ def test_a_date_out_of_the_calendar_is_a_row_error_not_the_end_of_the_run(
     assert rows[1]["message"].startswith("client_registration_date: '0001-01-01T00:00:00+01:00'")
 
 
+def test_a_stop_turned_into_another_error_is_still_an_interrupt(
+        cli: Callable[..., Result], monkeypatch: Any, tmp_path: Path) -> None:
+    """The fresh-clone suite saw SIGTERM end a run with "unexpected error (RuntimeError: Error
+    calling __set_name__ on 'Field' instance 'type' in 'ArrowTime32')": Python wraps a
+    KeyboardInterrupt raised while a class is made (pandera's, during its import). After a
+    stop, any error is reported as the interrupt it is (exit 3, "interrupted")."""
+    from importer import errors, pipeline
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        errors.note_interrupt()  # as the signal handler does
+        raise RuntimeError("Error calling __set_name__ on 'Field' instance 'type' in "
+                           "'ArrowTime32'")
+
+    monkeypatch.setattr(pipeline, "run_files", stopped)
+    monkeypatch.setattr(errors, "_interrupt_seen", False)  # put back after the test
+    result = cli(["validate", str(tmp_path / "payments.csv")], expect=ExitCode.CANNOT_RUN,
+                 env={"AMILI_STATE_DIR": str(tmp_path / "state")})
+    assert "interrupted; rows in flight are reconciled" in result.output
+    assert "unexpected error" not in result.output
+
+
 def test_journal_and_system_errors_are_one_clear_line(cli: Callable[..., Result],
                                                       monkeypatch: Any, tmp_path: Path) -> None:
     """Disk full in the journal, or an OS error, ends with exit 3 and one line that says what
