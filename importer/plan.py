@@ -6,13 +6,13 @@ no I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from importer.kinds import KINDS
+from importer.kinds import KINDS, Kind
 from importer.post import Outcome, PlannedRow, case_key
 from importer.validate import RESULT_COLUMNS, fingerprint, payload
 
@@ -40,6 +40,13 @@ class Plan:
     places: list[tuple[int, int]]
 
 
+def _readable(chunks: Sequence[Checked]) -> Iterator[tuple[int, Checked, Kind]]:
+    """(chunk number, chunk, kind) of the chunks of files not rejected whole."""
+    for number, chunk in enumerate(chunks):
+        if not chunk.table.file.rejected:
+            yield number, chunk, KINDS[chunk.table.kind.name]
+
+
 def make_plan(chunks: Sequence[Checked], send_account: bool = False) -> Plan:
     """Plan every valid/warning row of files that were not rejected, in file order.
 
@@ -52,12 +59,8 @@ def make_plan(chunks: Sequence[Checked], send_account: bool = False) -> Plan:
     """
     rows: list[PlannedRow] = []
     places: list[tuple[int, int]] = []
-    for number, chunk in enumerate(chunks):
-        info = chunk.table.file
-        if info.rejected:
-            continue
-        frame = chunk.frame
-        kind = KINDS[chunk.table.kind.name]
+    for number, chunk, kind in _readable(chunks):
+        info, frame = chunk.table.file, chunk.frame
         postable = frame["status"].isin(POSTABLE).to_numpy()
         for position in postable.nonzero()[0]:
             record = {str(k): _plain(v) for k, v in frame.iloc[position].items()}
@@ -135,7 +138,7 @@ def apply_outcomes(chunks: Sequence[Checked], plan: Plan, outcomes: Iterable[Out
             "message": _join("; ", frame["message"].iat[position], outcome.message),
             **{column: getattr(outcome, column) for column in RESULT_COLUMNS},
         }))
-    _write(chunks, updates)
+    write_updates(chunks, updates)
 
 
 def annotate(chunks: Sequence[Checked], plan: Plan,
@@ -152,7 +155,7 @@ def annotate(chunks: Sequence[Checked], plan: Plan,
             current = status
         updates.append(((number, position),
                         {"status": current, "reason": reason, "message": message}))
-    _write(chunks, updates)
+    write_updates(chunks, updates)
 
 
 def repeated_duplicates(chunks: Sequence[Checked],
@@ -173,16 +176,12 @@ def repeated_duplicates(chunks: Sequence[Checked],
         done_rows: the done journal rows with a fingerprint (the journal before this run).
 
     Returns:
-        The updates for :func:`write_updates`.
+        The updates, for :func:`write_updates`.
     """
     updates: list[tuple[tuple[int, int], dict[str, Any]]] = []
     copies: dict[tuple[str, str, str], int] = {}
-    for number, chunk in enumerate(chunks):
-        info = chunk.table.file
-        if info.rejected:
-            continue
-        frame = chunk.frame
-        kind = KINDS[chunk.table.kind.name]
+    for number, chunk, kind in _readable(chunks):
+        info, frame = chunk.table.file, chunk.frame
         repeated = ((frame["reason"] == "duplicate_row") & (frame["status"] == "error"))
         for position in map(int, repeated.to_numpy().nonzero()[0]):
             record = {str(k): _plain(v) for k, v in frame.iloc[position].items()}
@@ -203,12 +202,6 @@ def repeated_duplicates(chunks: Sequence[Checked],
     return updates
 
 
-def write_updates(chunks: Sequence[Checked],
-                  updates: Iterable[tuple[tuple[int, int], dict[str, Any]]]) -> None:
-    """Write cells given as ((chunk number, position), {column: value})."""
-    _write(chunks, updates)
-
-
 def mark_validated(chunks: Sequence[Checked], plan: Plan) -> None:
     """In ``run`` mode every planned row gets an outcome; unplanned valid rows (in rejected
     files) are marked as not posted so that no row claims more than is known."""
@@ -222,11 +215,11 @@ def mark_validated(chunks: Sequence[Checked], plan: Plan) -> None:
                     "status": "error", "reason": "file_rejected",
                     "message": f"not posted: the file {info.name} was rejected whole "
                                f"({info.rejected})"}))
-    _write(chunks, updates)
+    write_updates(chunks, updates)
 
 
-def _write(chunks: Sequence[Checked],
-           updates: Iterable[tuple[tuple[int, int], dict[str, Any]]]) -> None:
+def write_updates(chunks: Sequence[Checked],
+                  updates: Iterable[tuple[tuple[int, int], dict[str, Any]]]) -> None:
     """Write cells, given as ((chunk number, position), {column: value}), a whole column at a
     time once per chunk: the validator may share one array between empty columns, so a cell
     is never written in place."""
