@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import structlog
 
-from importer.errors import ExitCode, FileRejected, ImporterError
+from importer.errors import ExitCode, FileRejected, ImporterError, interrupt_seen
 from importer.journal import new_run_id
 from importer.lock import RunLock
 
@@ -695,6 +695,8 @@ def _drain_one(folder: Folder, entry: Entry, sidecars: list[str], process_one: P
             raise _StopDrain(f"{entry.name}: {exc}") from None
         outcome.error = str(exc)
     except Exception as exc:  # one file's IO error or bug must not stop the others
+        if interrupt_seen():  # the stop, turned into another error (see cli.handle_errors)
+            raise KeyboardInterrupt from None
         # It was not (fully) processed: it stays in place, and the next run takes it again
         # (the journal skips any row already done); exit 3 says so every night until fixed.
         outcome.error = f"{_one_line(exc)}; left in place for the next run"

@@ -96,7 +96,8 @@ def _announce(result: RunResult, options: RunOptions) -> ExitCode:
         elif result.extra.get("stopped"):
             print("stopped after every row was posted: the report is complete", file=sys.stderr)
         if result.extra.get("already_posted"):
-            print(f"known to have reached Amili in this run: {result.extra['posted']} row(s); "
+            print(f"known to have reached Amili in this run: {result.extra.get('posted', 0)} "
+                  "row(s); "
                   f"{result.extra['already_posted']} row(s) already posted earlier were not "
                   "sent again (reason already_posted)", file=sys.stderr)
         for line in earlier_lines(result.extra.get("earlier_rows", [])):
@@ -358,8 +359,9 @@ class _Run:
         assert self.journal is not None
         journal = self.journal
         plan = make_plan(chunks, self.config.send_account)
-        # Decided on the journal as it is before this run posts anything.
-        repeated = repeated_duplicates(
+        # Decided on the journal as it is before this run posts anything; not with
+        # --allow-duplicates, which posts such a copy's twin anew.
+        repeated = [] if self.config.allow_duplicates else repeated_duplicates(
             chunks, lambda fp: [r for r in journal.prior(fp) if r.done])
         if self.mode is Mode.DRY_RUN:
             extra = self._dry_run(chunks, plan)

@@ -40,6 +40,11 @@ class Plan:
     places: list[tuple[int, int]]
 
 
+# The codes a repeated copy may carry besides duplicate_row and still be taken for one already
+# posted: warnings only (``future_date`` is left out: it is an error on a bank date).
+_DUPLICATE_AND_WARNINGS = {"duplicate_row", "old_date", "registered_before_transaction"}
+
+
 def _readable(chunks: Sequence[Checked]) -> Iterator[tuple[int, Checked, Kind]]:
     """(chunk number, chunk, kind) of the chunks of files not rejected whole."""
     for number, chunk in enumerate(chunks):
@@ -169,7 +174,9 @@ def repeated_duplicates(chunks: Sequence[Checked],
     both copies reached Amili, asking again invites a third. So the k-th copy after the first
     is taken for one already posted when Amili holds more than k rows with its values (before
     this run posts anything): ``warning``/``already_posted``, not sent, not in the failed-rows
-    file. Copies beyond what Amili holds stay errors.
+    file (an error when Amili holds that row in error). Copies beyond what Amili holds stay
+    errors, and so does a copy with another error than the duplicate; a warning it has stays
+    (``already_posted,old_date``).
 
     Args:
         chunks: validated chunks, in file order.
@@ -182,8 +189,11 @@ def repeated_duplicates(chunks: Sequence[Checked],
     copies: dict[tuple[str, str, str], int] = {}
     for number, chunk, kind in _readable(chunks):
         info, frame = chunk.table.file, chunk.frame
-        repeated = ((frame["reason"] == "duplicate_row") & (frame["status"] == "error"))
-        for position in map(int, repeated.to_numpy().nonzero()[0]):
+        reasons = frame["reason"].to_numpy(dtype=object)
+        for position in map(int, (frame["status"] == "error").to_numpy().nonzero()[0]):
+            codes = str(reasons[position] or "").split(",")
+            if "duplicate_row" not in codes or not set(codes) <= _DUPLICATE_AND_WARNINGS:
+                continue
             record = {str(k): _plain(v) for k, v in frame.iloc[position].items()}
             key = (info.sha256, kind.name, fingerprint(kind, record))
             copies[key] = copies.get(key, 0) + 1  # the first copy is a row of its own
@@ -192,7 +202,9 @@ def repeated_duplicates(chunks: Sequence[Checked],
                 continue
             latest = done[-1]
             updates.append(((number, position), {
-                "status": "warning", "reason": "already_posted",
+                "status": "error" if latest.state == "error" else "warning",
+                "reason": ",".join("already_posted" if c == "duplicate_row" else c
+                                   for c in codes),
                 "message": _join("; ", frame["message"].iat[position], (
                     f"Amili already holds {len(done)} rows with these values (the latest: run "
                     f"{latest.run_id}, {latest.ref.describe()}): this copy repeats one of them "

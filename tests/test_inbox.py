@@ -406,6 +406,30 @@ def test_an_interrupt_outside_the_posting_leaves_the_files(tmp_path: Path) -> No
     assert summary.exit_code == ExitCode.CANNOT_RUN and "interrupted" in summary.stopped
 
 
+def test_a_stop_turned_into_another_error_ends_the_drain_at_that_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """helper-52: after a stop, the RuntimeError Python wraps it in (a class made while
+    pandera is imported) is the stop, not a file error after which the next file starts."""
+    from importer import errors
+
+    monkeypatch.setattr(errors, "_interrupt_seen", False)  # put back after the test
+    drop(tmp_path, "a.csv", mtime=OLD - 10)
+    drop(tmp_path, "b.csv", mtime=OLD)
+    calls: list[str] = []
+
+    def process(path: Path, report_dir: Path) -> InboxFileResult:
+        calls.append(path.name)
+        errors.stop_if_interrupted()
+        errors.note_interrupt()
+        raise RuntimeError("Error calling __set_name__ on 'Field' instance 'type'")
+
+    summary = process_inbox(tmp_path, FAST, process)
+    assert calls == ["a.csv"]
+    assert summary.stopped.startswith("a.csv: interrupted")
+    assert listing(tmp_path)[:2] == ["a.csv", "b.csv"]
+    assert summary.exit_code == ExitCode.CANNOT_RUN
+
+
 def test_summary_log_line(tmp_path: Path) -> None:
     """One inbox.summary event per drain carries files, rows per status and duration."""
     drop(tmp_path, "a.csv", "good")

@@ -274,6 +274,80 @@ def test_an_export_repeating_a_pair_already_posted_does_not_ask_for_it_again(
     assert [r["amount"] for r in sandbox.state.records("creditor--payments")].count(77) == 2
 
 
+def _monday_pair(cli: Callable[..., Result], tmp_path: Path, env: dict[str, str],
+                 row: list[Any], second: int = 0) -> None:
+    """Monday's pair: the first copy posted by the file, the second from its failed-rows file."""
+    mon = write_csv(tmp_path / "payments-mon.csv", [row, row])
+    cli(["run", str(mon), "--report-dir", str(tmp_path / "r1")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    cli(["run", str(tmp_path / "r1" / "failed-payments-mon.csv"), "--allow-duplicates",
+         "--report-dir", str(tmp_path / "r2")], expect=second, env=env)
+
+
+TUESDAY_NEW = [CREDITOR, OPEN_CASE.id, "", "SEK", "5", BANK_DATE, "NEW"]
+
+
+def test_a_repeated_pair_with_a_warning_is_recognised_too(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-52: a year-old pair (its copies also carry old_date) repeated by the export is
+    taken for the pair Amili holds too; the warning stays in the reason."""
+    env = env_for(sandbox, tmp_path / "state")
+    old = f"{datetime.date.today() - datetime.timedelta(days=400):%Y-%m-%d}"
+    a = [CREDITOR, OPEN_CASE.id, "", "SEK", "77", old, ""]
+    _monday_pair(cli, tmp_path, env, a)
+    tue = write_csv(tmp_path / "payments-tue.csv", [TUESDAY_NEW, a, a])
+    cli(["run", str(tue), "--report-dir", str(tmp_path / "r3")], env=env)
+    rows = report(tmp_path / "r3")["rows"]
+    assert [(r["status"], r["reason"]) for r in rows][1:] == [
+        ("warning", "old_date,already_posted"), ("warning", "already_posted,old_date")]
+    assert not list((tmp_path / "r3").glob("failed-*.csv"))
+
+
+def test_a_repeated_pair_in_error_in_amili_stays_an_error(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-52: both of Monday's copies were stored in error (a closed case): both repeated
+    copies are errors, as the first one is."""
+    env = env_for(sandbox, tmp_path / "state")
+    a = [CREDITOR, CLOSED_CASE.id, "", "SEK", "77", BANK_DATE, ""]
+    _monday_pair(cli, tmp_path, env, a, ExitCode.ROWS_IN_ERROR)
+    tue = write_csv(tmp_path / "payments-tue.csv", [TUESDAY_NEW, a, a])
+    cli(["run", str(tue), "--report-dir", str(tmp_path / "r3")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    rows = report(tmp_path / "r3")["rows"]
+    assert [(r["status"], r["reason"]) for r in rows][1:] == [
+        ("error", "already_posted"), ("error", "already_posted")]
+
+
+def test_a_repeated_pair_under_allow_duplicates_stays_a_duplicate_error(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-52: with --allow-duplicates the first copy is posted anew (the flag's premise:
+    these are new), so its twin is a duplicate_row error for a person, not "already held"."""
+    env = env_for(sandbox, tmp_path / "state")
+    a = [CREDITOR, OPEN_CASE.id, "", "SEK", "77", BANK_DATE, ""]
+    _monday_pair(cli, tmp_path, env, a)
+    tue = write_csv(tmp_path / "payments-tue.csv", [TUESDAY_NEW, a, a])
+    cli(["run", str(tue), "--allow-duplicates", "--report-dir", str(tmp_path / "r3")],
+        expect=ExitCode.ROWS_IN_ERROR, env=env)
+    rows = report(tmp_path / "r3")["rows"]
+    assert [(r["status"], r["reason"]) for r in rows][1:] == [
+        ("completed", None), ("error", "duplicate_row")]
+
+
+def test_a_refused_login_with_a_repeated_pair_is_reported_not_a_crash(
+        cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
+    """helper-52: the login refused in a run whose file repeats a pair: "could not post" and
+    the report folder on stdout (it ended with KeyError: 'posted')."""
+    env = env_for(sandbox, tmp_path / "state")
+    a = [CREDITOR, OPEN_CASE.id, "", "SEK", "77", BANK_DATE, ""]
+    _monday_pair(cli, tmp_path, env, a)
+    tue = write_csv(tmp_path / "payments-tue.csv", [TUESDAY_NEW, a, a])
+    result = cli(["run", str(tue), "--report-dir", str(tmp_path / "r3")],
+                 expect=ExitCode.CANNOT_RUN,
+                 env=env | {"AMILI_ACCESS_TOKEN": "", "AMILI_API_CODE": "wrong-code"})
+    assert "unexpected error" not in result.output and "could not post" in result.output
+    assert str(tmp_path / "r3") in result.stdout
+
+
 def test_two_files_of_one_name_in_one_run_dry_run_agrees_with_the_run(
         cli: Callable[..., Result], tmp_path: Path, sandbox: RunningSandbox) -> None:
     """helper-51: north/payments.csv and south/payments.csv in one run with
