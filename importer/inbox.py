@@ -302,6 +302,18 @@ class StagedCopy:
         self.part.unlink(missing_ok=True)
 
 
+def remove_staging(staging: Path) -> None:
+    """Remove a staging folder and the copies in it (a symlink in its place is not followed)."""
+    if staging.is_dir() and not staging.is_symlink():
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def renew_staging(staging: Path) -> None:
+    """An empty staging folder, readable by this user only (what a killed run left goes)."""
+    remove_staging(staging)
+    staging.mkdir(mode=0o700, parents=True)
+
+
 class LocalFolder:
     """A drop folder on a local (or mounted) filesystem."""
 
@@ -357,8 +369,7 @@ class LocalFolder:
                 self._staging = Path(tempfile.mkdtemp(prefix="amili-import-staging-"))
         else:
             self._staging = self.work_dir / "staging"
-            self.clear_staging()
-            self._staging.mkdir(mode=0o700, parents=True)
+            renew_staging(self._staging)
         for sub in SUBFOLDERS:
             try:
                 (self.directory / sub).mkdir(exist_ok=True)
@@ -404,9 +415,8 @@ class LocalFolder:
 
     def clear_staging(self) -> None:
         """Remove the staging folder and what is in it (copies only: this host's own)."""
-        if self._staging is not None and self._staging.is_dir() \
-                and not self._staging.is_symlink():
-            shutil.rmtree(self._staging, ignore_errors=True)
+        if self._staging is not None:
+            remove_staging(self._staging)
 
     def exists(self, sub: str, name: str) -> bool:
         """Whether ``sub/name`` exists (a dangling symlink counts)."""

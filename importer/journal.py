@@ -845,13 +845,14 @@ _STORED_OR_PENDING = ("state IN (?, ?, ?, ?) OR (state = ? AND"
                       " (amili_id IS NOT NULL OR http_status BETWEEN 200 AND 299))")
 # The rows that decide whether a fingerprint may be posted (see Journal.prior).
 _PRIOR = f"fingerprint = ? AND ({_STORED_OR_PENDING})"
-_PRIOR_OR_SKIPPED = (f"fingerprint = ? AND ({_STORED_OR_PENDING} OR"
-                     " (state = 'skipped' AND ref_row IS NOT NULL))")
+# A row not sent because another done row stands for it (its ref_row).
+_SKIPPED_FOR_ANOTHER = "(state = 'skipped' AND ref_row IS NOT NULL)"
+_PRIOR_OR_SKIPPED = f"fingerprint = ? AND ({_STORED_OR_PENDING} OR {_SKIPPED_FOR_ANOTHER})"
 # The same, for the rows that came from one row of one file (its bytes, sheet and row number):
 # that row, however a version of amili-import reads it (see Journal.prior_source); also the
 # rows skipped there as covered by another row.
 _PRIOR_SOURCE = ("file_sha256 = ? AND row = ? AND sheet IS ? AND kind = ? AND"
-                 f" ({_STORED_OR_PENDING} OR (state = 'skipped' AND ref_row IS NOT NULL))")
+                 f" ({_STORED_OR_PENDING} OR {_SKIPPED_FOR_ANOTHER})")
 _CLAIM_ROW = (f"{_INSERT_ROW} SELECT " + ", ".join("?" * 23)
               + f" WHERE NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR})"
               + f" AND NOT EXISTS (SELECT 1 FROM rows WHERE {_PRIOR_SOURCE})")

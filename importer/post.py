@@ -1318,8 +1318,13 @@ def _shown_by(rows: list[PlannedRow]) -> Callable[[RowRecord], bool]:
 
 
 def _same_file(sha_a: str, name_a: str, sha_b: str, name_b: str) -> bool:
-    """The same content, or the same file name (the drop folder's archive prefix aside)."""
-    return sha_a == sha_b or _ARCHIVED.sub("", name_a) == _ARCHIVED.sub("", name_b)
+    """The same content, or the same file name (see :func:`_same_name`)."""
+    return sha_a == sha_b or _same_name(name_a, name_b)
+
+
+def _same_name(name_a: str, name_b: str) -> bool:
+    """The same file name, the drop folder's archive prefix aside."""
+    return _ARCHIVED.sub("", name_a) == _ARCHIVED.sub("", name_b)
 
 
 def _from_here(earlier: RowRecord, row: PlannedRow) -> bool:
@@ -1355,7 +1360,7 @@ def _covers(earlier: RowRecord, row: PlannedRow) -> bool:
     if earlier.done:
         return _from_here(earlier, row)
     return (earlier.state == SKIPPED and earlier.ref_row is not None
-            and _ARCHIVED.sub("", earlier.ref.file_name) == _ARCHIVED.sub("", row.file_name))
+            and _same_name(earlier.ref.file_name, row.file_name))
 
 
 def _identical(earlier: RowRecord) -> str:

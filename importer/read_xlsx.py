@@ -53,7 +53,9 @@ _CELL = re.compile(rb"<" + _P + rb"c(?:\s([^>]*?))?(?:/>|>(.*?)</" + _P + rb"c>)
 _FORMULA = re.compile(rb"<" + _P + rb"f[\s>/]")
 # An array formula's opening tag (its range's other cells hold results but no <f>), its range.
 _ARRAY_FORMULA = re.compile(rb"<" + _P + rb"f\s[^>]*\bt=\"array\"[^>]*")
-_RANGE_ATTR = re.compile(rb"\bref=\"\$?([A-Z]{1,3})\$?(\d+)(?::\$?([A-Z]{1,3})\$?(\d+))?\"")
+_REF_ATTR = re.compile(rb"\bref=\"([^\"]*)\"")
+# A range of cells (``B2:B9``, ``$B$2:$B$9``): an Excel table's, an array formula's.
+_RANGE = re.compile(r"^\$?([A-Z]{1,3})\$?(\d+):\$?([A-Z]{1,3})\$?(\d+)$")
 # Cells of array formulas in a workbook to be calculated when opened that are marked one by one
 # (their results are placeholders); a larger range rejects the file.
 MAX_ARRAY_CELLS = 1_000_000
@@ -261,7 +263,7 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan, name: str) -> None:
                             None if value_tag is None else value_tag.text or "", scan)
             formula = children.get("f")
             if formula is not None and formula.get("t") == "array":
-                _mark_array_range(scan, name, f'ref="{formula.get("ref", "")}"'.encode())
+                _mark_array_range(scan, name, formula.get("ref", ""))
             if fix is not None:
                 scan.fixes.setdefault(row, []).append((column, fix))
             element.clear()
@@ -271,7 +273,7 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan, name: str) -> None:
                 rows_parent.remove(element)
 
 
-def _mark_array_range(scan: SheetScan, name: str, tag: bytes) -> None:
+def _mark_array_range(scan: SheetScan, name: str, cells: str) -> None:
     """In a workbook to be calculated when opened, the other cells of an array formula's range
     (``<f t="array" ref="B2:B9">`` in B2; B3:B9 hold results and no ``<f>``) are formulas
     without a saved result too.
@@ -281,15 +283,14 @@ def _mark_array_range(scan: SheetScan, name: str, tag: bytes) -> None:
     """
     if not scan.recalculate:
         return
-    found = _RANGE_ATTR.search(tag)
-    if found is None or found.group(3) is None:
+    found = _RANGE.match(cells)
+    if found is None:  # one cell: the formula's own, counted
         return
-    first_col, last_col = _column_index(found.group(1)), _column_index(found.group(3))
+    first_col, last_col = _column_index(found.group(1).encode()), _column_index(
+        found.group(3).encode())
     first_row, last_row = int(found.group(2)) - 1, int(found.group(4)) - 1
     if (last_row - first_row + 1) * (last_col - first_col + 1) > MAX_ARRAY_CELLS:
-        where = (f"{found.group(1).decode()}{found.group(2).decode()}:"
-                 f"{found.group(3).decode()}{found.group(4).decode()}")
-        raise FileRejected(name, f"an array formula covers {where}; "
+        raise FileRejected(name, f"an array formula covers {cells}; "
                                  "the workbook asks Excel to calculate it when opened, so its "
                                  "results are not saved in it: open the file in Excel, let it "
                                  "calculate, save it and run it again")
@@ -323,7 +324,6 @@ def _cell_fix(cell_type: str, formula: bool, value: str | None,
     return None
 
 
-_TABLE_REF = re.compile(r"^\$?([A-Z]{1,3})\$?(\d+):\$?([A-Z]{1,3})\$?(\d+)$")
 
 
 def _tables_with_totals(archive: zipfile.ZipFile, part: str) -> list[ExcelTable]:
@@ -342,7 +342,7 @@ def _tables_with_totals(archive: zipfile.ZipFile, part: str) -> list[ExcelTable]
         try:
             table = ElementTree.fromstring(archive.read(_part_name(folder, rel.get("Target", ""))))
             count = int(table.get("totalsRowCount") or 0)
-            ref = _TABLE_REF.match(table.get("ref", ""))
+            ref = _RANGE.match(table.get("ref", ""))
         except (KeyError, ElementTree.ParseError, ValueError):
             continue
         if not count or ref is None:
@@ -370,8 +370,9 @@ def _fix_cells(data: bytes, scan: SheetScan, name: str) -> bool:
         value_tag = _VALUE.search(inner)
         fix = _cell_fix(cell_type.decode("ascii"), formula, None if value_tag is None else
                         (value_tag.group(1) or b"").decode("utf-8", "replace"), scan)
-        if formula and scan.recalculate and (array := _ARRAY_FORMULA.search(inner)):
-            _mark_array_range(scan, name, array.group(0))
+        if formula and scan.recalculate and (array := _ARRAY_FORMULA.search(inner)) and (
+                ref_attr := _REF_ATTR.search(array.group(0))):
+            _mark_array_range(scan, name, ref_attr.group(1).decode("ascii", "replace"))
         if fix is None:
             continue
         ref = _REF.search(attrs)

@@ -18,7 +18,6 @@ import hashlib
 import os
 import posixpath
 import re
-import shutil
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +38,8 @@ from importer.inbox import (
     ProcessOne,
     StagedCopy,
     drain,
+    remove_staging,
+    renew_staging,
 )
 from importer.lock import RunLock
 
@@ -303,13 +304,11 @@ class RemoteInbox:
         for sub in ("done", "failed"):
             self._mkdirs(self._remote(sub))
         self.reports.mkdir(parents=True, exist_ok=True)
-        self.clear_staging()
-        self.staging.mkdir(mode=0o700, parents=True)
+        renew_staging(self.staging)
 
     def clear_staging(self) -> None:
         """Remove ``staging/`` and the downloads in it (a killed run's too)."""
-        if self.staging.is_dir() and not self.staging.is_symlink():
-            shutil.rmtree(self.staging, ignore_errors=True)
+        remove_staging(self.staging)
 
     def fetch(self, entry: Entry) -> Fetched:
         """Download ``entry`` to ``staging/``, checking its size and hashing it on the way.

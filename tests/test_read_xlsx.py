@@ -25,6 +25,15 @@ def rows(table: Table) -> list[dict[str, Any]]:
     return pd.concat(frames, ignore_index=True).to_dict("records") if frames else []
 
 
+def payments_book() -> tuple[openpyxl.Workbook, Any]:
+    """A workbook whose one sheet, "payments", holds the header PAY_HEADER; and that sheet."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(PAY_HEADER)
+    return wb, ws
+
+
 def save(wb: openpyxl.Workbook, tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     wb.save(path)
@@ -160,10 +169,7 @@ def test_generic_sheet_name_takes_kind_from_file_name(tmp_path: Path) -> None:
 
 def test_formulas_cached_value_and_missing_value(tmp_path: Path) -> None:
     """A formula's cached value is read; a formula without one becomes FORMULA_WITHOUT_VALUE."""
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "payments"
-    ws.append(PAY_HEADER)
+    wb, ws = payments_book()
     ws.append([CRED, "A", "SEK", "=2*50", dt.date(2025, 7, 1)])  # openpyxl saves no value
     ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
     path = save(wb, tmp_path, "payments.xlsx")
@@ -259,10 +265,7 @@ def test_a_header_written_as_a_formula_keeps_its_saved_text(tmp_path: Path) -> N
     """helper-48: in a workbook to be calculated when opened, a header cell written as a
     formula with its text saved is read as that text (the header row only names columns);
     its data cells below are still formulas without a saved result."""
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "payments"
-    ws.append(PAY_HEADER)
+    wb, ws = payments_book()
     ws.append([CRED, "A", "SEK", 5, dt.date(2025, 7, 1)])
     path = _rewrite(save(wb, tmp_path, "p0.xlsx"), tmp_path / "payments.xlsx",
                     lambda name, text: text.replace(
@@ -276,10 +279,7 @@ def test_a_header_written_as_a_formula_keeps_its_saved_text(tmp_path: Path) -> N
 def test_rows_of_formulas_without_values_below_the_data_are_read(tmp_path: Path) -> None:
     """Rows holding only formulas saved without a value (calamine's range ends above them),
     at the end of a sheet or making up all of it, still reach validation, each as its row."""
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "payments"
-    ws.append(PAY_HEADER)
+    wb, ws = payments_book()
     ws.append([CRED, "A", "SEK", 5, dt.date(2025, 7, 1)])
     ws.append([f"=Data!A{n}" for n in range(1, 6)])
     ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
@@ -301,10 +301,7 @@ def test_rows_of_formulas_without_values_below_the_data_are_read(tmp_path: Path)
 
 def test_error_cells_come_through_as_text(tmp_path: Path) -> None:
     """Excel error cells (#N/A, #DIV/0!) arrive as their text, not as empty cells."""
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "payments"
-    ws.append(PAY_HEADER)
+    wb, ws = payments_book()
     ws.append([CRED, "#N/A", "SEK", "#DIV/0!", dt.date(2025, 7, 1)])
     _, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
     (row,) = rows(table)
@@ -313,10 +310,7 @@ def test_error_cells_come_through_as_text(tmp_path: Path) -> None:
 
 def test_trailing_empty_rows_and_columns_ignored(tmp_path: Path) -> None:
     """Formatted-but-empty trailing rows/columns add nothing; a headerless value column is kept."""
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "payments"
-    ws.append(PAY_HEADER)
+    wb, ws = payments_book()
     ws.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
     ws["J40"] = "   "
     ws["G2"] = "stray note"
@@ -586,10 +580,7 @@ def test_a_total_row_of_a_table_beside_the_data_skips_nothing(tmp_path: Path) ->
 
 def _irregular_workbook(tmp_path: Path) -> Path:
     """Row 2: a formula without a saved value and an error cell; row 3: hidden; row 4: plain."""
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "payments"
-    ws.append(PAY_HEADER)
+    wb, ws = payments_book()
     ws.append([CRED, "#N/A", "SEK", "=2*50", dt.date(2025, 7, 1)])
     ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
     ws.append([CRED, "C", "SEK", 8, dt.date(2025, 7, 1)])
@@ -656,10 +647,7 @@ def test_a_formula_cell_without_any_attribute_is_not_read_as_empty(tmp_path: Pat
     """A formula cell written as a bare ``<c><f>..</f></c>`` (no r=, t= or s=, with no other
     cell near it to give the sheet away) is still found: a formula without a saved value,
     not an empty cell. (helper-44)"""
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "payments"
-    ws.append(PAY_HEADER)
+    wb, ws = payments_book()
     ws.append([CRED, "A", "SEK", "=2*50", dt.date(2025, 7, 1)])
     ws.append([CRED, "B", "SEK", 7, dt.date(2025, 7, 1)])
     plain = save(wb, tmp_path, "payments.xlsx")
