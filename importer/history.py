@@ -71,11 +71,13 @@ def run_lines(config: Config, limit: int = 20) -> list[str]:
     for r in records:
         code = _code(r)
         mode = "retry" if r.retry_of else r.mode
+        # A retry reads no file (its rows' files are its original run's, named by its report).
+        files = "-" if r.retry_of else str(r.files)
         link = f"  (retry of {r.retry_of})" if r.retry_of else ""
         if r.run_id in retried:  # a failed night settled the morning after says so here
             later = retried[r.run_id]
             link = f"  (retried by {later.run_id}: exit {_code(later)})"
-        lines.append(f"{r.run_id:<24} {r.started[:19]:<20} {mode:<8} {r.files:>5} {code:>4}  "
+        lines.append(f"{r.run_id:<24} {r.started[:19]:<20} {mode:<8} {files:>5} {code:>4}  "
                      f"{_totals(r.totals)}{link}")
     return lines
 

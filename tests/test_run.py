@@ -608,6 +608,9 @@ def test_retry_reposts_transient_failures(cli: Callable[..., Result], tmp_path: 
     # helper-50: the failed night says it was settled, the retry says what it followed up.
     assert f"(retried by {second['run_id']}: exit 0)" in listing
     assert f"(retry of {first['run_id']})" in listing
+    # A retry reads no file: its files column says so rather than "0".
+    [retry_line] = [line for line in listing.splitlines() if "(retry of" in line]
+    assert retry_line.split()[2:4] == ["retry", "-"]
     shown = cli(["show", second["run_id"]], env=env).output
     assert f"retry of {first['run_id']}" in shown and str(printed) in shown
     assert "rows     2 completed (the report" in shown
