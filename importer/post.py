@@ -63,6 +63,7 @@ import re
 import signal
 import threading
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -1323,8 +1324,13 @@ def _same_file(sha_a: str, name_a: str, sha_b: str, name_b: str) -> bool:
 
 
 def _same_name(name_a: str, name_b: str) -> bool:
-    """The same file name, the drop folder's archive prefix aside."""
-    return _ARCHIVED.sub("", name_a) == _ARCHIVED.sub("", name_b)
+    """The same file name, the drop folder's archive prefix aside, and however its letters are
+    composed (a Mac writes "å" as "a" and a ring: NFD; Windows as one character: NFC)."""
+    return _name_key(name_a) == _name_key(name_b)
+
+
+def _name_key(name: str) -> str:
+    return unicodedata.normalize("NFC", _ARCHIVED.sub("", name))
 
 
 def _from_here(earlier: RowRecord, row: PlannedRow) -> bool:

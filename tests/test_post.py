@@ -301,6 +301,19 @@ def test_only_this_very_row_is_completed_others_are_warnings_that_say_nothing_to
     assert len(stored(sandbox)) == 1
 
 
+def test_a_name_written_on_a_mac_is_the_same_name(sandbox: RunningSandbox, tmp_path: Path,
+                                                  journal: Journal) -> None:
+    """The same file name as a Mac writes it (NFD: "a" and a combining ring) and as Windows
+    does (NFC: "å"), edited between the runs: this very row, `completed`, as for any name."""
+    config = config_for(sandbox, tmp_path)
+    body = payment_body(OPEN_CASE, 42.0)
+    run([planned(body, 7, sha="a" * 64, name="betalningar-a\u030ar.csv")], config, journal, "mac")
+    [same] = run([planned(body, 7, sha="b" * 64, name="betalningar-\u00e5r.csv")], config, journal,
+                 "windows")
+    assert same.status == COMPLETED and not same.posted
+    assert len(stored(sandbox)) == 1
+
+
 def test_every_run_after_an_upgrade_names_what_is_read_differently(
         sandbox: RunningSandbox, tmp_path: Path, journal: Journal) -> None:
     """helper-48: the second run of a file after an upgrade (values read differently) is a
