@@ -413,6 +413,9 @@ class _Engine:
         self._progress_lock = threading.Lock()
         self._status_todo: list[_StatusTodo] = []  # created rows whose 201 had no status
         self.learned: list[Learned] = []  # held status reads (see _StatusTodo.held)
+        # Rows of this run skipped for another row of it (by journal id of that row): judged
+        # again once that row's status is read back (its 201 may have said less).
+        self._followers: dict[int, list[tuple[PlannedRow, Outcome]]] = {}
         self.read_early: list[tuple[int, Outcome]] = []  # earlier rows read before posting
         self._learned_lock = threading.Lock()
         self._batch_reads = True  # False once the API refused an "$in" read-back
@@ -643,6 +646,10 @@ class _Engine:
                     outcome.journal_id = self.journal.record(
                         self.run_id, row.ref, row.kind.name, row.fingerprint, row.case_key,
                         row.payload, settlement)
+                    if settlement.state == SKIPPED and settlement.ref_row is not None:
+                        with self._progress_lock:
+                            self._followers.setdefault(settlement.ref_row, []).append(
+                                (row, outcome))
                 else:
                     journal_id = self.journal.begin(self.run_id, row.ref, row.kind.name,
                                                     row.fingerprint, row.case_key, row.payload)
@@ -1072,6 +1079,14 @@ class _Engine:
         item.outcome.__dict__.update(final.__dict__)
         item.log.info("row.status", status=final.status, reason=final.reason,
                       amili_id=final.amili_id, detail=final.message or None)
+        with self._progress_lock:
+            followers = self._followers.pop(item.journal_id, [])
+        for row, outcome in followers:
+            # Judged as the row now stands (an error read back makes its twins errors).
+            again = self._decide(row)
+            if again is not None:
+                outcome.__dict__.update(replace(again[1], journal_id=outcome.journal_id,
+                                                index=outcome.index).__dict__)
 
     def _from_record(self, kind: Kind, info: dict[str, Any], *, written: bool, attempts: int,
                      http_status: int | None) -> Settlement:

@@ -18,6 +18,7 @@ import pytest
 import requests
 import structlog
 from fixtures_sandbox import (
+    CLOSED_CASE,
     CREDITOR,
     OPEN_CASE,
     SEED_CASES,
@@ -299,6 +300,25 @@ def test_only_this_very_row_is_completed_others_are_warnings_that_say_nothing_to
                                         "file payments.csv row 7, not sent again (Amili id ")
         assert ". Nothing to do if this file repeats rows already sent" in other.message
     assert len(stored(sandbox)) == 1
+
+
+def test_a_twin_in_the_same_run_follows_the_status_read_back(sandbox: RunningSandbox,
+                                                             tmp_path: Path,
+                                                             journal: Journal) -> None:
+    """Two files of one run hold the same row; the second is not sent. The first's 201 has
+    no status, and the read-back finds Amili holds it in error (a closed case): the twin is
+    an error too, naming it, not a warning that it was already posted."""
+    body = payment_body(CLOSED_CASE, 10.0)
+    first, twin = run([planned(body, 2, sha="a" * 64, name="june.csv"),
+                       planned(body, 5, sha="b" * 64, name="june-copy.csv", index=1)],
+                      config_for(sandbox, tmp_path, concurrency=1), journal, "r1")
+    assert (first.status, first.reason, first.posted) == ("error", "api_error", True)
+    assert (twin.status, twin.reason, twin.posted) == ("error", "already_posted", False)
+    assert twin.message.startswith("identical to a row already posted in run r1, file "
+                                   "june.csv row 2")
+    assert "then: Amili: error" in twin.message
+    assert twin.amili_id == first.amili_id and len(stored(sandbox)) == 1
+    assert twin.journal_id != first.journal_id
 
 
 def test_a_name_written_on_a_mac_is_the_same_name(sandbox: RunningSandbox, tmp_path: Path,

@@ -366,7 +366,10 @@ def test_two_files_of_one_name_in_one_run_dry_run_agrees_with_the_run(
     dry = [(r["status"], r["reason"]) for r in report(tmp_path / "d")["rows"]]
     real = [(r["status"], r["reason"]) for r in report(tmp_path / "r")["rows"]]
     assert dry == [("valid", None), ("warning", "already_posted"), ("valid", None)]
-    assert real == [("completed", None), ("warning", "already_posted"), ("completed", None)]
+    # South's row 2 is north's row 2 by name, sheet and row: the very same row, so it takes
+    # that row's outcome as read back (it said "warning" while it copied the 201's
+    # provisional state; an API whose 201 carries the status gave "completed" already).
+    assert real == [("completed", None), ("completed", "already_posted"), ("completed", None)]
     assert stored_references(sandbox) == Counter({"A": 1, "S": 1})
 
 
