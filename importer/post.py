@@ -93,7 +93,7 @@ from importer.journal import (
 from importer.journal import (
     now as journal_now,
 )
-from importer.kinds import KINDS, Kind
+from importer.kinds import KINDS, READ_ONLY_FIELDS, Kind
 
 if TYPE_CHECKING:
     from importer.client import ApiClient, PostResult
@@ -1589,6 +1589,10 @@ def matches(kind: Kind, payload: dict[str, Any], record: dict[str, Any],
         verdict = None  # left out of a list answer: read the record whole before judging
     for name, sent in payload.items():
         if sent is None or name not in record or record[name] is None:
+            continue
+        if name in READ_ONLY_FIELDS:
+            # Amili sets these itself (account from the case or creditor, whatever an older
+            # API generation made us send): what it shows tells nothing about this row.
             continue
         stored = record[name]
         if name == "amount":

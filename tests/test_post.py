@@ -580,6 +580,22 @@ def test_matches_compares_values_not_spelling() -> None:
                                     "R2"}) is False
 
 
+def test_a_lost_answer_is_found_whatever_account_amili_set(
+        make_sandbox: Callable[..., RunningSandbox], tmp_path: Path, journal: Journal) -> None:
+    """helper-55: with send_account (an older API generation required the field), Amili
+    stores the case's own account, read-only, whatever was sent. A lost answer's read-back
+    compared it and found "nothing stored": the payment was posted three times."""
+    sandbox = make_sandbox(drop_after_store=1.0)
+    body = payment_body(OPEN_CASE, 77.0, creditor_payment_reference="R-1",
+                        account="aa" * 12)
+    [out] = run([planned(body, 2)], config_for(sandbox, tmp_path, send_account=True), journal,
+                "r1")
+    assert len(stored(sandbox)) == 1
+    assert out.status == COMPLETED and "found in Amili by read-back" in out.message
+    record = {**body, "_id": "x", "account": {"$oid": "bb" * 12}}
+    assert matches(PAYMENTS, body, record)
+
+
 def test_preview_and_retry_rows(sandbox: RunningSandbox, tmp_path: Path,
                                 journal: Journal) -> None:
     """preview() tells what a run would skip; from_record() rebuilds a row for retry."""
