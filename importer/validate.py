@@ -17,8 +17,9 @@ original header. Messages read ``<header as in the file>: '<value as read>' <wha
 
 Read-only fields: ``account`` and ``file_import_report`` are set by Amili and never sent; a file
 holding them keeps them as ``input:`` columns only. With ``config.send_account`` (the older API
-generation required ``account``) the file's ``account`` column is checked as a 24-hex id and
-:func:`payload` sends it, taken from that ``input:`` column; the frame's columns stay the same.
+generation required ``account``) payments and creditings need an ``account`` column, checked
+as a 24-hex id; :func:`payload` sends it, taken from that ``input:`` column; the frame's columns
+stay the same.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ _MISSING_TODO = {
     "amount": "fill in the amount",
     "bank_transaction_date": "fill in the date the money reached the bank, e.g. 2025-07-04",
     "origin": "write creditor_system or leave the column out",
+    "account": "fill in the account id (24 hex digits): send_account is set, for the older "
+               "API generation that requires it",
 }
 _RULES: dict[str, Rule] = {
     "invalid_creditor": Rule("invalid_creditor", ERROR, "is not a creditor id (24 hex digits "
@@ -256,11 +259,12 @@ def _schemas(kind_name: str, now: np.datetime64, account: bool
         kind_name: the kind.
         now: naive UTC; old dates are relative to it, and a date is "in the future" when it
             is at or after the next local midnight (see :func:`future_limit`).
-        account: whether an ``account`` column is checked (send_account with such a column).
+        account: whether ``account`` is required and checked (send_account, amount kinds).
     """
     future = future_limit(now)
     kind = KINDS[kind_name]
-    required = {"creditor", "currency", "origin", *kind.required}
+    required = {"creditor", "currency", "origin", *kind.required,
+                *(["account"] if account else [])}
     ids = ["creditor", "case"] + (["account"] if account else [])
     columns: dict[str, pa.Column] = {}
     for field in (*kind.fields, *(["account"] if account else [])):
@@ -459,8 +463,9 @@ class Checker:
         self.header: dict[str, str] = {}
         for header, field in table.fields.items():
             self.header.setdefault(field, header)
-        self.account = bool(config.send_account and "account" in self.header
-                            and self.kind.amount)
+        # The older API generation that send_account is for required the account on payments
+        # and creditings: a row without one would only be refused by it, so it is an error here.
+        self.account = bool(config.send_account and self.kind.amount)
         self.errors_schema, self.warnings_schema = _schemas(self.kind.name, self.now,
                                                             self.account)
         self._dups = duplicates if duplicates is not None else Duplicates()

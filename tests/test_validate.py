@@ -344,6 +344,25 @@ def test_read_only_columns_not_sent_unless_send_account() -> None:
     assert body["account"] == ACCOUNT
 
 
+def test_send_account_requires_the_account() -> None:
+    """helper-55: the older API generation send_account is for requires account on payments
+    and creditings; an empty cell, or a file without the column, is an error before any
+    request (not a 422 per row). Cancellations carry none."""
+    tab = table(PAYMENTS, (*PAY_FIELDS, "account"))
+    out = Checker(tab, Config(send_account=True), NOW).check(chunk(tab, [payment(account="")]))
+    assert (out["status"][0], out["reason"][0]) == ("error", "missing_value")
+    assert out["message"][0].startswith("Account: '' is empty; fill in the account id")
+    tab = table(PAYMENTS, PAY_FIELDS)
+    out = Checker(tab, Config(send_account=True), NOW).check(chunk(tab, [payment()]))
+    assert (out["status"][0], out["reason"][0]) == ("error", "missing_value")
+    assert "the file has no account column" in out["message"][0]
+    fields = ("creditor", "case", "origin")
+    tab = table(CANCELLATIONS, fields)
+    out = Checker(tab, Config(send_account=True), NOW).check(
+        chunk(tab, [{"creditor": CREDITOR, "case": CASE}]))
+    assert out["status"][0] == "valid"
+
+
 def test_payload_shape_per_kind() -> None:
     """payload(): only the kind's fields, empty ones dropped, amount a JSON number."""
     pay = check([payment(client_registration_date="Sat, 05 Jul 2025 10:00:00 GMT")])
