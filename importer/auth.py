@@ -164,7 +164,7 @@ def key_algorithm(key: PrivateKey, override: str | None = None) -> str:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         family, allowed = "EC", _EC_ALGORITHMS
         chosen = _CURVE_ALGORITHMS.get(key.curve.name)
-        if chosen is None and override is None:
+        if chosen is None:
             raise ConfigError(f"EC curve {key.curve.name} is not supported; use P-256, P-384 "
                               "or P-521")
     else:
@@ -174,8 +174,14 @@ def key_algorithm(key: PrivateKey, override: str | None = None) -> str:
         if algorithm not in allowed:
             raise ConfigError(f"jwt_algorithm {override} does not fit an {family} key; use one of "
                               f"{', '.join(sorted(allowed))}")
+        if family == "EC" and algorithm != chosen:
+            # An EC algorithm names its curve (RFC 7518): nothing can sign ES512 with P-256.
+            raise ConfigError(
+                f"jwt_algorithm {override} needs another curve than this key's "
+                f"({describe_key(key)}, which signs {chosen}). An older Amili page says ES512 "
+                f"while generating a P-256 key: leave jwt_algorithm out (the key decides) or "
+                f"set it to {chosen}")
         return algorithm
-    assert chosen is not None
     return chosen
 
 

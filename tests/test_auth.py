@@ -66,6 +66,16 @@ def test_ec_curve_picks_algorithm(tmp_path: Path, curve: ec.EllipticCurve, algor
     assert key_algorithm(load_private_key(path)) == algorithm
 
 
+def test_an_ec_override_must_name_the_keys_curve() -> None:
+    """helper-55: ES512 with a P-256 key (the older docs' pairing) passed the configuration
+    and failed only at login; it is refused up front, naming the way out."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert key_algorithm(key, "es256") == "ES256"
+    with pytest.raises(ConfigError, match=r"jwt_algorithm ES512 needs another curve than this "
+                                          r"key's \(EC P-256, which signs ES256\)"):
+        key_algorithm(key, "ES512")
+
+
 def test_rsa_key_is_rs256_and_override_must_fit(tmp_path: Path) -> None:
     """An RSA key signs RS256; jwt_algorithm overrides within the key's family only."""
     key = load_private_key(write_key(tmp_path / "rsa.pem",
