@@ -5,7 +5,8 @@ Three ways in, chosen by ``config.login`` (``auto`` picks the first that is conf
 - ``token``: a ready access token (``AMILI_ACCESS_TOKEN``); it cannot be renewed.
 - ``jwt``: ``GET /authenticates/api-code`` with ``X-API-Key: <JWT>``, the JWT signed by the
   creditor's private key with claims ``{"api_code", "exp"}``.
-- ``api-code``: the older ``POST /authenticates/api-code`` with ``{"api_code": ...}``.
+- ``api-code``: the older ``POST /authenticates/api-code`` with ``{"api_code": ...}`` (the field
+  name is not shown in the public docs: ``config.api_code_field``).
 
 The login answer's token field and lifetime are not public, so both are read tolerantly (see
 :func:`parse_login_answer`). Nothing here ever logs or puts in a message the token, the JWT,
@@ -408,7 +409,8 @@ class TokenProvider:
         else:
             response = self._send("POST", LOGIN_PATH,
                                   headers={"Content-Type": "application/json"},
-                                  data=json.dumps({"api_code": self._config.api_code}))
+                                  data=json.dumps({self._config.api_code_field:
+                                                   self._config.api_code}))
         verb = "GET" if self.method == "jwt" else "POST"
         if not 200 <= response.status_code < 300:
             from importer.client import api_message  # the one place API errors are worded

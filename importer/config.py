@@ -42,6 +42,8 @@ class Config:
     jwt_algorithm: str | None = None  # None: chosen from the key
     login: str = "auto"  # auto | token | jwt | api-code
     token_field: str | None = None  # field of the login answer holding the token
+    # The JSON field of the older POST login's body (not shown in Amili's public docs).
+    api_code_field: str = "api_code"
     token_lifetime: float = 600.0  # seconds assumed when the login answer says nothing
     allow_http: bool = False  # plain http:// to a non-loopback host
     state_dir: Path = field(default_factory=default_state_dir)

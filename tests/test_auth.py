@@ -174,6 +174,26 @@ def test_jwt_claims_and_expiry_are_short(tmp_path: Path) -> None:
     assert provider.lifetime == 50
 
 
+def test_the_api_code_logins_body_field_is_a_setting(tmp_path: Path) -> None:
+    """helper-55: the older POST login's body field is not in Amili's public docs (very
+    likely api_code, the default); a config file can name another."""
+    from importer.auth import TokenProvider
+    from importer.config import load_config
+
+    bodies: list[str | None] = []
+
+    def send(method: str, path: str, *, headers: dict[str, str] | None = None,
+             data: str | None = None) -> requests.Response:
+        bodies.append(data)
+        return answer({"token": "issued", "expires_in": 50})
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('api_code = "CODE-1"\napi_code_field = "code"\n', encoding="utf-8")
+    for config in (Config(api_code="CODE-1"), load_config(conf, environ={})):
+        assert TokenProvider(config, send).get_valid_token() == "issued"
+    assert [json.loads(b or "") for b in bodies] == [{"api_code": "CODE-1"}, {"code": "CODE-1"}]
+
+
 @pytest.mark.parametrize("make_key", [
     lambda: ec.generate_private_key(ec.SECP256R1()),
     lambda: ec.generate_private_key(ec.SECP521R1()),
