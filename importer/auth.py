@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from importer.answers import parse_instant
-from importer.config import Config
+from importer.config import Config, header_safe
 from importer.errors import ApiError, ConfigError
 
 LOGIN_PATH = "/authenticates/api-code"
@@ -231,6 +231,12 @@ def parse_login_answer(response: requests.Response, token_field: str | None,
         token, data = data, {}
     elif isinstance(data, dict):
         token, data = _find_token(data, token_field)
+    if isinstance(token, str):
+        token = token.strip()
+        if not header_safe(token):
+            raise ApiError("the login answer's access token holds a character an HTTP header "
+                           "cannot carry (a space, a control character or a non-ASCII letter);"
+                           " it is not shown here")
     if not isinstance(token, str) or not token:
         seen = ", ".join(sorted(data)) if isinstance(data, dict) else type(data).__name__
         wanted = token_field or " / ".join(TOKEN_FIELDS)

@@ -164,6 +164,10 @@ def load_config(
             values[name] = _coerce(name, env[var], var)
     given = {k: v for k, v in flags.items() if v is not None}
     values.update({k: _coerce(k, v, "--" + k) for k, v in given.items()})
+    for secret in ("access_token", "api_code"):
+        # "$(cat token.txt)" of a file saved on Windows ends in a CR: not part of the secret.
+        if isinstance(values.get(secret), str):
+            values[secret] = values[secret].strip()
     config = Config(**values)
     problem = _problem(config)
     if problem is not None:
@@ -172,6 +176,11 @@ def load_config(
         # environment, a configuration that cannot run (3).
         raise (UsageError if setting in given else ConfigError)(message)
     return config
+
+
+def header_safe(value: str) -> bool:
+    """Whether a token can go into an HTTP header as it is: visible ASCII only."""
+    return value.isascii() and value.isprintable() and " " not in value
 
 
 def _problem(config: Config) -> tuple[str, str] | None:
@@ -198,5 +207,9 @@ def _problem(config: Config) -> tuple[str, str] | None:
         ("backoff_max", config.backoff_max >= 0, "backoff_max must be zero or more seconds"),
         ("token_lifetime", config.token_lifetime > 0,
          "token_lifetime must be more than zero seconds"),
+        # Never quoted: a secret does not go into a message.
+        ("access_token", config.access_token is None or header_safe(config.access_token),
+         "access_token holds a character an HTTP header cannot carry (a space, a control "
+         "character or a non-ASCII letter); check how it was copied (it is not shown here)"),
     ]
     return next(((name, message) for name, ok, message in checks if not ok), None)

@@ -153,6 +153,15 @@ def test_login_answer_bare_string_and_missing_token() -> None:
     assert "12" not in str(info.value)
 
 
+def test_a_login_answers_token_a_header_cannot_carry_is_refused_unquoted() -> None:
+    """helper-53: the same for a token the login answers with (trimmed; refused, not shown,
+    when it holds a character a header cannot carry)."""
+    assert parse_login_answer(answer({"token": "issued\r\n"}), None).token == "issued"
+    with pytest.raises(ApiError, match="it is not shown here") as info:
+        parse_login_answer(answer({"token": "SECRET\u00e9"}), None)
+    assert "SECRET" not in str(info.value)
+
+
 def test_jwt_claims_and_expiry_are_short(tmp_path: Path) -> None:
     """The login JWT carries api_code and an exp no more than 10 minutes ahead."""
     from importer.auth import TokenProvider

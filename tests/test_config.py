@@ -42,6 +42,20 @@ def test_config_from_amili_config_variable_and_section(tmp_path: Path) -> None:
     assert config.default_creditor == "674dbeb208847b9501cc9138"
 
 
+def test_a_token_is_trimmed_and_one_a_header_cannot_carry_is_refused_unquoted(
+        tmp_path: Path) -> None:
+    """helper-53: AMILI_ACCESS_TOKEN="$(cat token.txt)" of a file saved on Windows ends in a
+    CR; requests then refused the header and its error, quoting the token, went into run.log,
+    the reports and the journal. Surrounding whitespace is trimmed; a token still holding a
+    space, a control character or a non-ASCII letter is refused without being shown."""
+    config = load_config(environ={"AMILI_ACCESS_TOKEN": "SECRET-1\r", "AMILI_API_CODE": " c\n"})
+    assert (config.access_token, config.api_code) == ("SECRET-1", "c")
+    for bad in ("SECRET 2", "SECRET\x013", "SECRET\u00e94"):
+        with pytest.raises(ConfigError) as info:
+            load_config(environ={"AMILI_ACCESS_TOKEN": bad})
+        assert "it is not shown here" in str(info.value) and "SECRET" not in str(info.value)
+
+
 def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
     """The token and API code never appear in the config's repr (and so never in logs)."""
     config = load_config(None, environ={"AMILI_ACCESS_TOKEN": "s3cret-token",
