@@ -1154,8 +1154,10 @@ class _Engine:
         already own and that Amili created after the POST could have been sent
         (``sent_after``, the journal's time of the row, less :data:`CLOCK_SKEW` for the two
         clocks): an identical record entered earlier by other means is not ours to claim.
-        The newest such record is taken. "Not stored" is concluded only when, on the last
-        try, the main filter answered and no fallback filter failed for a transient reason.
+        The newest such record is taken. One created earlier than that is not claimed, but
+        it is no proof of "not stored" either (this machine's clock may run fast). "Not
+        stored" is concluded only when, on the last try, the main filter answered and no
+        fallback filter failed for a transient reason.
 
         Returns:
             (record or None, conclusive, why): conclusive is True when "None" means "not
@@ -1194,6 +1196,17 @@ class _Engine:
                              and _created_after(r, sent_after)]
                     if fresh:
                         return max(fresh, key=_created_key), True, ""
+                    older = [r for r in candidates if _id_lower(r) not in known]
+                    if older:
+                        # Identical, nobody's in the journal, but created before this row was
+                        # sent by our clock: entered by other means, or ours and this clock
+                        # runs fast. Neither is "not stored": nothing is sent again.
+                        created = older[-1].get("_created")
+                        why = (f"Amili holds an identical record {record_id(older[-1])} created "
+                               f"{created}, before this row was sent by this machine's clock "
+                               f"({sent_after}): ours if that clock runs fast, else one entered "
+                               "by other means; check it in Amili (and this machine's clock)")
+                        conclusive = False
                     if any(_id_lower(r) not in known and _created_after(r, sent_after)
                            for r in unsure):
                         # A record that may be this row's but cannot be compared: "not

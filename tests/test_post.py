@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +301,35 @@ def test_only_this_very_row_is_completed_others_are_warnings_that_say_nothing_to
                                         "file payments.csv row 7, not sent again (Amili id ")
         assert ". Nothing to do if this file repeats rows already sent" in other.message
     assert len(stored(sandbox)) == 1
+
+
+@pytest.mark.parametrize("hours", [1, 2])  # a clock kept in Swedish time, read as UTC
+def test_a_clock_running_fast_never_posts_a_lost_answer_again(
+        make_sandbox: Callable[..., RunningSandbox], tmp_path: Path, journal: Journal,
+        monkeypatch: pytest.MonkeyPatch, hours: int) -> None:
+    """helper-54: this machine's clock runs over an hour fast; a POST is stored and its answer
+    lost. The read-back found the record "created before the row was sent" and posted again
+    (twice with max_attempts 1 and two hours). It is not claimed, nor taken for "not stored":
+    the outcome stays unknown, naming the clock, and nothing is sent again."""
+    import importer.journal
+
+    real = datetime
+
+    class Fast(real):  # type: ignore[misc, valid-type]
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return real.now(tz) + timedelta(hours=hours, minutes=5)
+
+    import importer.post
+
+    for module in (importer.journal, importer.post):  # this machine's clock, not Amili's
+        monkeypatch.setattr(module, "datetime", Fast)
+    sandbox = make_sandbox(drop_after_store=1.0)
+    body = payment_body(OPEN_CASE, 10.0, creditor_payment_reference="R1")
+    [out] = run([planned(body, 2)], config_for(sandbox, tmp_path, max_attempts=1), journal, "r1")
+    assert len(stored(sandbox)) == 1
+    assert (out.status, out.reason, out.posted) == ("error", "outcome_unknown", False)
+    assert "before this row was sent by this machine's clock" in out.message
 
 
 def test_a_twin_in_the_same_run_follows_the_status_read_back(sandbox: RunningSandbox,
