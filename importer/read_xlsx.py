@@ -64,10 +64,11 @@ _REF = re.compile(rb"\br=\"([A-Z]{1,3})(\d+)\"")
 _LETTERS = re.compile(rb"([A-Z]{1,3})\d+$")  # a cell reference's column (``AB`` of ``AB12``)
 _TYPE = re.compile(rb"\bt=\"(\w+)\"")
 _MAX_EXACT = 2**53
+_OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")  # the Compound File Binary signature
 
 Fixes = dict[int, list[tuple[int, str]]]  # 0-based row -> [(0-based column, value)]
-_HIDDEN_ROW = re.compile(rb"<" + _P + rb"row\s([^>]*\bhidden=\"(?:1|true)\"[^>]*)>")
-_ROW_NUMBER = re.compile(rb"\br=\"(\d+)\"")
+_ROW_TAG = re.compile(rb"<" + _P + rb"row\s([^>]*)>")
+_ATTRIBUTE = re.compile(rb"\b([\w:]+)=\"([^\"]*)\"")
 _HIDDEN_COLS = re.compile(rb"<" + _P + rb"col\s[^>]*\bhidden=\"(?:1|true)\"")
 
 
@@ -131,9 +132,12 @@ def cell_value(value: Any) -> Any:
     return value
 
 
-def _sheet_parts(path: Path) -> tuple[dict[str, str], bool]:
-    """Worksheet name → its XML part in the zip (empty when the workbook is unusual), and
-    whether the workbook asks to be calculated when opened.
+def _sheet_parts(path: Path) -> tuple[dict[str, str] | None, bool]:
+    """Worksheet name → its XML part in the zip (None when the workbook's list of sheets
+    cannot be read), and whether the workbook asks to be calculated when opened.
+
+    The workbook part is found as Excel finds it: through the package's relationships
+    (``_rels/.rels``; ``xl/workbook.xml`` when they name none).
 
     ``<calcPr fullCalcOnLoad="1"/>`` is how programs that write workbooks without
     calculating them (xlsxwriter, openpyxl, PhpSpreadsheet, ExcelJS, openxlsx2) tell Excel to
@@ -143,10 +147,13 @@ def _sheet_parts(path: Path) -> tuple[dict[str, str], bool]:
     """
     try:
         with zipfile.ZipFile(path) as archive:
-            book = ElementTree.fromstring(archive.read("xl/workbook.xml"))
-            rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
+            workbook = _workbook_part(archive)
+            folder, _, base = workbook.rpartition("/")
+            book = ElementTree.fromstring(archive.read(workbook))
+            rels = ElementTree.fromstring(archive.read(f"{folder}/_rels/{base}.rels"
+                                                       if folder else f"_rels/{base}.rels"))
     except (KeyError, zipfile.BadZipFile, ElementTree.ParseError, OSError):
-        return {}, False
+        return None, False
     recalculate = any(e.tag.endswith("}calcPr") and e.get("fullCalcOnLoad") in ("1", "true")
                       for e in book)
     targets = {r.get("Id"): r.get("Target", "") for r in rels.iter()
@@ -156,15 +163,49 @@ def _sheet_parts(path: Path) -> tuple[dict[str, str], bool]:
         rel = next((v for k, v in sheet.attrib.items() if k.endswith("}id")), None)
         if sheet.tag.endswith("}sheet") and rel in targets:
             target = targets[rel]  # r:id in the Transitional or the Strict namespace
-            parts[sheet.get("name", "")] = _part_name("xl", target)
+            parts[sheet.get("name", "")] = _part_name(folder, target)
     return parts, recalculate
+
+
+def _workbook_part(archive: zipfile.ZipFile) -> str:
+    """The workbook's part name, from the package relationships (the officeDocument one)."""
+    try:
+        package = ElementTree.fromstring(archive.read("_rels/.rels"))
+    except KeyError:
+        return "xl/workbook.xml"
+    for rel in package.iter():
+        if rel.tag.endswith("Relationship") and rel.get("Type", "").endswith(
+                "/officeDocument"):
+            return _part_name("", rel.get("Target", ""))
+    return "xl/workbook.xml"
+
+
+def _part_of(parts: dict[str, str] | None, name: str, sheet_name: str) -> str:
+    """A visible worksheet's XML part, which must be found: without it, hidden rows, error
+    cells and formulas without a saved result could not be seen, and would be posted.
+
+    Raises:
+        FileRejected: the list of sheets cannot be read, or does not name this one.
+    """
+    if parts is not None:
+        if sheet_name in parts:
+            return parts[sheet_name]
+        # XML reads a tab or a line break in an attribute as a space; calamine does not.
+        spaced = {re.sub(r"[\t\r\n]", " ", k): v for k, v in parts.items()}
+        found = spaced.get(re.sub(r"[\t\r\n]", " ", sheet_name))
+        if found is not None:
+            return found
+    raise FileRejected(name, (
+        f"the workbook's list of sheets cannot be read (or does not name sheet {sheet_name!r}), "
+        "so hidden rows and error cells could not be checked; open it in Excel and save it "
+        "again as .xlsx"))
 
 
 def _part_name(folder: str, target: str) -> str:
     """A relationship's target as a part name in the zip: absolute (``/xl/...``), or relative
     to the folder of the part whose relationships name it."""
     return target.lstrip("/") if target.startswith("/") else posixpath.normpath(
-        f"{folder}/{target}")
+        f"{folder}/{target}" if folder else target)
 
 
 def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False) -> SheetScan:
@@ -203,34 +244,66 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
     searched, and cells and rows are placed by their ``r="A1"`` attribute.
 
     Returns:
-        False when something found cannot be placed that way (see :func:`_scan_by_position`).
+        False when something found cannot be placed or read that way (see
+        :func:`_scan_by_position`).
     """
-    carry = b""
+    pending: list[bytes] = []  # a row longer than a block, read so far (joined once)
     while True:
         block = stream.read(XML_BLOCK)
-        data = carry + block
-        carry = b""
         if block:  # only whole rows are searched; the rest waits for the next block
-            cut = data.rfind(b"row>")
+            cut = block.rfind(b"row>")
             if cut < 0:
-                carry = data
+                pending.append(block)
                 continue
-            carry, data = data[cut + 4:], data[:cut + 4]
-        if b"='" in data:  # single-quoted attributes: the regular expressions would miss them
+            data = b"".join([*pending, block[:cut + 4]])
+            pending = [block[cut + 4:]]
+        else:
+            data = b"".join(pending)
+        if b"='" in data or b"= " in data or b" =" in data:
+            # Single-quoted or spaced attributes: the regular expressions would miss them.
             return False
         # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
         if (b"<f" in data or b":f" in data or b't="e"' in data) and not _fix_cells(
                 data, scan, name):
             return False
-        if b"hidden=" in data:
-            for match in _HIDDEN_ROW.finditer(data):
-                number = _ROW_NUMBER.search(match.group(1))
-                if number is None:
-                    return False
-                scan.hidden_rows.add(int(number.group(1)) - 1)
-            scan.hidden_columns = scan.hidden_columns or bool(_HIDDEN_COLS.search(data))
+        if (b"hidden=" in data or b'ht="0' in data) and not _hidden_rows(data, scan):
+            return False
         if not block:
             return True
+
+
+def _hidden_rows(data: bytes, scan: SheetScan) -> bool:
+    """The hidden rows (and whether a column is hidden) of whole rows of sheet XML; False when
+    a row's attributes cannot be read by pattern (the full scan parses them)."""
+    for match in _ROW_TAG.finditer(data):
+        attributes = dict(_ATTRIBUTE.findall(match.group(1)))
+        hidden = _row_hidden(attributes.get(b"hidden"), attributes.get(b"ht"))
+        if hidden is None:
+            return False
+        if hidden:
+            number = attributes.get(b"r")
+            if number is None or not number.isdigit():
+                return False
+            scan.hidden_rows.add(int(number) - 1)
+    scan.hidden_columns = scan.hidden_columns or bool(_HIDDEN_COLS.search(data))
+    return True
+
+
+def _row_hidden(hidden: bytes | str | None, height: bytes | str | None) -> bool | None:
+    """Whether a row cannot be seen: hidden (or filtered out), or no taller than a point (a
+    height of 0 hides it just as well). None when an attribute is not a plain value
+    (``&#49;``), which only the XML parser reads."""
+    if isinstance(hidden, bytes):
+        hidden = hidden.decode("ascii", "replace")
+    if isinstance(height, bytes):
+        height = height.decode("ascii", "replace")
+    if hidden not in (None, "0", "1", "true", "false"):
+        return None
+    try:
+        low = height is not None and float(height) < 1.0
+    except ValueError:
+        return None
+    return hidden in ("1", "true") or low
 
 
 def _scan_by_position(stream: IO[bytes], scan: SheetScan, name: str) -> None:
@@ -248,8 +321,8 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan, name: str) -> None:
                 number = element.get("r")
                 row = int(number) - 1 if number and number.isdigit() else row + 1
                 column = -1
-                if element.get("hidden") in ("1", "true"):
-                    scan.hidden_rows.add(row)
+                if _row_hidden(element.get("hidden"), element.get("ht")) is not False:
+                    scan.hidden_rows.add(row)  # (a value not understood: hidden, to be safe)
             elif tag == "c":
                 ref = _LETTERS.match(element.get("r", "").encode())
                 column = _column_index(ref.group(1)) if ref else column + 1
@@ -386,6 +459,13 @@ def _fix_cells(data: bytes, scan: SheetScan, name: str) -> bool:
 def _workbook(path: Path) -> Any:
     from python_calamine import CalamineWorkbook
 
+    with path.open("rb") as head:
+        ole2 = head.read(8) == _OLE2
+    if ole2:  # an encrypted .xlsx is an OLE2 container (as an old .xls is)
+        raise FileRejected(path.name, "is not an .xlsx workbook inside but an OLE2 file: a "
+                           "password-protected (encrypted) workbook, or an old .xls renamed. "
+                           "Open it in Excel; if it asks for a password, clear it (File > Info "
+                           "> Protect Workbook > Encrypt with Password); save it as .xlsx")
     try:
         return CalamineWorkbook.from_path(str(path))
     except Exception as exc:  # calamine's errors for a corrupt or foreign file vary by version
@@ -433,8 +513,8 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
             info.notes.append(f"sheet {sheet_name!r} is not a worksheet and was skipped")
             continue
         with _sheet_errors(name, sheet_name):
-            table = _open_sheet(path, book, sheet_name, parts.get(sheet_name), recalculate,
-                                info, options)
+            table = _open_sheet(path, book, sheet_name, _part_of(parts, name, sheet_name),
+                                recalculate, info, options)
         if table is not None:
             tables.append(table)
     if not tables:
@@ -459,13 +539,16 @@ def _sheet(book: Any, name: str, sheet_name: str) -> Any:
     """A worksheet, refused when its used area is absurdly wide (a stray cell far to the
     right would make every row that wide in memory)."""
     sheet = book.get_sheet_by_name(sheet_name)
-    columns = sheet.end[1] + 1 if sheet.end is not None else 0
+    _check_width(name, sheet_name, sheet.end[1] + 1 if sheet.end is not None else 0)
+    return sheet
+
+
+def _check_width(name: str, sheet_name: str, columns: int) -> None:
     if columns > MAX_COLUMNS:
         raise FileRejected(name, (
             f"sheet {sheet_name!r} is used up to column {column_letter(columns - 1)} "
             f"({columns:,} columns): a stray cell far to the right of the data? Delete the "
             "columns right of your data (or copy the data to a new sheet) and save again"))
-    return sheet
 
 
 def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalculate: bool,
@@ -496,6 +579,7 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
         info.notes.append(f"{where}header on row {header_row}; the rows above it are read "
                           "as titles and ignored")
     width = max([len(header)] + [c + 1 for row in fixes.values() for c, _ in row])
+    _check_width(name, sheet_name, width)  # a formula cell calamine does not count, too
     header = header + [""] * (width - len(header))
     with_values = _headerless_with_values(sheet, header, header_row, fixes)
     try:

@@ -451,6 +451,29 @@ def test_a_stray_cell_far_to_the_right_is_refused_by_name(tmp_path: Path) -> Non
         open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
 
 
+def test_a_formula_far_to_the_right_is_refused_too(tmp_path: Path) -> None:
+    """helper-53: calamine does not count a formula cell without a saved value, so one in
+    column XFD got past the width check and made every row 16 384 cells wide."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "Payments"
+    wb.active.append(PAY_HEADER)
+    wb.active.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
+    wb.active["XFD2"] = "=1+1"  # openpyxl saves no result
+    with pytest.raises(FileRejected, match=r"used up to column XFD \(16,384 columns\)"):
+        open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+
+
+def test_an_encrypted_workbook_is_named_as_such(tmp_path: Path) -> None:
+    """helper-53: a password-protected .xlsx is an OLE2 container, not a zip; "save it again"
+    keeps the password, so the message names the password (or a renamed .xls)."""
+    path = tmp_path / "payments.xlsx"
+    path.write_bytes(bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504)
+                     + "EncryptionInfo".encode("utf-16-le"))
+    with pytest.raises(FileRejected, match=r"a password-protected \(encrypted\) workbook, or "
+                                           r"an old \.xls renamed"):
+        open_file(path, ReadOptions())
+
+
 def test_strict_open_xml_error_cells_are_read(tmp_path: Path) -> None:
     """In a Strict Open XML workbook (other namespaces) an error cell still reaches
     validation as its text, not as an empty cell."""
@@ -519,6 +542,54 @@ def test_hidden_and_filtered_rows_are_errors_never_posted(tmp_path: Path) -> Non
     assert out["status"].tolist() == ["valid", "error", "valid"]
     assert out["reason"][1] == "hidden_row" and "row 3 is hidden" in out["message"][1]
     assert "_hidden" not in " ".join(out.columns)
+
+
+def _three_rows(tmp_path: Path, sheet: str = "payments") -> Path:
+    wb = openpyxl.Workbook()
+    wb.active.title = sheet
+    wb.active.append(PAY_HEADER)
+    for n in (1, 2, 3):
+        wb.active.append([CRED, f"INV-{n}", "SEK", 100 + n, dt.date(2025, 7, 1)])
+    return save(wb, tmp_path, "plain.xlsx")
+
+
+@pytest.mark.parametrize("row_3", [
+    '<row r="3" hidden="&#49;">', '<row r="3" hidden = "1">', "<row r='3' hidden='1'>",
+    '<row r="3" ht="0" customHeight="1">', '<row r="3" ht="0.5" customHeight="true">'])
+def test_a_hidden_row_is_seen_however_its_xml_is_written(tmp_path: Path, row_3: str) -> None:
+    """helper-53: a row hidden with a character reference, spaced or single-quoted
+    attributes, or a height of (almost) zero was read as visible, and posted."""
+    def hide(name: str, text: str) -> str:
+        if name.endswith("sheet1.xml"):
+            text, n = re.subn(r'<row r="3"[^>]*>', row_3, text)
+            assert n == 1
+        return text
+
+    path = _rewrite(_three_rows(tmp_path), tmp_path / "payments.xlsx", hide)
+    info, (table,) = open_file(path, ReadOptions())
+    assert any("1 row(s) are hidden or filtered out (e.g. row 3)" in n for n in info.notes)
+    assert [r["_hidden"] for r in rows(table)] == [False, True, False]
+
+
+def test_a_workbook_whose_sheet_list_cannot_be_read_is_refused(tmp_path: Path) -> None:
+    """helper-53: calamine read a workbook whose workbook.xml (or its relationships) the XML
+    parser could not; the scan for hidden rows and error cells was then skipped in silence.
+    Such a workbook is refused; a workbook found through the package's relationships at
+    another place, and a sheet name with a tab (XML reads it as a space), are read."""
+    plain = _three_rows(tmp_path)
+    for part in ("xl/workbook.xml", "xl/_rels/workbook.xml.rels"):
+        broken = _rewrite(plain, tmp_path / "payments.xlsx",
+                          lambda name, text, part=part: text + "<junk" if name == part else text)
+        with pytest.raises(FileRejected, match="the workbook's list of sheets cannot be read"):
+            open_file(broken, ReadOptions())
+
+    def tabbed(name: str, text: str) -> str:
+        if name.endswith("sheet1.xml"):
+            text = text.replace('<row r="3">', '<row r="3" hidden="1">')
+        return text.replace('name="payments"', 'name="payments\t"')  # a literal tab
+
+    info, (table,) = open_file(_rewrite(plain, tmp_path / "tab.xlsx", tabbed), ReadOptions())
+    assert [r["_hidden"] for r in rows(table)] == [False, True, False]
 
 
 def test_an_excel_tables_totals_row_is_skipped_with_a_note(tmp_path: Path) -> None:
