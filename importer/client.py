@@ -2,7 +2,7 @@
 
 A POST has no idempotency key, so the client re-sends one only when the request provably never
 reached the server (connection refused, connect timeout, DNS failure) or the server said so
-(429, 502, 503, 504, 408, 401). Anything after the request may have arrived — a read timeout, a
+(429, 408, 401, a 503 that declines the request itself). Anything after the request may have arrived — a read timeout, a
 connection dropped during the answer, a 500 — is an ``unknown`` outcome that the caller must
 settle by reading back; the client never re-sends it. GETs have no side effects and are retried
 on every transient failure.
@@ -46,7 +46,9 @@ RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})  # a GET is safe to repeat
 # A POST is repeated blindly only when the answer says it was not processed. A gateway's 502 or
 # 504 may come after Amili received (and stored) the request: like a 500, its outcome is unknown
 # and the engine reads it back before anything is sent again (stricter than issue 4's list,
-# which names 502/504 as safe; the read-back costs one GET and never a duplicate).
+# which names 502/503/504 as safe; the read-back costs one GET and never a duplicate). So may a
+# proxy's 503 (Envoy's "upstream reset before headers"): a 503 is re-sent blindly only when it
+# declines the request itself (see _declined).
 POST_RETRY_STATUSES = frozenset({408, 429, 503})
 RETRY_AFTER_CAP = 120.0  # never sleep longer than this on one Retry-After, whatever it says
 
@@ -357,7 +359,8 @@ class ApiClient:
                 if status == 401:
                     raise ApiError(f"the API refused a freshly issued token on POST {path} "
                                    f"({api_message(response)})")
-                if status not in POST_RETRY_STATUSES:
+                if status not in POST_RETRY_STATUSES or (
+                        status == 503 and not _declined(response)):
                     message = api_message(response)
                     if status >= 500 or 300 <= status < 400:
                         self._log.warning("http.unknown_outcome", method="POST", path=path,
@@ -604,6 +607,16 @@ class ApiClient:
         host = urlsplit(self.base_url).hostname
         return (f"TLS to {host} failed ({str(exc)[:160]}); HTTPS is always verified: fix the "
                 "certificate, or set REQUESTS_CA_BUNDLE to your CA bundle")
+
+
+def _declined(response: requests.Response) -> bool:
+    """Whether a 503 says the request was turned away, not processed: it asks to be retried
+    later (``Retry-After``) or is the API's own error answer (Eve's ``_status: ERR``); a bare
+    page from a proxy in front of it says neither."""
+    if response.headers.get("Retry-After") is not None:
+        return True
+    answer = _dict_or_none(response)
+    return answer is not None and answer.get("_status") == "ERR"
 
 
 def _dict_or_none(response: requests.Response) -> dict[str, Any] | None:

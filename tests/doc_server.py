@@ -36,7 +36,8 @@ class Variant:
     # Per POST, in order: "drop" the connection after storing; "late": answer 500 at once and
     # store the record `late_seconds` later (a backend that carries on after the gateway gave up);
     # "busy": 503 with Retry-After: 2, nothing stored; "slow": stored at once, the 201 sent
-    # `slow_seconds` later.
+    # `slow_seconds` later; "proxy503": stored, then a proxy's bare 503 (text, no Retry-After:
+    # Envoy's "upstream reset before headers").
     lose: list[str] = field(default_factory=list)
     # The same, in order, for the POSTs whose case (or invoice number) is the key.
     lose_when: dict[str, list[str]] = field(default_factory=dict)
@@ -152,6 +153,9 @@ class _Handler(BaseHTTPRequestHandler):
         if lost == "late":
             return self._send(500, {"_status": "ERR", "_error": {"code": 500,
                                                                  "message": "Gateway gave up"}})
+        if lost == "proxy503":
+            return self._send(503, raw=b"upstream connect error or disconnect/reset before "
+                                       b"headers. reset reason: connection termination")
         if lost == "slow":
             time.sleep(v.slow_seconds)
         if lost == "drop":

@@ -454,6 +454,20 @@ def test_rows_of_earlier_runs_are_named_by_what_became_of_them() -> None:
     assert lines[-1] == "  ... and 5 more in error (report.json)"
 
 
+def test_a_proxys_503_after_the_record_was_stored_is_read_back(serve: Any,
+                                                               tmp_path: Path) -> None:
+    """helper-55: a proxy in front of the API (Envoy: "upstream reset before headers") may
+    answer 503 after the API stored the row. It was re-sent at once: two payments. A 503 that
+    does not decline the request itself (no Retry-After, not the API's own error) is read back;
+    one that does (the "busy" 503 with Retry-After) is still re-sent at once."""
+    server = serve(Variant(lose=["proxy503", "busy"]))
+    [out] = post(server, tmp_path, [row(body(100.0, ref="R-503"))])
+    assert (out.status, server.posts, len(server.records)) == ("completed", 1, 1), out.message
+    assert "found in Amili by read-back" in out.message
+    [busy] = post(server, tmp_path, [row(body(200.0, ref="R-BUSY"), 3)], run_id="r2")
+    assert (busy.status, server.posts, len(server.records)) == ("completed", 3, 2)
+
+
 def test_a_read_back_reads_a_busy_case_whole(serve: Any, tmp_path: Path) -> None:
     """300 earlier payments without a reference on the case, pages capped at 25: the answer to
     the POST is lost and the read-back pages through all of them and finds the record."""

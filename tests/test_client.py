@@ -249,7 +249,7 @@ def test_422_is_rejected_with_the_field_issues(sandbox: RunningSandbox) -> None:
 
 def test_503_and_429_are_retried_until_created_exactly_once(make_sandbox: MakeSandbox) -> None:
     """With 503s and 429s injected, every POST ends "created" once; sends = rows + faults."""
-    sb = make_sandbox(fail_503=0.3, fail_429=0.3, seed=11)
+    sb = make_sandbox(fail_503=0.3, fail_429=0.3, retry_after=0, seed=11)
     log = Recorder()
     with client_for(sb, log, max_attempts=20) as client:
         results = [client.post(PAYMENTS, payment_body(OPEN_CASE, 10.0)) for _ in range(12)]
@@ -274,8 +274,9 @@ def test_retry_after_is_honoured_and_exhaustion_fails(make_sandbox: MakeSandbox)
 
 
 def test_503_exhausted_is_failed_with_backoff_bounded(make_sandbox: MakeSandbox) -> None:
-    """503 on every try: max_attempts sends, jittered delays within backoff_max, then "failed"."""
-    sb = make_sandbox(fail_503=1.0)
+    """503 (with Retry-After) on every try: max_attempts sends, delays within backoff_max,
+    then "failed"."""
+    sb = make_sandbox(fail_503=1.0, retry_after=0)
     log = Recorder()
     with client_for(sb, log, max_attempts=4, backoff_base=0.01, backoff_max=0.03) as client:
         result = client.post(PAYMENTS, payment_body())
@@ -284,6 +285,16 @@ def test_503_exhausted_is_failed_with_backoff_bounded(make_sandbox: MakeSandbox)
     delays = [e["delay_s"] for e in log.named("http.retry")]
     assert len(delays) == 3 and all(0 <= d <= 0.03 for d in delays)
     assert posts_seen(sb) == 4 and sb.state.count(RESOURCE) == 0
+
+
+def test_a_bare_503_is_an_unknown_outcome(make_sandbox: MakeSandbox) -> None:
+    """A 503 that does not decline the request itself (no Retry-After, an HTML page: a proxy
+    may send it after the API stored the row) is not re-sent: its outcome is unknown."""
+    sb = make_sandbox(fail_503=1.0)
+    with client_for(sb, max_attempts=5) as client:
+        result = client.post(PAYMENTS, payment_body())
+    assert (result.outcome, result.http_status, result.attempts) == ("unknown", 503, 1)
+    assert "read it back" in result.message and posts_seen(sb) == 1
 
 
 @pytest.mark.parametrize("fault", ["fail_500_after_store", "drop_after_store"])

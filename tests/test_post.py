@@ -429,7 +429,7 @@ def test_faults_every_row_once(make_sandbox: Callable[..., RunningSandbox], tmp_
     """With 503, 429, 500-after-store and drops on, every row is created once and completed."""
     sandbox = make_sandbox(cases=[c.as_seed() for c in MANY_CASES], fail_503=0.2,
                            fail_429=0.2, fail_500_after_store=0.15, drop_after_store=0.15,
-                           seed=11)
+                           retry_after=0, seed=11)
     config = config_for(sandbox, tmp_path, concurrency=8, max_attempts=15)
     rows = [planned(payment_body(case, 1.0 + n, creditor_payment_reference=f"P-{n}-{i}"),
                     n * 16 + i + 2)

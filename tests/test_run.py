@@ -506,6 +506,29 @@ def test_per_case_order_close_then_error(cli: Callable[..., Result], tmp_path: P
     assert not (tmp_path / "again" / "failed-payments.csv").exists()
 
 
+def test_an_outage_of_bare_503_pages_stops_the_run_and_the_next_run_posts(
+        cli: Callable[..., Result], tmp_path: Path,
+        make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """Every POST answered by a proxy's bare 503 page (no Retry-After): each is read back
+    (it may follow a stored row), found not stored, and after three such losses in a row the
+    run stops (exit 3, the rest not posted); once the API is back the next run posts every
+    row once."""
+    cases = many_cases(8)
+    box = make_sandbox(cases=cases, fail_503=1.0)
+    source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 2))
+    (tmp_path / "c.toml").write_text("settle_seconds = 0\nconcurrency = 2\n", encoding="utf-8")
+    env = env_for(box, tmp_path / "state") | {"AMILI_CONFIG": str(tmp_path / "c.toml")}
+    result = cli(["run", str(source), "--report-dir", str(tmp_path / "r1")],
+                 expect=ExitCode.CANNOT_RUN, env=env)
+    assert "could not post" in result.output
+    assert box.state.requests["POST /creditor--payments"] < 16  # stopped, not every row tried
+    assert stored_references(box) == Counter()
+    box.set_faults(fail_503=0.0)
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r2")], env=env)
+    assert stored_references(box) == Counter({f"REF-{i}-{n}": 1 for i in range(8)
+                                              for n in range(2)})
+
+
 def test_a_case_waits_behind_its_row_that_failed(
         cli: Callable[..., Result], tmp_path: Path,
         make_sandbox: Callable[..., RunningSandbox]) -> None:
