@@ -2,10 +2,10 @@
 
 A POST has no idempotency key, so the client re-sends one only when the request provably never
 reached the server (connection refused, connect timeout, DNS failure) or the server said so
-(429, 408, 401, a 503 that declines the request itself). Anything after the request may have arrived — a read timeout, a
-connection dropped during the answer, a 500 — is an ``unknown`` outcome that the caller must
-settle by reading back; the client never re-sends it. GETs have no side effects and are retried
-on every transient failure.
+(429, 408, 401, a 503 that declines the request itself). Anything after the request may have
+arrived — a read timeout, a connection dropped during the answer, a 500, a proxy's bare 503 —
+is an ``unknown`` outcome that the caller must settle by reading back; the client never
+re-sends it. GETs have no side effects and are retried on every transient failure.
 """
 
 from __future__ import annotations
