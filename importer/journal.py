@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -127,6 +127,12 @@ CREATE INDEX IF NOT EXISTS rows_source ON rows(file_sha256, row);
 CREATE INDEX IF NOT EXISTS rows_status_unread ON rows(id)
     WHERE reason = 'status_unknown' AND amili_id IS NOT NULL;
 """
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The file's identity (device, inode): another file at the same path has another."""
+    found = path.stat()
+    return found.st_dev, found.st_ino
 
 
 class JournalError(ImporterError):
@@ -367,6 +373,7 @@ class Journal:
         try:
             self._setup()
             self._start_checkpoints()
+            self._identity: tuple[int, int] | None = _identity(self.path)
         except JournalError:
             self._db.close()
             raise
@@ -473,10 +480,54 @@ class Journal:
         self._stop_checkpoints = weakref.finalize(self, _stop_checkpoints, halt, thread)
 
     def close(self) -> None:
-        """Close the connection (the WAL is checkpointed by SQLite)."""
+        """Close the connection (the WAL is checkpointed by SQLite). A journal file removed
+        or replaced while it was open is first written back from this connection (see
+        :meth:`_check_file`)."""
         self._stop_checkpoints()
         with self._lock:
+            if getattr(self, "_identity", None) is not None and self._moved():
+                with suppress(OSError, sqlite3.Error):
+                    self._rescue()
             self._db.close()
+
+    def _moved(self) -> bool:
+        try:
+            return _identity(self.path) != self._identity
+        except OSError:
+            return True
+
+    def _rescue_path(self) -> Path:
+        """Where the journal this connection holds is written back: its own place when
+        nothing is there, else beside the file that took it."""
+        if not self.path.exists():
+            return self.path
+        return self.path.with_name(f"{self.path.name}.rescued-{os.getpid()}")
+
+    def _rescue(self) -> None:
+        target = self._rescue_path()
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        copy = sqlite3.connect(target)
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()
+
+    def _check_file(self) -> None:
+        """Refuse to go on when the journal file was removed or replaced under this run (a
+        cleanup job, an ``rm -rf`` of the state directory): the rows it posts would be
+        recorded nowhere, and the next run would post them again.
+
+        Raises:
+            JournalError: saying where the journal is written back when this run ends.
+        """
+        if getattr(self, "_identity", None) is None or not self._moved():
+            return
+        raise JournalError(
+            f"the journal {self.path} was removed or replaced while this run was using it; "
+            "nothing more was posted. What it knew, with every row this run posted, is "
+            f"written back to {self._rescue_path()} when this run ends: keep it there (or "
+            "put it back in place) before any file is run again, or its rows would be "
+            "posted twice")
 
     def __enter__(self) -> Journal:
         return self
@@ -659,6 +710,8 @@ class Journal:
         self, run_id: str, ref: RowRef, kind: str, fingerprint: str, case_key: str,
         payload: dict[str, Any], outcome: Settlement, posts: int,
     ) -> int:
+        if posts:
+            self._check_file()
         with self.transaction() as db:
             cur = db.execute(_INSERT_ROW + " VALUES (" + ", ".join("?" * 23) + ")",
                              _row_values(run_id, ref, kind, fingerprint, case_key, payload,
@@ -689,6 +742,7 @@ class Journal:
             The journal row id, committed ``in_flight`` (send the POST now); None when
             :meth:`prior` would not be empty (nothing was written: decide with it).
         """
+        self._check_file()
         values = _row_values(run_id, ref, kind, fingerprint, case_key, payload,
                              Settlement(state=IN_FLIGHT), posts=1)
         with self._lock:

@@ -645,6 +645,40 @@ def test_retry_reposts_transient_failures(cli: Callable[..., Result], tmp_path: 
     assert f"retried  by {second['run_id']} (exit 0; 2 completed;" in original
 
 
+def test_a_state_directory_removed_under_a_run_stops_it_and_its_journal_comes_back(
+        tmp_path: Path, make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """helper-54: the state directory is removed while a run posts (a cleanup job, an
+    `rm -rf`). The run went on into the deleted journal and exited 0; the next run posted
+    every row again. Now it stops (exit 3, saying so), writes the journal it holds back in
+    place when it ends, and the next run posts only the rows not yet posted."""
+    import shutil
+
+    cases = many_cases(4)
+    box = make_sandbox(cases=cases, latency_ms=30)
+    source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 10))
+    state = tmp_path / "state"
+    env = {**os.environ, **env_for(box, state)}
+    command = [sys.executable, "-m", "importer", "--log-format", "json", "run", str(source),
+               "--concurrency", "2"]
+    first = subprocess.Popen([*command, "--report-dir", str(tmp_path / "r1")], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while box.state.count("creditor--payments") < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    shutil.rmtree(state)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == ExitCode.CANNOT_RUN
+    assert "was removed or replaced while this run was using it; nothing more was posted" in err
+    assert (state / "journal.sqlite3").exists()
+    posted = box.state.count("creditor--payments")
+    assert posted < 40
+    second = subprocess.run([*command, "--report-dir", str(tmp_path / "r2")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == ExitCode.OK, second.stderr
+    assert stored_references(box) == Counter({f"REF-{i}-{n}": 1 for i in range(4)
+                                              for n in range(10)})
+
+
 def test_sigkill_at_random_moments_never_doubles_a_row(
         tmp_path: Path, make_sandbox: Callable[..., RunningSandbox]) -> None:
     """SIGKILL the importer several times mid-run; after a final run every row exists once."""
