@@ -68,6 +68,9 @@ def entry() -> None:
     imported) into a death by SIGINT, and a half-imported extension can crash while the
     interpreter shuts down: either would hide the exit code 3 that cron reads.
     """
+    # Whatever cannot be said on stderr (cron's log on a full disk, a closed pipe) is lost,
+    # but must not change what the run does or the exit code it ends with.
+    sys.stderr = _Unfailing(sys.stderr)
     try:
         main()
     except SystemExit as exc:
@@ -77,6 +80,25 @@ def entry() -> None:
                     stream.flush()
             os._exit(exc.code)
         raise
+
+
+class _Unfailing:
+    """A text stream whose writes and flushes never raise OSError (the text is dropped)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError):
+            return int(self._stream.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def handle_errors(func: F) -> F:

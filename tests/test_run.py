@@ -679,6 +679,29 @@ def test_a_state_directory_removed_under_a_run_stops_it_and_its_journal_comes_ba
                                               for n in range(10)})
 
 
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_stderr_on_a_full_disk_changes_nothing(
+        tmp_path: Path, make_sandbox: Callable[..., RunningSandbox], log_format: str) -> None:
+    """helper-54: cron's `2>>/var/log/...` on a full disk (here /dev/full). With JSON logs
+    nothing was posted and the run exited 1, left unfinished in the journal; with console
+    logs every row was posted and the run still exited 1. What cannot be said is lost; the
+    run and its exit code are what they would be."""
+    cases = many_cases(2)
+    box = make_sandbox(cases=cases)
+    source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 3))
+    env = {**os.environ, **env_for(box, tmp_path / "state")}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "importer", "--log-format", log_format,
+                               "run", str(source), "--report-dir", str(tmp_path / "r")],
+                              env=env, stdout=subprocess.PIPE, stderr=full, text=True,
+                              timeout=120)
+    assert done.returncode == ExitCode.OK
+    assert done.stdout.strip() == str(tmp_path / "r")
+    assert sum(stored_references(box).values()) == 6
+    with Journal(tmp_path / "state", read_only=True) as journal:
+        assert [(r.exit_code, r.finished is not None) for r in journal.runs()] == [(0, True)]
+
+
 def test_sigkill_at_random_moments_never_doubles_a_row(
         tmp_path: Path, make_sandbox: Callable[..., RunningSandbox]) -> None:
     """SIGKILL the importer several times mid-run; after a final run every row exists once."""
