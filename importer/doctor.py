@@ -91,7 +91,8 @@ def run_doctor(load: Callable[[], Config], sources: str,
         _check_api(config, report)
     else:
         report(Check(FAIL, "login", "skipped: fix the lines above first"))
-    _check_state_dir(config.state_dir, report)
+    if _check_state_dir(config.state_dir, report):
+        _check_journal(config.state_dir, report)
     return ExitCode.CANNOT_RUN if any(c.status == FAIL for c in checks) else ExitCode.OK
 
 
@@ -198,7 +199,7 @@ def _check_api(config: Config, report: Callable[[Check], None]) -> None:
         client.close()
 
 
-def _check_state_dir(state_dir: Path, report: Callable[[Check], None]) -> None:
+def _check_state_dir(state_dir: Path, report: Callable[[Check], None]) -> bool:
     path = Path(state_dir).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -209,5 +210,33 @@ def _check_state_dir(state_dir: Path, report: Callable[[Check], None]) -> None:
         report(Check(FAIL, "state directory", f"{path} is not writable: "
                                               f"{exc.strerror or exc} (state_dir, env "
                                               "AMILI_STATE_DIR, --state-dir)"))
-        return
+        return False
     report(Check(OK, "state directory", f"{path} is writable"))
+    return True
+
+
+def _check_journal(state_dir: Path, report: Callable[[Check], None]) -> None:
+    """SQLite's full integrity check of the journal, as every posting run makes (see
+    ``Journal.verify``)."""
+    import sqlite3
+
+    from importer.journal import JOURNAL_NAME, damaged_message, integrity_problems
+
+    path = Path(state_dir).expanduser() / JOURNAL_NAME
+    if not path.exists():
+        report(Check(OK, "journal", f"none yet in {path.parent} (the first posting run makes "
+                                    "it)"))
+        return
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        problems = [str(exc)]
+    else:
+        try:
+            problems = integrity_problems(db)
+        finally:
+            db.close()
+    if problems:
+        report(Check(FAIL, "journal", damaged_message(path, problems)))
+    else:
+        report(Check(OK, "journal", f"{path} passes SQLite's integrity check"))

@@ -262,6 +262,8 @@ class _Run:
             self.client = ApiClient(self.config, self.log)
             self._stack.callback(self.client.close)
         self.journal = self._stack.enter_context(Journal(self.config.state_dir))
+        if self.mode is Mode.RUN:
+            self.journal.verify()
         self.journal.start_run(self.run_id, self.mode.value, _argv(), self.report_dir,
                                self.options.retry_of, self.started.isoformat(),
                                self.config.allow_duplicates)

@@ -44,7 +44,8 @@ def test_all_ok_with_a_ready_token(cli: Cli, sandbox: RunningSandbox, tmp_path: 
     result = cli(["doctor"], expect=0, env=env)
     got = lines(result)
     assert list(got) == ["config", "api_url", "login method", "login", "api access",
-                         "state directory"]
+                         "state directory", "journal"]
+    assert "none yet in" in got["journal"]
     assert all(line.startswith("ok ") for line in got.values())
     assert "AMILI_API_URL, AMILI_ACCESS_TOKEN, AMILI_STATE_DIR" in got["config"]
     assert "5 case(s) visible" in got["api access"]

@@ -702,6 +702,46 @@ def test_a_stderr_on_a_full_disk_changes_nothing(
         assert [(r.exit_code, r.finished is not None) for r in journal.runs()] == [(0, True)]
 
 
+def _damage_two_indexes(journal: Path) -> None:
+    """The b-trees of two pairs of the journal's indexes swapped (the classic form of index
+    damage: a torn write, a bad sector); only SQLite's full integrity check sees it."""
+    import sqlite3
+
+    db = sqlite3.connect(journal)
+    roots = dict(db.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'index'"))
+    db.execute("PRAGMA writable_schema = ON")
+    for a, b in (("rows_fingerprint", "rows_amili_id"), ("rows_source", "rows_state")):
+        db.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = ?", (roots[b], a))
+        db.execute("UPDATE sqlite_master SET rootpage = ? WHERE name = ?", (roots[a], b))
+    db.commit()
+    db.close()
+
+
+def test_a_damaged_journal_is_refused_not_trusted(
+        cli: Callable[..., Result], tmp_path: Path,
+        make_sandbox: Callable[..., RunningSandbox]) -> None:
+    """helper-54: a journal whose indexes are damaged hid the rows already posted from the
+    check that keeps them from being posted twice: every row went out again. A posting run
+    checks the journal first (and `doctor` does): exit 3, nothing posted."""
+    cases = many_cases(2)
+    box = make_sandbox(cases=cases)
+    source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 3))
+    env = env_for(box, tmp_path / "state")
+    cli(["run", str(source), "--report-dir", str(tmp_path / "r1")], env=env)
+    _damage_two_indexes(tmp_path / "state" / "journal.sqlite3")
+    # A process of its own, as cron starts it (one process checks a journal file once).
+    again = subprocess.run([sys.executable, "-m", "importer", "run", str(source),
+                            "--report-dir", str(tmp_path / "r2")],
+                           env={**os.environ, **env}, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == ExitCode.CANNOT_RUN
+    assert "journal.sqlite3 is damaged (" in again.stderr
+    assert "restore it from a backup before anything is posted" in again.stderr
+    assert max(stored_references(box).values()) == 1
+    doctor = cli(["doctor"], expect=ExitCode.CANNOT_RUN, env=env).output
+    assert "FAIL  journal: " in doctor and "is damaged" in doctor
+
+
 def test_sigkill_at_random_moments_never_doubles_a_row(
         tmp_path: Path, make_sandbox: Callable[..., RunningSandbox]) -> None:
     """SIGKILL the importer several times mid-run; after a final run every row exists once."""
