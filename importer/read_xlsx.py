@@ -47,6 +47,7 @@ HEADER_PROBE_ROWS = 200
 # Columns a data sheet may use (Excel allows 16 384); more is a stray cell, refused by name.
 MAX_COLUMNS = 1000
 XML_BLOCK = 1 << 20
+MAX_PART_BYTES = 2 << 30  # a part of a workbook, unpacked (a million rows need far less)
 _P = rb"(?:[\w.-]+:)?"  # an optional namespace prefix (<x:c> in some generators' files)
 # A cell, with or without attributes (``<c>`` alone: no r=, as some generators write it).
 _CELL = re.compile(rb"<" + _P + rb"c(?:\s([^>]*?))?(?:/>|>(.*?)</" + _P + rb"c>)", re.S)
@@ -456,6 +457,22 @@ def _fix_cells(data: bytes, scan: SheetScan, name: str) -> bool:
     return True
 
 
+def _check_unpacked_size(path: Path) -> None:
+    """A part that unpacks to more than :data:`MAX_PART_BYTES` (a zip bomb, or far more than a
+    sheet of a million rows needs) rejects the workbook before anything unpacks it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            parts = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: _workbook says what it is
+    big = max(parts, key=lambda part: part.file_size, default=None)
+    if big is not None and big.file_size > MAX_PART_BYTES:
+        raise FileRejected(path.name, (
+            f"its part {big.filename} unpacks to {big.file_size / 2**30:.1f} GiB, more than "
+            f"any sheet of payments needs ({MAX_PART_BYTES // 2**30} GiB at most): not read. "
+            "Check the file (save it again from Excel, or split it)"))
+
+
 def _workbook(path: Path) -> Any:
     from python_calamine import CalamineWorkbook
 
@@ -501,6 +518,7 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     name = path.name
     digest, size = hash_file(path)
     info = file_info(path, digest, size)
+    _check_unpacked_size(path)
     book = _workbook(path)
     parts, recalculate = _sheet_parts(path)
     tables: list[Table] = []

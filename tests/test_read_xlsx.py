@@ -463,6 +463,27 @@ def test_a_formula_far_to_the_right_is_refused_too(tmp_path: Path) -> None:
         open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
 
 
+def test_a_part_that_unpacks_too_large_is_refused_unread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """helper-53: nothing limited what a workbook unpacks to; a small file whose sheet is
+    gigabytes of whitespace (a zip bomb) stalled the run. The zip's own sizes are checked
+    first; here the limit is lowered so that the test stays small."""
+    import importer.read_xlsx as read_xlsx
+
+    wb = openpyxl.Workbook()
+    wb.active.title = "Payments"
+    wb.active.append(PAY_HEADER)
+    wb.active.append([CRED, "A", "SEK", 1, dt.date(2025, 7, 1)])
+    path = save(wb, tmp_path, "p.xlsx")
+    padded = _rewrite(path, tmp_path / "payments.xlsx", lambda name, text: text.replace(
+        "</row>", " " * 300_000 + "</row>", 1) if name.endswith("sheet1.xml") else text)
+    monkeypatch.setattr(read_xlsx, "MAX_PART_BYTES", 200_000)
+    with pytest.raises(FileRejected, match=r"its part xl/worksheets/sheet1.xml unpacks to "
+                                           r"0\.0 GiB, more than any sheet"):
+        open_file(padded, ReadOptions())
+    open_file(path, ReadOptions())  # the plain one is read
+
+
 def test_an_encrypted_workbook_is_named_as_such(tmp_path: Path) -> None:
     """helper-53: a password-protected .xlsx is an OLE2 container, not a zip; "save it again"
     keeps the password, so the message names the password (or a renamed .xls)."""
