@@ -413,9 +413,8 @@ class _Engine:
         self._progress_lock = threading.Lock()
         self._status_todo: list[_StatusTodo] = []  # created rows whose 201 had no status
         self.learned: list[Learned] = []  # held status reads (see _StatusTodo.held)
-        # Rows of this run skipped for another row of it (by journal id of that row): judged
-        # again once that row's status is read back (its 201 may have said less).
-        self._followers: dict[int, list[tuple[PlannedRow, Outcome]]] = {}
+        # Rows skipped for another row (see _follow): judged again after the status reads.
+        self._followers: list[tuple[PlannedRow, Outcome]] = []
         self.read_early: list[tuple[int, Outcome]] = []  # earlier rows read before posting
         self._learned_lock = threading.Lock()
         self._batch_reads = True  # False once the API refused an "$in" read-back
@@ -646,10 +645,7 @@ class _Engine:
                     outcome.journal_id = self.journal.record(
                         self.run_id, row.ref, row.kind.name, row.fingerprint, row.case_key,
                         row.payload, settlement)
-                    if settlement.state == SKIPPED and settlement.ref_row is not None:
-                        with self._progress_lock:
-                            self._followers.setdefault(settlement.ref_row, []).append(
-                                (row, outcome))
+                    self._follow(row, settlement, outcome)
                 else:
                     journal_id = self.journal.begin(self.run_id, row.ref, row.kind.name,
                                                     row.fingerprint, row.case_key, row.payload)
@@ -786,6 +782,7 @@ class _Engine:
         if early is not None:
             outcome = early[1]
             outcome.journal_id = journal_id
+            self._follow(row, settlement, outcome)
         else:
             outcome = _outcome(row.index, settlement, journal_id=journal_id)
         self.log.info("row.not_posted", file=row.file_name, sheet=row.sheet, row=row.row,
@@ -941,7 +938,39 @@ class _Engine:
             return _Provisional(**settled.__dict__, body=body)
         return settled
 
+    def _follow(self, row: PlannedRow, settlement: Settlement, outcome: Outcome) -> None:
+        """Keep a row skipped for another row (of this run, maybe) to be judged again once
+        the statuses are read (see :meth:`_judge_followers`)."""
+        if settlement.state == SKIPPED and settlement.ref_row is not None:
+            with self._progress_lock:
+                self._followers.append((row, outcome))
+
+    def _judge_followers(self) -> None:
+        """Judge again, as the journal now stands, the rows skipped for another row: that
+        row's status may have been read back since (an error makes its twins errors, not
+        warnings that it was already posted); report and journal say the same."""
+        with self._progress_lock:
+            followers, self._followers = self._followers, []
+        for row, outcome in followers:
+            again = self._decide(row)
+            if again is None or outcome.journal_id is None:
+                continue
+            settlement, judged = again
+            if (judged.status, judged.message) == (outcome.status, outcome.message):
+                continue
+            self.journal.finish(outcome.journal_id, settlement)
+            outcome.__dict__.update(replace(judged, journal_id=outcome.journal_id,
+                                            index=outcome.index).__dict__)
+
     def _read_statuses(self) -> None:
+        """Read back the statuses the 201s did not give, then judge the rows skipped for
+        another row again (:meth:`_judge_followers`)."""
+        try:
+            self._read_all_statuses()
+        finally:
+            self._judge_followers()
+
+    def _read_all_statuses(self) -> None:
         """Read back the status of rows whose 201 had none, by id.
 
         Done after the posting, in parallel, so that the read-backs do not halve the posting
@@ -1079,14 +1108,6 @@ class _Engine:
         item.outcome.__dict__.update(final.__dict__)
         item.log.info("row.status", status=final.status, reason=final.reason,
                       amili_id=final.amili_id, detail=final.message or None)
-        with self._progress_lock:
-            followers = self._followers.pop(item.journal_id, [])
-        for row, outcome in followers:
-            # Judged as the row now stands (an error read back makes its twins errors).
-            again = self._decide(row)
-            if again is not None:
-                outcome.__dict__.update(replace(again[1], journal_id=outcome.journal_id,
-                                                index=outcome.index).__dict__)
 
     def _from_record(self, kind: Kind, info: dict[str, Any], *, written: bool, attempts: int,
                      http_status: int | None) -> Settlement:

@@ -468,6 +468,37 @@ def test_a_proxys_503_after_the_record_was_stored_is_read_back(serve: Any,
     assert (busy.status, server.posts, len(server.records)) == ("completed", 3, 2)
 
 
+def _twin(planned: PlannedRow, number: int) -> PlannedRow:
+    """The same row in another file (copy.csv), at row ``number``."""
+    return replace(planned, file_name="copy.csv", file_sha256="c" * 64, row=number,
+                   index=number)
+
+
+def test_a_twin_follows_a_status_read_on_the_second_try(serve: Any, tmp_path: Path) -> None:
+    """helper-56: the twin of a row was judged again on that row's first status read, which
+    found no status yet; the read a moment later found an error, and the twin stayed a
+    warning. Twins are judged again after every read, report and journal alike."""
+    server = serve(Variant(status="error", status_after=1.5))
+    first = row(body(amount=10.0, ref="T-1"), 2)
+    a, b = post(server, tmp_path, [first, _twin(first, 3)], concurrency=1)
+    assert (a.status, server.posts) == ("error", 1)
+    assert (b.status, b.reason) == ("error", "already_posted")
+    assert "then: Amili: error" in b.message
+    with Journal(tmp_path / "state", read_only=True) as journal:
+        [skipped] = [r for r in journal.rows("r1") if r.ref.file_name == "copy.csv"]
+    assert skipped.message == b.message  # `show` and `retry` read this
+
+
+def test_a_twin_held_back_follows_the_status_read_back(serve: Any, tmp_path: Path) -> None:
+    """helper-56: a twin held back behind an open row of its case was never judged again."""
+    server = serve(Variant(status="error", lose=["", "drop"], fail_lists=504))
+    a = row(body(amount=10.0, ref="T-1"), 2)
+    b = row(body(amount=20.0, ref="T-2"), 3)  # its answer lost, and the read-back fails
+    outs = post(server, tmp_path, [a, b, _twin(a, 4)], concurrency=1)
+    assert outs[0].status == "error" and outs[1].reason == "outcome_unknown"
+    assert (outs[2].status, outs[2].reason) == ("error", "already_posted")
+
+
 def test_a_read_back_reads_a_busy_case_whole(serve: Any, tmp_path: Path) -> None:
     """300 earlier payments without a reference on the case, pages capped at 25: the answer to
     the POST is lost and the read-back pages through all of them and finds the record."""
