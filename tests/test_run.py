@@ -64,6 +64,23 @@ def payment_rows(cases: list[dict[str, Any]], per_case: int) -> list[list[Any]]:
     return rows
 
 
+def _run_command(source: Path, concurrency: int) -> list[str]:
+    return [sys.executable, "-m", "importer", "--log-format", "json", "run", str(source),
+            "--concurrency", str(concurrency)]
+
+
+def _posting(box: RunningSandbox, command: list[str], env: dict[str, str],
+             stored: int) -> subprocess.Popen[str]:
+    """A posting run in a process of its own, once ``stored`` payments have reached the
+    sandbox (or 60 s have passed)."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while box.state.count("creditor--payments") < stored and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process
+
+
 def stored_references(box: RunningSandbox) -> Counter[str]:
     return Counter(r.get("creditor_payment_reference")
                    for r in box.state.records("creditor--payments"))
@@ -658,13 +675,8 @@ def test_a_state_directory_removed_under_a_run_stops_it_and_its_journal_comes_ba
     source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 10))
     state = tmp_path / "state"
     env = {**os.environ, **env_for(box, state)}
-    command = [sys.executable, "-m", "importer", "--log-format", "json", "run", str(source),
-               "--concurrency", "2"]
-    first = subprocess.Popen([*command, "--report-dir", str(tmp_path / "r1")], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while box.state.count("creditor--payments") < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    command = _run_command(source, concurrency=2)
+    first = _posting(box, [*command, "--report-dir", str(tmp_path / "r1")], env, stored=5)
     shutil.rmtree(state)
     _, err = first.communicate(timeout=120)
     assert first.returncode == ExitCode.CANNOT_RUN
@@ -796,13 +808,8 @@ def test_sigterm_stops_the_run_and_says_how_to_go_on(
     box = make_sandbox(cases=cases, latency_ms=60)
     source = write_csv(tmp_path / "payments.csv", payment_rows(cases, 5))
     env = {**os.environ, **env_for(box, tmp_path / "state")}
-    command = [sys.executable, "-m", "importer", "--log-format", "json", "run", str(source),
-               "--concurrency", "1"]
-    process = subprocess.Popen([*command, "--report-dir", str(tmp_path / "first")], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while box.state.count("creditor--payments") < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    command = _run_command(source, concurrency=1)
+    process = _posting(box, [*command, "--report-dir", str(tmp_path / "first")], env, stored=2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == ExitCode.ROWS_IN_ERROR, stderr[-2000:]
