@@ -952,23 +952,23 @@ class _Engine:
         with self._progress_lock:
             followers, self._followers = self._followers, []
         for row, outcome in followers:
+            journal_id = outcome.journal_id
+            if journal_id is None:
+                continue
             again = self._decide(row)
-            if again is None or outcome.journal_id is None:
+            if again is None or (again[1].status, again[1].message) == (outcome.status,
+                                                                         outcome.message):
                 continue
             settlement, judged = again
-            if (judged.status, judged.message) == (outcome.status, outcome.message):
-                continue
-            self.journal.finish(outcome.journal_id, settlement)
-            outcome.__dict__.update(replace(judged, journal_id=outcome.journal_id,
+            self.journal.finish(journal_id, settlement)
+            outcome.__dict__.update(replace(judged, journal_id=journal_id,
                                             index=outcome.index).__dict__)
 
     def _read_statuses(self) -> None:
         """Read back the statuses the 201s did not give, then judge the rows skipped for
         another row again (:meth:`_judge_followers`)."""
-        try:
-            self._read_all_statuses()
-        finally:
-            self._judge_followers()
+        self._read_all_statuses()
+        self._judge_followers()
 
     def _read_all_statuses(self) -> None:
         """Read back the status of rows whose 201 had none, by id.
