@@ -291,7 +291,7 @@ def _hidden_rows(data: bytes, scan: SheetScan) -> bool:
 
 
 def _row_hidden(hidden: bytes | str | None, height: bytes | str | None) -> bool | None:
-    """Whether a row cannot be seen: hidden (or filtered out), or no taller than a point (a
+    """Whether a row cannot be seen: hidden (or filtered out), or less than a point high (a
     height of 0 hides it just as well). None when an attribute is not a plain value
     (``&#49;``), which only the XML parser reads."""
     if isinstance(hidden, bytes):
