@@ -69,6 +69,8 @@ _OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")  # the Compound File Binary signature
 
 Fixes = dict[int, list[tuple[int, str]]]  # 0-based row -> [(0-based column, value)]
 _ROW_TAG = re.compile(rb"<" + _P + rb"row\s([^>]*)>")
+# What a block must hold for a row in it to be hidden (a low height: 0, .5, " 0"…).
+_HIDING = (b"hidden", b'ht="0', b'ht=".', b'ht=" ')
 _ATTRIBUTE = re.compile(rb"\b([\w:]+)=\"([^\"]*)\"")
 _HIDDEN_COLS = re.compile(rb"<" + _P + rb"col\s[^>]*\bhidden=\"(?:1|true)\"")
 
@@ -267,7 +269,7 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
         if (b"<f" in data or b":f" in data or b't="e"' in data) and not _fix_cells(
                 data, scan, name):
             return False
-        if (b"hidden=" in data or b'ht="0' in data) and not _hidden_rows(data, scan):
+        if any(mark in data for mark in _HIDING) and not _hidden_rows(data, scan):
             return False
         if not block:
             return True
@@ -278,6 +280,8 @@ def _hidden_rows(data: bytes, scan: SheetScan) -> bool:
     a row's attributes cannot be read by pattern (the full scan parses them)."""
     for match in _ROW_TAG.finditer(data):
         attributes = dict(_ATTRIBUTE.findall(match.group(1)))
+        if b"hidden" in match.group(1) and b"hidden" not in attributes:
+            return False  # written some other way (hidden\t=\t"1"): the XML parser reads it
         hidden = _row_hidden(attributes.get(b"hidden"), attributes.get(b"ht"))
         if hidden is None:
             return False

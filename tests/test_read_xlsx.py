@@ -576,7 +576,9 @@ def _three_rows(tmp_path: Path, sheet: str = "payments") -> Path:
 
 @pytest.mark.parametrize("row_3", [
     '<row r="3" hidden="&#49;">', '<row r="3" hidden = "1">', "<row r='3' hidden='1'>",
-    '<row r="3" ht="0" customHeight="1">', '<row r="3" ht="0.5" customHeight="true">'])
+    '<row r="3" ht="0" customHeight="1">', '<row r="3" ht="0.5" customHeight="true">',
+    '<row r="3" hidden\t=\t"1">', '<row r="3" ht=".5" customHeight="1">',
+    '<row r="3" ht=" 0" customHeight="1">'])
 def test_a_hidden_row_is_seen_however_its_xml_is_written(tmp_path: Path, row_3: str) -> None:
     """helper-53: a row hidden with a character reference, spaced or single-quoted
     attributes, or a height of (almost) zero was read as visible, and posted."""
