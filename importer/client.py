@@ -277,6 +277,9 @@ class ApiClient:
         self._log = log if log is not None else structlog.get_logger()
         self._timeout = (config.connect_timeout, config.read_timeout)
         self._limiter = RateLimiter(config.rate_limit) if config.rate_limit else None
+        # Seconds this machine's clock is ahead of the API's, from the last answer's Date
+        # header (None until one came); see _note_clock.
+        self.clock_offset: float | None = None
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.concurrency, max_retries=0)
         self._session.mount("https://", adapter)
@@ -505,9 +508,24 @@ class ApiClient:
                 if on_send is not None:
                     on_send()
                 # No redirects: a redirected POST could be re-sent, or turned into a GET.
-                return self._session.send(prepared, timeout=self._timeout,
-                                          allow_redirects=False, **self._send_settings), token
+                response = self._session.send(prepared, timeout=self._timeout,
+                                              allow_redirects=False, **self._send_settings)
+                self._note_clock(response.headers.get("Date"))
+                return response, token
         raise AssertionError("unreachable: the last try always sends")
+
+    def _note_clock(self, date: str | None) -> None:
+        """How far this machine's clock is ahead of the API's (its answers' ``Date``, whole
+        seconds): the read-back compares record times written by the API's clock with the
+        journal's, written by this one."""
+        if date is None:
+            return
+        try:
+            theirs = parsedate_to_datetime(date)
+        except (TypeError, ValueError, IndexError):
+            return
+        if theirs.tzinfo is not None:
+            self.clock_offset = (datetime.now(UTC) - theirs).total_seconds()
 
     def _send_safe(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                    data: str | None = None, headers: dict[str, str] | None = None,

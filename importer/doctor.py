@@ -195,8 +195,27 @@ def _check_api(config: Config, report: Callable[[Check], None]) -> None:
         total = meta.get("total") if isinstance(meta, dict) else None
         seen = f"{total} case(s) visible" if isinstance(total, int) else "answered"
         report(Check(OK, "api access", f"GET /cases?max_results=1: {seen}"))
+        _check_clock(client.clock_offset, report)
     finally:
         client.close()
+
+
+CLOCK_TOLERANCE = 60.0  # seconds between this machine's clock and the API's before a warning
+
+
+def _check_clock(ahead: float | None, report: Callable[[Check], None]) -> None:
+    """This machine's clock against the API's (its answers' Date header)."""
+    if ahead is None:
+        report(Check(WARN, "clock", "the API's answers carry no Date header: this machine's "
+                                    "clock cannot be compared with it; keep it in sync (NTP)"))
+    elif abs(ahead) <= CLOCK_TOLERANCE:
+        report(Check(OK, "clock", f"in step with the API's (within {abs(ahead):.0f} s)"))
+    else:
+        way = "ahead of" if ahead > 0 else "behind"
+        report(Check(WARN, "clock", (
+            f"this machine's clock is {abs(ahead):.0f} s {way} the API's: keep it in sync "
+            "(NTP). Bank dates 'in the future' are judged by it; the read-back of a lost "
+            "answer allows for the difference it measures")))
 
 
 def _check_state_dir(state_dir: Path, report: Callable[[Check], None]) -> bool:

@@ -1213,8 +1213,9 @@ class _Engine:
                 if candidates or unsure:
                     known = self.journal.known_ids(record_id(r) or "" for r in
                                                    candidates + unsure)
+                    ahead = getattr(self.client, "clock_offset", None) or 0.0
                     fresh = [r for r in candidates if _id_lower(r) not in known
-                             and _created_after(r, sent_after)]
+                             and _created_after(r, sent_after, ahead)]
                     if fresh:
                         return max(fresh, key=_created_key), True, ""
                     older = [r for r in candidates if _id_lower(r) not in known]
@@ -1224,11 +1225,12 @@ class _Engine:
                         # runs fast. Neither is "not stored": nothing is sent again.
                         created = older[-1].get("_created")
                         why = (f"Amili holds an identical record {record_id(older[-1])} created "
-                               f"{created}, before this row was sent by this machine's clock "
-                               f"({sent_after}): ours if that clock runs fast, else one entered "
-                               "by other means; check it in Amili (and this machine's clock)")
+                               f"{created}, over an hour before this row was sent ({sent_after}"
+                               f" by this machine's clock, {ahead:+.0f} s against Amili's): "
+                               "not claimed, as it may have been entered by other means; check "
+                               "it in Amili")
                         conclusive = False
-                    if any(_id_lower(r) not in known and _created_after(r, sent_after)
+                    if any(_id_lower(r) not in known and _created_after(r, sent_after, ahead)
                            for r in unsure):
                         # A record that may be this row's but cannot be compared: "not
                         # stored" cannot be concluded, and nothing is sent again.
@@ -1288,13 +1290,16 @@ class _Engine:
 CLOCK_SKEW = timedelta(hours=1)  # generous: a missed record would be posted twice
 
 
-def _created_after(record: dict[str, Any], sent_after: str | None) -> bool:
-    """Whether Amili created the record after our POST could have been sent (unknown: yes)."""
+def _created_after(record: dict[str, Any], sent_after: str | None, ahead: float = 0.0) -> bool:
+    """Whether Amili created the record after our POST could have been sent (unknown: yes).
+
+    ``ahead``: seconds this machine's clock runs ahead of the API's (``sent_after`` is by
+    this machine's clock, ``_created`` by the API's)."""
     created = parse_instant(record.get("_created"))
     sent = parse_instant(sent_after)
     if created is None or sent is None:
         return True
-    return created >= sent - CLOCK_SKEW
+    return created >= sent - CLOCK_SKEW - timedelta(seconds=ahead)
 
 
 def _id_lower(record: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import Result
 from cryptography.hazmat.primitives.asymmetric import ec
 from fixtures_sandbox import API_CODE, TOKEN
@@ -43,14 +44,35 @@ def test_all_ok_with_a_ready_token(cli: Cli, sandbox: RunningSandbox, tmp_path: 
     env = env_for(tmp_path, AMILI_API_URL=sandbox.url, AMILI_ACCESS_TOKEN=TOKEN)
     result = cli(["doctor"], expect=0, env=env)
     got = lines(result)
-    assert list(got) == ["config", "api_url", "login method", "login", "api access",
+    assert list(got) == ["config", "api_url", "login method", "login", "api access", "clock",
                          "state directory", "journal"]
     assert "none yet in" in got["journal"]
+    assert got["clock"].startswith("ok    clock: in step with the API's (within ")
     assert all(line.startswith("ok ") for line in got.values())
     assert "AMILI_API_URL, AMILI_ACCESS_TOKEN, AMILI_STATE_DIR" in got["config"]
     assert "5 case(s) visible" in got["api access"]
     assert (tmp_path / "state").is_dir()
     assert TOKEN not in result.output
+
+
+def test_a_clock_hours_off_is_a_warning(cli: Cli, sandbox: RunningSandbox, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's clock two hours ahead of the API's (its Date header): a warn line that
+    says by how much, still exit 0."""
+    import datetime as dt
+
+    import importer.client
+
+    class Ahead(dt.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> dt.datetime:  # type: ignore[override]
+            return dt.datetime.now(tz) + dt.timedelta(hours=2)
+
+    monkeypatch.setattr(importer.client, "datetime", Ahead)
+    env = env_for(tmp_path, AMILI_API_URL=sandbox.url, AMILI_ACCESS_TOKEN=TOKEN)
+    got = lines(cli(["doctor"], expect=0, env=env))
+    assert got["clock"].startswith("warn  clock: this machine's clock is 72")
+    assert "s ahead of the API's: keep it in sync (NTP)" in got["clock"]
 
 
 def test_jwt_login_with_open_key_file_warns(cli: Cli, make_sandbox: Callable[..., RunningSandbox],
