@@ -75,6 +75,7 @@ REASONS: dict[str, str] = {
     "invalid_amount": "amount is not a number, not above zero, too large or has >2 decimals",
     "ambiguous_amount": "amount could be read two ways (thousands or decimal separator)",
     "invalid_date": "a date is not in an accepted form",
+    "placeholder_date": "a date before 1970-01-02: how systems write 'no date', never a real one",
     "wrong_weekday": "an RFC 1123 date names the wrong weekday",
     "future_date": "a date lies in the future (bank_transaction_date: error; "
                    "client_registration_date: warning)",
@@ -145,7 +146,8 @@ _RULES: dict[str, Rule] = {
                          "copy the case id from Amili, or leave it empty and give the invoice "
                          "number"),
     "invalid_account": Rule("invalid_account", ERROR, "is not an account id (24 hex digits "
-                            "0-9, a-f); copy it from Amili or leave the column out"),
+                            "0-9, a-f); copy it from Amili (send_account is set: the older "
+                            "API generation requires it)"),
     "invalid_currency": Rule("invalid_currency", ERROR, "is not a currency Amili takes; write "
                              "SEK (the only currency the API supports)"),
     "invalid_origin": Rule("invalid_origin", ERROR, "is not an origin the API takes; write "
