@@ -503,10 +503,12 @@ def _amount_typed(value: Any) -> tuple[str | None, Problem | None]:
         return f"{value}.00", None
     if not math.isfinite(value):
         return None, Problem("invalid_amount", f"is not a finite number; {_WRITE}")
-    exact = Decimal(repr(value))  # the shortest text that reads back as this float
+    # As Excel shows a number: 15 significant digits. Its arithmetic leaves artefacts past
+    # them (0.30000000000000004; 9017490.38 + 5115.55 = 9022605.930000002, an artefact larger
+    # than 1e-9 above 2**23): those are rounded away, while 1.005 is still refused.
+    exact = Decimal(f"{value:.15g}")
     cents = exact.quantize(Decimal("0.01"))
-    # Excel arithmetic leaves artefacts like 0.30000000000000004: round those, refuse 1.005.
-    if abs(exact - cents) > Decimal("1e-9"):
+    if exact != cents:
         return None, Problem("invalid_amount", "has more than two decimals; round it to whole "
                              "öre (two decimals), e.g. with =ROUND(…;2)")
     return f"{cents:f}", None
@@ -516,11 +518,12 @@ def amounts(raw: pd.Series) -> Parsed:
     """Amounts as a plain decimal string with two decimals (``"1234.50"``).
 
     Accepted: ``1234.50``, ``1234,50``, ``1 234,50`` (space, no-break or narrow no-break space
-    between thousands), ``1234``, Excel number cells (a float is rounded to two decimals only
-    when it lies within 1e-9 of it, which absorbs binary artefacts but refuses ``1.005``).
+    between thousands), ``1234``, Excel number cells (read to 15 significant digits, as Excel
+    shows them: that absorbs binary artefacts but refuses ``1.005``).
     Refused with a message saying what to write: ``1,234.50``, ``1.234,50``, ``1.234``,
     ``1,234`` (a single separator followed by exactly three digits could be either), more than
-    two decimals, text. Signs are parsed so that the "greater than zero" check can name them.
+    two decimals (of the number as Excel shows it, to 15 significant digits), text. Signs are
+    parsed so that the "greater than zero" check can name them.
 
     Args:
         raw: the column as read.

@@ -91,12 +91,14 @@ def test_negative_and_zero_amounts_are_parsed_for_the_range_check() -> None:
 
 
 def test_excel_number_cells() -> None:
-    """Excel int/float cells: binary artefacts within 1e-9 are rounded, real extra decimals
-    and non-finite numbers refused, TRUE/FALSE and dates are not amounts."""
+    """Excel int/float cells: read to 15 significant digits as Excel shows them (binary
+    artefacts rounded away, also above 8.4 million where they pass 1e-9: helper-59), real
+    extra decimals and non-finite numbers refused, TRUE/FALSE and dates are not amounts."""
     parsed = normalise.amounts(col(100, 103.5, 0.1 + 0.2, 1.005, float("inf"), True,
-                                   datetime(2025, 7, 4), 123456789012.34))
+                                   datetime(2025, 7, 4), 123456789012.34,
+                                   9017490.38 + 5115.55))
     assert parsed.values.tolist() == ["100.00", "103.50", "0.30", None, None, None, None,
-                                      "123456789012.34"]
+                                      "123456789012.34", "9022605.93"]
     assert {i: c for i, (c, _) in problems(parsed).items()} == {
         3: "invalid_amount", 4: "invalid_amount", 5: "invalid_amount", 6: "invalid_amount"}
     assert "two decimals" in problems(parsed)[3][1]
