@@ -28,6 +28,8 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import pandas as pd
 
+from importer.number_formats import NUMBER_TRAITS, SHOWN, TEXT_TRAITS
+
 MAX_CELL = 1000  # longer cells are pasted text, not values: an error on any API column
 # The longest text field we send: 140 is the longest free-text reference a bank payment can
 # carry (ISO 20022 unstructured remittance information); the API documents no limit.
@@ -111,8 +113,33 @@ def _cells(raw: pd.Series) -> _Cells:
     return _Cells(arr, False, is_str, empty)
 
 
+def _shown_problem(value: Any, traits: frozenset[str]) -> Problem | None:
+    """The problem of a cell whose number format shows it otherwise than it holds, where
+    ``traits`` (see importer/number_formats.py) matter, or None."""
+    if not isinstance(value, SHOWN):
+        return None
+    found: frozenset[str] = value.traits & traits
+    if not found:
+        return None
+    how = {"percent": "as a percentage", "scaled": "divided by a thousand or more",
+           "hidden": "not at all (the cell looks empty)", "scientific": "in scientific notation",
+           "rounded": "with fewer decimals", "padded": "with leading zeros",
+           "literal": "with text or characters around its digits",
+           "no_day": "without its day"}
+    shown = " and ".join(how[t] for t in sorted(found))
+    return Problem("number_format", f"is what the cell holds, but its number format "
+                   f"({value.code!r}) shows it {shown}: which of the two is meant cannot be "
+                   "told; format the cell so that it shows what it holds (Text, typed as "
+                   "shown, for an invoice number or a reference; a plain number or date "
+                   "otherwise) and save again")
+
+
 def _special(value: Any) -> Problem | None:
-    """The problem of a cell that is not a value at all, or None."""
+    """The problem of a cell that is not a value at all (or that shows another number than
+    it holds), or None."""
+    shown = _shown_problem(value, NUMBER_TRAITS)
+    if shown is not None:
+        return shown
     if is_formula_without_value(value):
         return Problem("formula_without_value", "is a formula without a saved result; open "
                        "the file in Excel, let it calculate, save it and try again")
@@ -372,6 +399,9 @@ def texts(raw: pd.Series, code: str = "invalid_text") -> Parsed:
             problems.append(Problem(code, "is a number cell of 16 digits or more: Excel keeps "
                                           "only 15 digits of a number, so the last ones may be "
                                           "lost; format the column as Text and type it again"))
+        elif number and (typed := _shown_problem(value, TEXT_TRAITS)) is not None:
+            bad.append(p)  # 1234 shown as 001234 or INV-1234: what was typed is not known
+            problems.append(typed)
         elif number:
             out[p] = number_text(value)
         else:
@@ -738,8 +768,15 @@ def dates(raw: pd.Series) -> Parsed:
         rest = rest[~good]
     failed = np.empty(0, dtype=np.int64)
     problems: list[Problem] = []
+    no_day = [(p, problem) for p in rest
+              if (problem := _shown_problem(arr[p], frozenset({"no_day"}))) is not None]
+    if no_day:
+        rest = np.setdiff1d(rest, [p for p, _ in no_day])
     if len(rest):
         texts[rest], moments[rest], failed, problems = _dates_per_unique(arr, rest)
+    if no_day:
+        failed = np.concatenate([failed, np.array([p for p, _ in no_day], dtype=np.int64)])
+        problems = [*problems, *(problem for _, problem in no_day)]
     return Parsed(_obj_series(texts, raw.index), _errors(raw.index, failed, problems),
                   pd.Series(moments, index=raw.index))
 

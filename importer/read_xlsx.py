@@ -23,6 +23,7 @@ from xml.etree import ElementTree
 
 from importer.errors import FileRejected
 from importer.kinds import kind_from_label, kinds_named
+from importer.number_formats import BUILTIN, Format, parse, shown
 from importer.read import (
     FORMULA_WITHOUT_VALUE,
     HIDDEN,
@@ -64,6 +65,7 @@ _VALUE = re.compile(rb"<" + _P + rb"v(?:\s[^>]*)?(?:/>|>(.*?)</" + _P + rb"v>)",
 _REF = re.compile(rb"\br=\"([A-Z]{1,3})(\d+)\"")
 _LETTERS = re.compile(rb"([A-Z]{1,3})\d+$")  # a cell reference's column (``AB`` of ``AB12``)
 _TYPE = re.compile(rb"\bt=\"(\w+)\"")
+_STYLE = re.compile(rb"\bs=\"(\d+)\"")
 _MAX_EXACT = 2**53
 _OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")  # the Compound File Binary signature
 
@@ -102,6 +104,10 @@ class SheetScan:
     tables: list[ExcelTable] = field(default_factory=list)  # those with a Total Row
     recalculate: bool = False  # the workbook disowns its formulas' saved results
     untrusted: int = 0  # formula cells read as without a value for that reason
+    # Styles (cellXfs index) whose number format may show a cell otherwise than it holds,
+    # and the cells found so shown: 0-based row -> [(0-based column, format, traits)].
+    styles: dict[int, Format] = field(default_factory=dict)
+    shown: dict[int, list[tuple[int, str, frozenset[str]]]] = field(default_factory=dict)
 
 
 def column_letter(index: int) -> str:
@@ -170,6 +176,37 @@ def _sheet_parts(path: Path) -> tuple[dict[str, str] | None, bool]:
     return parts, recalculate
 
 
+def _styles(path: Path) -> dict[int, Format]:
+    """The workbook's cell styles (``cellXfs`` index) whose number format may show a number
+    otherwise than it holds (see importer/number_formats.py); {} when it has none, or no
+    readable styles part (calamine then reads no date formats either)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            workbook = _workbook_part(archive)
+            folder, _, base = workbook.rpartition("/")
+            rels = ElementTree.fromstring(archive.read(f"{folder}/_rels/{base}.rels"
+                                                       if folder else f"_rels/{base}.rels"))
+            target = next((r.get("Target", "") for r in rels.iter()
+                           if r.get("Type", "").endswith("/styles")), None)
+            if target is None:
+                return {}
+            styles = ElementTree.fromstring(archive.read(_part_name(folder, target)))
+    except (KeyError, zipfile.BadZipFile, ElementTree.ParseError, OSError):
+        return {}
+    codes = dict(BUILTIN)
+    for element in styles.iter():
+        if element.tag.endswith("}numFmt") and (number := element.get("numFmtId", "")).isdigit():
+            codes[int(number)] = element.get("formatCode", "")
+    found: dict[int, Format] = {}
+    cell_xfs = next((e for e in styles.iter() if e.tag.endswith("}cellXfs")), None)
+    for index, xf in enumerate(cell_xfs if cell_xfs is not None else []):
+        number = xf.get("numFmtId", "0")
+        code = codes.get(int(number)) if number.isdigit() else None
+        if code is not None and (number_format := parse(code)).suspect:
+            found[index] = number_format
+    return found
+
+
 def _workbook_part(archive: zipfile.ZipFile) -> str:
     """The workbook's part name, from the package relationships (the officeDocument one)."""
     try:
@@ -211,7 +248,8 @@ def _part_name(folder: str, target: str) -> str:
         f"{folder}/{target}" if folder else target)
 
 
-def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False) -> SheetScan:
+def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False,
+                   styles: dict[int, Format] | None = None) -> SheetScan:
     """Find error cells (as their text, ``#N/A``), formulas without a cached value, and
     hidden (or filtered-out) rows and columns.
 
@@ -220,11 +258,13 @@ def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False) -> S
         part: the worksheet's XML part, from ``_sheet_parts``.
         recalculate: the workbook asks to be calculated when opened (see ``_sheet_parts``):
             every formula counts as one without a cached value.
+        styles: the workbook's styles whose number format may show a cell otherwise than it
+            holds (see :func:`_styles`): such cells are listed in ``shown``.
 
     Returns:
         the cells calamine shows as empty that must not be read as empty, and what is hidden.
     """
-    scan = SheetScan(recalculate=recalculate)
+    scan = SheetScan(recalculate=recalculate, styles=styles or {})
     if part is None:
         return scan
     with zipfile.ZipFile(path) as archive:
@@ -236,6 +276,7 @@ def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False) -> S
         # attributes in single quotes: every row and cell is counted instead.
         scan.fixes.clear()
         scan.hidden_rows.clear()
+        scan.shown.clear()
         scan.untrusted = 0
         with archive.open(part) as stream:
             _scan_by_position(stream, scan, path.name)
@@ -251,6 +292,7 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
         :func:`_scan_by_position`).
     """
     pending: list[bytes] = []  # a row longer than a block, read so far (joined once)
+    markers = [b' s="%d"' % index for index in scan.styles]
     while True:
         block = stream.read(XML_BLOCK)
         if block:  # only whole rows are searched; the rest waits for the next block
@@ -271,8 +313,34 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
             return False
         if any(mark in data for mark in _HIDING) and not _hidden_rows(data, scan):
             return False
+        if any(mark in data for mark in markers) and not _shown_cells(data, scan):
+            return False
         if not block:
             return True
+
+
+def _shown_cells(data: bytes, scan: SheetScan) -> bool:
+    """The number cells of whole rows of sheet XML whose style's number format shows them
+    otherwise than they hold; False when one cannot be placed (no ``r``)."""
+    for match in _CELL.finditer(data):
+        attrs, inner = match.group(1) or b"", match.group(2) or b""
+        style = _STYLE.search(attrs)
+        kind = _TYPE.search(attrs)
+        value = _VALUE.search(inner)
+        if style is None or (kind is not None and kind.group(1) != b"n") or value is None:
+            continue
+        number_format = scan.styles.get(int(style.group(1)))
+        if number_format is None:
+            continue
+        traits = number_format.of((value.group(1) or b"").decode("ascii", "replace"))
+        if not traits:
+            continue
+        ref = _REF.search(attrs)
+        if ref is None:
+            return False
+        scan.shown.setdefault(int(ref.group(2)) - 1, []).append(
+            (_column_index(ref.group(1)), number_format.code, traits))
+    return True
 
 
 def _hidden_rows(data: bytes, scan: SheetScan) -> bool:
@@ -337,6 +405,11 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan, name: str) -> None:
         if tag == "c":
             children = {child.tag.rpartition("}")[2]: child for child in element}
             value_tag = children.get("v")
+            style = element.get("s", "")
+            number_format = scan.styles.get(int(style)) if style.isdigit() else None
+            if number_format is not None and element.get("t", "n") == "n" and \
+                    value_tag is not None and (traits := number_format.of(value_tag.text or "")):
+                scan.shown.setdefault(row, []).append((column, number_format.code, traits))
             fix = _cell_fix(element.get("t", "n"), "f" in children,
                             None if value_tag is None else value_tag.text or "", scan)
             formula = children.get("f")
@@ -525,6 +598,7 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     _check_unpacked_size(path)
     book = _workbook(path)
     parts, recalculate = _sheet_parts(path)
+    styles = _styles(path)
     tables: list[Table] = []
     for meta in book.sheets_metadata:
         sheet_name = meta.name
@@ -536,7 +610,7 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
             continue
         with _sheet_errors(name, sheet_name):
             table = _open_sheet(path, book, sheet_name, _part_of(parts, name, sheet_name),
-                                recalculate, info, options)
+                                recalculate, styles, info, options)
         if table is not None:
             tables.append(table)
     if not tables:
@@ -574,11 +648,12 @@ def _check_width(name: str, sheet_name: str, columns: int) -> None:
 
 
 def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalculate: bool,
-                info: FileInfo, options: ReadOptions) -> Table | None:
+                styles: dict[int, Format], info: FileInfo,
+                options: ReadOptions) -> Table | None:
     """One visible worksheet as a Table; None (with a note) when it holds no data."""
     name = path.name
     sheet = _sheet(book, name, sheet_name)
-    scan = scan_sheet_xml(path, part, recalculate)
+    scan = scan_sheet_xml(path, part, recalculate, styles)
     fixes = scan.fixes
     if sheet.start is None and not fixes:
         info.notes.append(f"sheet {sheet_name!r} is empty and was skipped")
@@ -646,7 +721,8 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
                               f"{excel_table.name!r}: a sum, not data; skipped")
     table = Table(file=info, sheet=sheet_name, kind=kind, header_row=header_row,
                   columns=columns, fields=fields, chunks=lambda: iter(()))
-    table.chunks = _chunker(table, positions, fixes, hidden, totals, options.chunk_rows)
+    table.chunks = _chunker(table, positions, fixes, scan.shown, hidden, totals,
+                            options.chunk_rows)
     return table
 
 
@@ -679,11 +755,13 @@ def _not_data(sheet_name: str, stem: str, header: list[str], options: ReadOption
     return recognised < 2
 
 
-def _chunker(table: Table, positions: list[int], fixes: Fixes, hidden: set[int],
+def _chunker(table: Table, positions: list[int], fixes: Fixes,
+             formats: dict[int, list[tuple[int, str, frozenset[str]]]], hidden: set[int],
              skip: set[int], chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
     """The table's ``chunks`` callable: re-reads the sheet on each call (memory stays bounded
     by one sheet, not by every workbook the run has opened). Rows in ``skip`` (0-based: the
-    totals rows of Excel tables) are left out like empty rows."""
+    totals rows of Excel tables) are left out like empty rows; cells in ``formats`` (see
+    ``SheetScan.shown``) are marked with what their number format does to them."""
     counted = False
 
     def chunks() -> Iterator[pd.DataFrame]:
@@ -709,6 +787,11 @@ def _chunker(table: Table, positions: list[int], fixes: Fixes, hidden: set[int],
                 row = _apply(rows[index] if index < len(rows) else [], fixes.get(index))
                 if len(row) < width:
                     row = list(row) + [""] * (width - len(row))
+                if index in formats:
+                    row = list(row)
+                    for column, code, traits in formats[index]:
+                        if column < len(row):
+                            row[column] = shown(row[column], code, traits)
                 cells = [cell_value(row[p]) for p in positions]
                 if any(c is not None for c in cells):
                     data.append(cells)

@@ -87,6 +87,9 @@ REASONS: dict[str, str] = {
     "too_long": f"a text is longer than {normalise.MAX_TEXT} characters "
                 f"(any cell: {normalise.MAX_CELL})",
     "formula_without_value": "a formula cell has no saved result",
+    "number_format": "a number cell whose number format shows it otherwise than it holds (a "
+                     "percentage, in thousands, hidden, rounded, with leading zeros or added "
+                     "text where a text is sent, a date without its day)",
     "cell_error": "an Excel error value such as #N/A",
     "duplicate_row": "the same row appears earlier in the file; the later one is not posted",
     "hidden_row": "the row is hidden (or filtered out) in the workbook: not posted",

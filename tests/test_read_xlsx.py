@@ -451,6 +451,81 @@ def test_a_stray_cell_far_to_the_right_is_refused_by_name(tmp_path: Path) -> Non
         open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
 
 
+def _formatted(tmp_path: Path, cells: dict[str, tuple[Any, str]]) -> list[dict[str, Any]]:
+    """A one-row payments sheet with {cell: (value, number format)} set, validated: the
+    report frame's row."""
+    from importer.config import Config
+    from importer.validate import Checker
+
+    wb, ws = payments_book()
+    ws.append([CRED, "INV-1", "SEK", 100, dt.date(2025, 7, 1)])
+    for ref, (value, code) in cells.items():
+        ws[ref] = value
+        ws[ref].number_format = code
+    _, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+    [chunk] = list(table.chunks())
+    out = Checker(table, Config(), dt.datetime(2025, 8, 1, tzinfo=dt.UTC)).check(chunk)
+    return [dict(r) for _, r in out.iterrows()]
+
+
+@pytest.mark.parametrize(("cells", "field", "how"), [
+    ({"D2": (0.5, "0%")}, "Amount", "as a percentage"),
+    ({"D2": (1234567, "#,##0,")}, "Amount", "divided by a thousand or more"),
+    ({"D2": (1234567, "0.00,,")}, "Amount", "divided by a thousand or more"),
+    ({"D2": (100, ";;;")}, "Amount", "not at all (the cell looks empty)"),
+    ({"D2": (1234.5, "#,##0")}, "Amount", "with fewer decimals"),
+    ({"B2": (1234, "000000")}, "Invoice Number", "with leading zeros"),
+    ({"B2": (1001, '"INV-"0')}, "Invoice Number", "with text or characters around its digits"),
+    ({"B2": (20261104, "0000-00-00")}, "Invoice Number",
+     "with text or characters around its digits"),
+    ({"E2": (dt.datetime(2025, 7, 1), "mmmm yyyy")}, "Bank transaction date",
+     "without its day"),
+])
+def test_a_cell_shown_otherwise_than_it_holds_is_an_error(
+        tmp_path: Path, cells: dict[str, tuple[Any, str]], field: str, how: str) -> None:
+    """helper-59: the number format decides what the finance person sees. 001234 was sent
+    as invoice 1234 (another customer's case, on the sandbox); 1 235 (thousands) as
+    1 234 567 kr; a cell that looks empty as 100 kr; November 2025 as the 1st. Such a cell
+    is an error naming its format, never a guess."""
+    [row] = _formatted(tmp_path, cells)
+    assert (row["status"], row["reason"]) == ("error", "number_format"), row["message"]
+    assert row["message"].startswith(f"{field}: '")
+    assert (f"is what the cell holds, but its number format ('{next(iter(cells.values()))[1]}') "
+            f"shows it {how}") in row["message"]
+
+
+def test_a_cell_shown_otherwise_is_seen_by_the_full_scan_too(tmp_path: Path) -> None:
+    """The same in a sheet whose attributes are single-quoted (read by the XML parser)."""
+    from importer.config import Config
+    from importer.validate import Checker
+
+    wb, ws = payments_book()
+    ws.append([CRED, "INV-1", "SEK", 0.5, dt.date(2025, 7, 1)])
+    ws["D2"].number_format = "0%"
+    path = _rewrite(save(wb, tmp_path, "plain.xlsx"), tmp_path / "p.xlsx",
+                    lambda name, text: re.sub(r'(\w+)="([^"]*)"', r"\1='\2'", text)
+                    if name.endswith("sheet1.xml") else text)
+    assert b"r='D2'" in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
+    _, (table,) = open_file(path, ReadOptions())
+    [chunk] = list(table.chunks())
+    out = Checker(table, Config(), dt.datetime(2025, 8, 1, tzinfo=dt.UTC)).check(chunk)
+    assert out["reason"].tolist() == ["number_format"]
+
+
+@pytest.mark.parametrize("cells", [
+    {"D2": (1234.5, "#,##0.00"), "B2": (1234, "0")}, {"D2": (1234, "#,##0")},
+    {"D2": (1234.5, '#,##0.00 "kr"')}, {"D2": (1234.5, "[$kr-41D] #,##0.00")},
+    {"B2": (1234, "General"), "E2": (dt.datetime(2025, 7, 1), "yyyy-mm-dd")},
+    {"B2": (1234, "@")}, {"D2": (1234.5, "# ?/?")}, {"E2": (dt.datetime(2025, 7, 1), "[h]:mm")},
+])
+def test_a_cell_shown_as_it_holds_is_read_as_before(
+        tmp_path: Path, cells: dict[str, tuple[Any, str]]) -> None:
+    """Separators, a currency, as many decimals as held, text as typed: what is seen is what
+    is held, and the row reads as before."""
+    [row] = _formatted(tmp_path, cells)
+    assert row["reason"] in (None, "invalid_date"), row["message"]  # [h]:mm: a duration
+
+
 def test_a_formula_far_to_the_right_is_refused_too(tmp_path: Path) -> None:
     """helper-53: calamine does not count a formula cell without a saved value, so one in
     column XFD got past the width check and made every row 16 384 cells wide."""
