@@ -36,6 +36,9 @@ HEADER_SEARCH_ROWS = 20
 RECOGNISED: frozenset[str] = frozenset(ALL_FIELDS) | frozenset(READ_ONLY_FIELDS)
 ROW = "_row"
 HIDDEN = "_hidden"  # a workbook row hidden (or filtered out): only in chunks that have one
+# The merged cells (``G2:G3``) a workbook row lies in below their first row, over a column
+# that is read: only in chunks that have one.
+MERGED = "_merged"
 
 
 class _FormulaWithoutValue(str):

@@ -27,6 +27,7 @@ from importer.number_formats import BUILTIN, Format, parse, shown
 from importer.read import (
     FORMULA_WITHOUT_VALUE,
     HIDDEN,
+    MERGED,
     RECOGNISED,
     ROW,
     FileInfo,
@@ -66,6 +67,7 @@ _REF = re.compile(rb"\br=\"([A-Z]{1,3})(\d+)\"")
 _LETTERS = re.compile(rb"([A-Z]{1,3})\d+$")  # a cell reference's column (``AB`` of ``AB12``)
 _TYPE = re.compile(rb"\bt=\"(\w+)\"")
 _STYLE = re.compile(rb"\bs=\"(\d+)\"")
+_MERGE_CELL = re.compile(rb"<" + _P + rb"mergeCell\s[^>]*\bref=\"([^\"]*)\"")
 _MAX_EXACT = 2**53
 _OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")  # the Compound File Binary signature
 
@@ -108,6 +110,7 @@ class SheetScan:
     # and the cells found so shown: 0-based row -> [(0-based column, format, traits)].
     styles: dict[int, Format] = field(default_factory=dict)
     shown: dict[int, list[tuple[int, str, frozenset[str]]]] = field(default_factory=dict)
+    merged: list[str] = field(default_factory=list)  # merged cell ranges (``B2:B3``)
 
 
 def column_letter(index: int) -> str:
@@ -277,6 +280,7 @@ def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False,
         scan.fixes.clear()
         scan.hidden_rows.clear()
         scan.shown.clear()
+        scan.merged.clear()
         scan.untrusted = 0
         with archive.open(part) as stream:
             _scan_by_position(stream, scan, path.name)
@@ -315,6 +319,8 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
             return False
         if any(mark in data for mark in markers) and not _shown_cells(data, scan):
             return False
+        if b"mergeCell" in data:
+            scan.merged += [m.decode("ascii", "replace") for m in _MERGE_CELL.findall(data)]
         if not block:
             return True
 
@@ -401,6 +407,8 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan, name: str) -> None:
                 column = _column_index(ref.group(1)) if ref else column + 1
             elif tag == "col" and element.get("hidden") in ("1", "true"):
                 scan.hidden_columns = True
+            elif tag == "mergeCell" and element.get("ref"):
+                scan.merged.append(element.get("ref", ""))
             continue
         if tag == "c":
             children = {child.tag.rpartition("}")[2]: child for child in element}
@@ -700,6 +708,7 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
         info.notes.append(f"{where}some columns are hidden; they are read like the others")
     # header_row is the header's row number, i.e. the 0-based index of the first data row.
     recognised = [p for p, c in zip(positions, columns, strict=True) if c in fields]
+    merged = _merged_rows(scan.merged, header_row, set(recognised))
     if scan.untrusted:
         sent = set(recognised)  # a formula in a column never sent harms nothing
         untrusted = sum(value is FORMULA_WITHOUT_VALUE and column in sent
@@ -721,9 +730,27 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
                               f"{excel_table.name!r}: a sum, not data; skipped")
     table = Table(file=info, sheet=sheet_name, kind=kind, header_row=header_row,
                   columns=columns, fields=fields, chunks=lambda: iter(()))
-    table.chunks = _chunker(table, positions, fixes, scan.shown, hidden, totals,
+    table.chunks = _chunker(table, positions, fixes, scan.shown, hidden, merged, totals,
                             options.chunk_rows)
     return table
+
+
+def _merged_rows(ranges: list[str], first_row: int, columns: set[int]) -> dict[int, str]:
+    """The data rows (0-based, from ``first_row``) that lie in merged cells below their first
+    row, or right of their first column, over a column that is read: the value the person
+    sees there is held by the first cell only, and the row's own cell is empty."""
+    rows: dict[int, str] = {}
+    for ref in ranges:
+        found = _RANGE.match(ref.replace("$", ""))
+        if found is None:
+            continue
+        first_col, last_col = (_column_index(found.group(i).encode()) for i in (1, 3))
+        top, bottom = int(found.group(2)) - 1, int(found.group(4)) - 1
+        read = [c for c in columns if first_col <= c <= last_col]
+        for row in range(max(top, first_row), bottom + 1):
+            if any((row, c) != (top, first_col) for c in read):
+                rows.setdefault(row, ref)
+    return rows
 
 
 def _headerless_with_values(sheet: Any, header: list[str], header_row: int,
@@ -757,7 +784,8 @@ def _not_data(sheet_name: str, stem: str, header: list[str], options: ReadOption
 
 def _chunker(table: Table, positions: list[int], fixes: Fixes,
              formats: dict[int, list[tuple[int, str, frozenset[str]]]], hidden: set[int],
-             skip: set[int], chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
+             merged: dict[int, str], skip: set[int],
+             chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
     """The table's ``chunks`` callable: re-reads the sheet on each call (memory stays bounded
     by one sheet, not by every workbook the run has opened). Rows in ``skip`` (0-based: the
     totals rows of Excel tables) are left out like empty rows; cells in ``formats`` (see
@@ -802,6 +830,8 @@ def _chunker(table: Table, positions: list[int], fixes: Fixes,
             out[ROW] = pd.Series(numbers, dtype="int64")
             if hidden:
                 out[HIDDEN] = pd.Series([n - 1 in hidden for n in numbers], dtype=bool)
+            if merged:
+                out[MERGED] = pd.Series([merged.get(n - 1) for n in numbers], dtype=object)
             if not counted:
                 info.rows += len(out)
             yield out

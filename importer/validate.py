@@ -42,7 +42,7 @@ import pandera.pandas as pa
 
 from importer import normalise
 from importer.kinds import CREDITOR_ORIGIN, CURRENCY, KINDS, Kind
-from importer.read import HIDDEN, ROW, canonical_header
+from importer.read import HIDDEN, MERGED, ROW, canonical_header
 
 if TYPE_CHECKING:
     from importer.config import Config
@@ -93,6 +93,8 @@ REASONS: dict[str, str] = {
     "cell_error": "an Excel error value such as #N/A",
     "duplicate_row": "the same row appears earlier in the file; the later one is not posted",
     "hidden_row": "the row is hidden (or filtered out) in the workbook: not posted",
+    "merged_cell": "the row lies in merged cells below (or beside) their first cell, which "
+                   "alone holds the value shown",
 }
 
 # Characters that make a spreadsheet treat a cell as a formula: no message of ours starts so.
@@ -525,6 +527,14 @@ class Checker:
             issues.add(hidden, -1, ERROR, ["hidden_row"] * len(hidden), [
                 f"row {rows[p]} is hidden (or filtered out) in the workbook; hidden rows are "
                 "never posted: unhide it to post it, or delete it" for p in hidden])
+        if MERGED in chunk:
+            # G2:G3 merged shows G2's value on row 3 too; row 3's own cell is empty.
+            ranges = chunk[MERGED].to_numpy(dtype=object)
+            merged = np.flatnonzero(pd.notna(ranges))
+            issues.add(merged, -1, ERROR, ["merged_cell"] * len(merged), [
+                f"row {rows[p]} lies in the merged cells {ranges[p]}: the value shown there "
+                "belongs to their first cell only, so this row's cell is empty; unmerge the "
+                "cells and fill in every row" for p in merged])
         frame = self._checked_frame(values, typed, unreadable, n)
         self._report(_failures(self.errors_schema, frame), chunk, unreadable, issues)
         self._report(_failures(self.warnings_schema, frame), chunk, unreadable, issues)

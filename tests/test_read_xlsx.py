@@ -690,6 +690,37 @@ def test_a_workbook_whose_sheet_list_cannot_be_read_is_refused(tmp_path: Path) -
     assert [r["_hidden"] for r in rows(table)] == [False, True, False]
 
 
+def test_rows_under_merged_cells_are_errors_naming_the_range(tmp_path: Path) -> None:
+    """helper-59: G2:G3 merged shows G2's reference on row 3 too, but row 3's own cell is
+    empty: it was posted without one (and a merged date said "is empty"). A row that lies in
+    merged cells below or beside their first cell, over a column that is read, is an error
+    naming the range; a merged title above the header and merges over unread columns change
+    nothing."""
+    from importer.config import Config
+    from importer.validate import Checker
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "payments"
+    ws.append(["Payments November"])
+    ws.append([*PAY_HEADER, "creditor_payment_reference", "note"])
+    for n in range(1, 6):
+        ws.append([CRED, f"INV-{n}", "SEK", 100 + n, dt.date(2025, 7, n), f"R-{n}", "x"])
+    ws.append([CRED, "INV-6", "SEK", 106, dt.date(2025, 7, 6), "R-6", "x"])
+    ws.merge_cells("A1:G1")  # the title
+    ws.merge_cells("F3:F4")  # a reference over rows 3 and 4
+    ws.merge_cells("E6:E7")  # a date over rows 6 and 7
+    ws.merge_cells("G5:G8")  # the note, not read (openpyxl empties the cells merged over)
+    info, (table,) = open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
+    [chunk] = list(table.chunks())
+    out = Checker(table, Config(), dt.datetime(2025, 8, 1, tzinfo=dt.UTC)).check(chunk)
+    assert out["status"].tolist() == ["valid", "error", "valid", "valid", "error", "valid"]
+    assert out["reason"][1] == "merged_cell" and out["reason"][4].startswith("merged_cell")
+    assert out["message"][1].startswith("row 4 lies in the merged cells F3:F4: the value "
+                                        "shown there belongs to their first cell only")
+    assert out["message"][4].startswith("row 7 lies in the merged cells E6:E7")
+
+
 def test_an_excel_tables_totals_row_is_skipped_with_a_note(tmp_path: Path) -> None:
     """A finance person's data is often an Excel table with its Total Row on: that row is a
     sum (SUBTOTAL), not a payment, so it is left out with a note naming it, the rows of
