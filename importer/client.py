@@ -280,6 +280,7 @@ class ApiClient:
         # Seconds this machine's clock is ahead of the API's, from the last answer's Date
         # header (None until one came); see _note_clock.
         self.clock_offset: float | None = None
+        self.read_clock_offset: float | None = None  # the same from any answer (doctor)
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.concurrency, max_retries=0)
         self._session.mount("https://", adapter)
@@ -510,14 +511,17 @@ class ApiClient:
                 # No redirects: a redirected POST could be re-sent, or turned into a GET.
                 response = self._session.send(prepared, timeout=self._timeout,
                                               allow_redirects=False, **self._send_settings)
-                self._note_clock(response.headers.get("Date"))
+                if "Age" not in response.headers:  # an answer from a cache: its time
+                    self._note_clock(method, response.headers.get("Date"))
                 return response, token
         raise AssertionError("unreachable: the last try always sends")
 
-    def _note_clock(self, date: str | None) -> None:
-        """How far this machine's clock is ahead of the API's (its answers' ``Date``, whole
-        seconds): the read-back compares record times written by the API's clock with the
-        journal's, written by this one."""
+    def _note_clock(self, method: str, date: str | None) -> None:
+        """How far this machine's clock is ahead of the API's (the ``Date`` of its answers,
+        whole seconds): the read-back compares record times written by the API's clock with
+        the journal's, written by this one. ``clock_offset`` comes from answers to POSTs
+        (never from a cache), ``read_clock_offset`` from any (answers a cache gave, with an
+        ``Age``, are not looked at)."""
         if date is None:
             return
         try:
@@ -525,7 +529,10 @@ class ApiClient:
         except (TypeError, ValueError, IndexError):
             return
         if theirs.tzinfo is not None:
-            self.clock_offset = (datetime.now(UTC) - theirs).total_seconds()
+            ahead = (datetime.now(UTC) - theirs).total_seconds()
+            self.read_clock_offset = ahead
+            if method != "GET":
+                self.clock_offset = ahead
 
     def _send_safe(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                    data: str | None = None, headers: dict[str, str] | None = None,

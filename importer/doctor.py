@@ -195,7 +195,7 @@ def _check_api(config: Config, report: Callable[[Check], None]) -> None:
         total = meta.get("total") if isinstance(meta, dict) else None
         seen = f"{total} case(s) visible" if isinstance(total, int) else "answered"
         report(Check(OK, "api access", f"GET /cases?max_results=1: {seen}"))
-        _check_clock(client.clock_offset, report)
+        _check_clock(client.read_clock_offset, report)
     finally:
         client.close()
 

@@ -128,7 +128,7 @@ def _shown_problem(value: Any, traits: frozenset[str]) -> Problem | None:
            "no_day": "without its day"}
     shown = " and ".join(how[t] for t in sorted(found))
     return Problem("number_format", f"is what the cell holds, but its number format "
-                   f"({value.code!r}) shows it {shown}: which of the two is meant cannot be "
+                   f"('{value.code}') shows it {shown}: which of the two is meant cannot be "
                    "told; format the cell so that it shows what it holds (Text, typed as "
                    "shown, for an invoice number or a reference; a plain number or date "
                    "otherwise) and save again")

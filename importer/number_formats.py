@@ -32,11 +32,16 @@ TEXT_TRAITS = frozenset({"padded", "literal"})
 # Excel's built-in formats (the ids a workbook may use without writing them out) that can
 # show a number otherwise; the others are General, plain numbers and dates with a day.
 BUILTIN = {
-    1: "0", 3: "#,##0", 9: "0%", 10: "0.00%", 11: "0.00E+00", 12: "# ?/?", 13: "# ??/??",
-    17: "mmm-yy", 37: "#,##0 ;(#,##0)", 38: "#,##0 ;[Red](#,##0)", 48: "##0.0E+0",
+    1: "0", 3: "#,##0", 5: '"$"#,##0_);("$"#,##0)', 6: '"$"#,##0_);[Red]("$"#,##0)',
+    7: '"$"#,##0.00_);("$"#,##0.00)', 8: '"$"#,##0.00_);[Red]("$"#,##0.00)', 9: "0%",
+    10: "0.00%", 11: "0.00E+00", 12: "# ?/?", 13: "# ??/??", 17: "mmm-yy",
+    37: "#,##0_);(#,##0)", 38: "#,##0_);[Red](#,##0)",
+    41: '_(* #,##0_);_(* \\(#,##0\\);_(* "-"_);_(@_)',
+    42: '_("$"* #,##0_);_("$"* \\(#,##0\\);_("$"* "-"_);_(@_)', 47: "mmss.0", 48: "##0.0E+0",
 }
 
-_QUOTED = re.compile(r'"[^"]*"|\\.|_.|\*.')  # literal text, an escaped char, spacing, fill
+_TEXT = re.compile(r'"[^"]*"|\\.')  # literal text, an escaped character
+_SPACING = re.compile(r"_.|\*.")  # room for a character, a fill: no text shown
 _BRACKETS = re.compile(r"\[[^\]]*\]")  # colour, condition, locale ([$-41D], [$kr-41D])
 _DIGIT = re.compile(r"[0#?]")
 _DATE_TOKEN = re.compile(r"[ymdhs]", re.I)
@@ -63,8 +68,11 @@ class Format:
     def of(self, value: str) -> frozenset[str]:
         """The traits of one cell holding ``value`` (its ``<v>`` text)."""
         try:
-            number = Decimal(value)
-        except InvalidOperation:
+            # As Excel shows it: 15 significant digits (57.900000000000006 is 57.9).
+            number = Decimal(f"{float(value):.15g}")
+        except (InvalidOperation, ValueError):
+            return self.traits
+        if not number.is_finite():
             return self.traits
         found = set(self.traits)
         exponent = number.normalize().as_tuple().exponent
@@ -84,13 +92,16 @@ class Format:
 
 def parse(code: str) -> Format:
     """What ``code`` does to a positive number (its first section)."""
-    plain = _BRACKETS.sub("", code)
-    literal = bool(_QUOTED.search(plain)) or bool(re.search(r"\[\$[^\]-]+", code))
-    first = _first_section(_QUOTED.sub("", plain))
+    shown = _first_section(_SPACING.sub("", _BRACKETS.sub("", code)))  # positive numbers
+    literal = any(text.strip('"\\ ') for text in _TEXT.findall(shown)) or bool(
+        re.search(r"\[\$[^\]-]+", _first_section(code)))  # text, or a currency [$kr-41D]
+    first = _TEXT.sub("", shown)
     traits: set[str] = set()
     if code.strip().lower() in ("general", "") or _ELAPSED.search(code) or "@" in first:
         return Format(code, frozenset(), None, 0)  # as held; a duration; text as typed
-    if _DATE_TOKEN.search(first) and not _DIGIT.search(first):
+    if "general" in first.lower():  # every decimal shown, maybe with text around it
+        return Format(code, frozenset({"literal"} if literal else set()), None, 0)
+    if _DATE_TOKEN.search(first):  # a date or a time (hh:mm:ss.000 too)
         tokens = first.lower()
         if "d" not in tokens and ("y" in tokens or ("m" in tokens and not re.search(
                 r"[hs]", tokens))):

@@ -1213,7 +1213,7 @@ class _Engine:
                 if candidates or unsure:
                     known = self.journal.known_ids(record_id(r) or "" for r in
                                                    candidates + unsure)
-                    ahead = getattr(self.client, "clock_offset", None) or 0.0
+                    ahead = _clock_ahead(self.client)
                     fresh = [r for r in candidates if _id_lower(r) not in known
                              and _created_after(r, sent_after, ahead)]
                     if fresh:
@@ -1288,6 +1288,20 @@ class _Engine:
 
 
 CLOCK_SKEW = timedelta(hours=1)  # generous: a missed record would be posted twice
+# The most this machine's clock may be off the API's for the read-back to allow for it (a
+# clock kept in Swedish time but read as UTC: one or two hours); beyond it the read-back
+# claims nothing created before the send by this clock, and leaves the row unknown.
+MAX_CLOCK_OFFSET = 6 * 3600.0
+
+
+def _clock_ahead(client: Any) -> float:
+    """Seconds this machine's clock runs ahead of the API's: from the answers to POSTs (never
+    cached), else from other answers that came from no cache (no ``Age``); 0 when none told,
+    or when it is more than :data:`MAX_CLOCK_OFFSET` (then nothing is claimed for it)."""
+    ahead = getattr(client, "clock_offset", None)
+    if ahead is None:
+        ahead = getattr(client, "read_clock_offset", None)
+    return ahead if ahead is not None and abs(ahead) <= MAX_CLOCK_OFFSET else 0.0
 
 
 def _created_after(record: dict[str, Any], sent_after: str | None, ahead: float = 0.0) -> bool:

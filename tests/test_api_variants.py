@@ -487,6 +487,30 @@ def test_an_identical_record_entered_hours_before_is_neither_claimed_nor_proof(
         in out.message
 
 
+def test_a_stale_date_on_reads_does_not_claim_an_older_identical_record(
+        serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """helper-60: a proxy answers the read-back with the Date of three hours ago. Taken for
+    this machine's clock running three hours fast, it widened the window and claimed the
+    identical record entered by other means two hours before. The answer to the POST (never
+    from a cache) tells the clock; the record stays unclaimed."""
+    import doc_server
+
+    stale = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() - 3 * 3600))
+    real = doc_server._Handler.date_time_string
+
+    def date_time_string(self: Any, timestamp: Any = None) -> str:
+        return stale if self.command == "GET" else str(real(self, timestamp))
+
+    monkeypatch.setattr(doc_server._Handler, "date_time_string", date_time_string)
+    server = serve(Variant(lose=["late"], late_seconds=2.0))
+    payload = body(100.0)
+    two_hours_ago = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() - 7200))
+    server.add(RESOURCE, {**payload, "_id": "68b82422d6fd1d378f17aaaa", "status": "completed",
+                          "_created": two_hours_ago})
+    [out] = post(server, tmp_path, [row(payload)], settle=0.0)
+    assert (out.status, out.reason) == ("error", "outcome_unknown"), out.message
+
+
 def _twin(planned: PlannedRow, number: int) -> PlannedRow:
     """The same row in another file (copy.csv), at row ``number``."""
     return replace(planned, file_name="copy.csv", file_sha256="c" * 64, row=number,

@@ -451,6 +451,9 @@ def test_a_stray_cell_far_to_the_right_is_refused_by_name(tmp_path: Path) -> Non
         open_file(save(wb, tmp_path, "p.xlsx"), ReadOptions())
 
 
+SV_ACCOUNTING = '_-* #,##0.00 "kr"_-;-* #,##0.00 "kr"_-;_-* "-"?? "kr"_-;_-@_-'
+
+
 def _formatted(tmp_path: Path, cells: dict[str, tuple[Any, str]]) -> list[dict[str, Any]]:
     """A one-row payments sheet with {cell: (value, number format)} set, validated: the
     report frame's row."""
@@ -480,6 +483,11 @@ def _formatted(tmp_path: Path, cells: dict[str, tuple[Any, str]]) -> list[dict[s
      "with text or characters around its digits"),
     ({"E2": (dt.datetime(2025, 7, 1), "mmmm yyyy")}, "Bank transaction date",
      "without its day"),
+    # Excel's built-in ids, which openpyxl writes without a numFmt element (helper-60).
+    ({"D2": (1234.5, openpyxl.styles.numbers.BUILTIN_FORMATS[41])}, "Amount",
+     "with fewer decimals"),
+    ({"D2": (1234.5, openpyxl.styles.numbers.BUILTIN_FORMATS[5])}, "Amount",
+     "with fewer decimals"),
 ])
 def test_a_cell_shown_otherwise_than_it_holds_is_an_error(
         tmp_path: Path, cells: dict[str, tuple[Any, str]], field: str, how: str) -> None:
@@ -517,6 +525,14 @@ def test_a_cell_shown_otherwise_is_seen_by_the_full_scan_too(tmp_path: Path) -> 
     {"D2": (1234.5, '#,##0.00 "kr"')}, {"D2": (1234.5, "[$kr-41D] #,##0.00")},
     {"B2": (1234, "General"), "E2": (dt.datetime(2025, 7, 1), "yyyy-mm-dd")},
     {"B2": (1234, "@")}, {"D2": (1234.5, "# ?/?")}, {"E2": (dt.datetime(2025, 7, 1), "[h]:mm")},
+    # helper-60: sums in the Swedish currency and accounting formats (57.900000000000006 is
+    # shown 57,90 kr), General with text or a colour, padding after an invoice number, a
+    # date-time to the millisecond.
+    {"D2": (12.3 + 45.6, '#,##0.00 "kr"')}, {"D2": (9017490.38 + 5115.55, SV_ACCOUNTING)},
+    {"D2": (12.3 + 45.6, "[$kr-41D] #,##0.00")}, {"D2": (1234.5, "General;[Red]-General")},
+    {"D2": (1234.5, '"SEK "General')}, {"B2": (1234, "0_ ;[Red]\\-0\\ ")},
+    {"B2": (1234, "#,##0_ ;[Red]\\-#,##0\\ ")}, {"B2": (1234, "0_)")},
+    {"E2": (dt.datetime(2025, 7, 1, 13, 45, 12), "yyyy-mm-dd hh:mm:ss.000")},
 ])
 def test_a_cell_shown_as_it_holds_is_read_as_before(
         tmp_path: Path, cells: dict[str, tuple[Any, str]]) -> None:
