@@ -189,7 +189,23 @@ def _per_unique(
     Returns:
         (parsed values aligned with ``positions``, positions that failed, their problems).
     """
-    codes, uniques = pd.factorize(arr[positions], use_na_sentinel=False)
+    values = arr[positions]
+    # A cell marked with its number format equals (and hashes as) its plain number, but has
+    # a verdict of its own: each is parsed alone, never grouped with its equals.
+    marked = np.fromiter((isinstance(v, SHOWN) for v in values), dtype=bool, count=len(values))
+    if marked.any():
+        own = [parse(v) for v in values[marked]]
+        plain_values, plain_failed, plain_problems = _per_unique(arr, positions[~marked], parse)
+        out = np.empty(len(positions), dtype=object)
+        out[~marked] = plain_values
+        out[marked] = [r[0] for r in own]
+        failed_here = [(p, r[1]) for p, r in zip(positions[marked], own, strict=True)
+                       if r[1] is not None]
+        merged = sorted([*zip(plain_failed.tolist(), plain_problems, strict=True),
+                         *failed_here], key=lambda item: item[0])
+        return (out, np.array([p for p, _ in merged], dtype=np.int64),
+                [problem for _, problem in merged])
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
     results = [parse(u) for u in uniques]
     parsed = np.empty(len(results), dtype=object)
     parsed[:] = [r[0] for r in results]
@@ -533,6 +549,9 @@ def _amount_typed(value: Any) -> tuple[str | None, Problem | None]:
         return f"{value}.00", None
     if not math.isfinite(value):
         return None, Problem("invalid_amount", f"is not a finite number; {_WRITE}")
+    if abs(value) >= MAX_AMOUNT:  # (and past Decimal's 28 digits: 1e26 cannot be rounded)
+        return None, Problem("invalid_amount", "is too large (1 000 000 000 000 or more); "
+                             "check the amount")
     # As Excel shows a number: 15 significant digits. Its arithmetic leaves artefacts past
     # them (0.30000000000000004; 9017490.38 + 5115.55 = 9022605.930000002, an artefact larger
     # than 1e-9 above 2**23): those are rounded away, while 1.005 is still refused.

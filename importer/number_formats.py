@@ -67,6 +67,8 @@ class Format:
 
     def of(self, value: str) -> frozenset[str]:
         """The traits of one cell holding ``value`` (its ``<v>`` text)."""
+        if value.isdigit() and (self.digits <= 1 or len(value) >= self.digits):
+            return self.traits  # a whole number, shown whole, with no leading zeros added
         try:
             # As Excel shows it: 15 significant digits (57.900000000000006 is 57.9).
             number = Decimal(f"{float(value):.15g}")

@@ -73,8 +73,9 @@ _OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")  # the Compound File Binary signature
 
 Fixes = dict[int, list[tuple[int, str]]]  # 0-based row -> [(0-based column, value)]
 _ROW_TAG = re.compile(rb"<" + _P + rb"row\s([^>]*)>")
-# What a block must hold for a row in it to be hidden (a low height: 0, .5, " 0"…).
-_HIDING = (b"hidden", b'ht="0', b'ht=".', b'ht=" ')
+# A row height that may be under a point: a block with one (or "hidden") is searched.
+_ODD_ATTRIBUTES = (b"='", b"= ", b" =", b"=\t", b"\t=", b"&#")
+_LOW_HEIGHT = re.compile(rb'ht\s*=\s*"[^1-9]')  # ht="0", ".5", " 0", "+0", "&#48;"…
 _ATTRIBUTE = re.compile(rb"\b([\w:]+)=\"([^\"]*)\"")
 _HIDDEN_COLS = re.compile(rb"<" + _P + rb"col\s[^>]*\bhidden=\"(?:1|true)\"")
 
@@ -196,18 +197,24 @@ def _styles(path: Path) -> dict[int, Format]:
             styles = ElementTree.fromstring(archive.read(_part_name(folder, target)))
     except (KeyError, zipfile.BadZipFile, ElementTree.ParseError, OSError):
         return {}
+    # The cells' formats only: <numFmts> and <cellXfs> at the top, not the conditional
+    # formats' own (<dxfs>), which may reuse the same ids.
+    parts = {e.tag.rpartition("}")[2]: e for e in styles}
     codes = dict(BUILTIN)
-    for element in styles.iter():
-        if element.tag.endswith("}numFmt") and (number := element.get("numFmtId", "")).isdigit():
-            codes[int(number)] = element.get("formatCode", "")
+    for element in parts.get("numFmts", []):
+        if (number := _number(element.get("numFmtId"))) is not None:
+            codes[number] = element.get("formatCode", "")
     found: dict[int, Format] = {}
-    cell_xfs = next((e for e in styles.iter() if e.tag.endswith("}cellXfs")), None)
-    for index, xf in enumerate(cell_xfs if cell_xfs is not None else []):
-        number = xf.get("numFmtId", "0")
-        code = codes.get(int(number)) if number.isdigit() else None
+    for index, xf in enumerate(parts.get("cellXfs", [])):
+        code = codes.get(_number(xf.get("numFmtId", "0")) or 0)
         if code is not None and (number_format := parse(code)).suspect:
             found[index] = number_format
     return found
+
+
+def _number(text: str | None) -> int | None:
+    """An attribute's whole number (ASCII digits only: ``"²".isdigit()`` is true)."""
+    return int(text) if text and text.isascii() and text.isdigit() else None
 
 
 def _workbook_part(archive: zipfile.ZipFile) -> str:
@@ -296,7 +303,10 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
         :func:`_scan_by_position`).
     """
     pending: list[bytes] = []  # a row longer than a block, read so far (joined once)
-    markers = [b' s="%d"' % index for index in scan.styles]
+    if 0 in scan.styles:
+        return False  # cells without s= take style 0: the full scan reads every cell
+    markers = [b's="%d"' % index for index in scan.styles]
+    styled = _styled_cells(scan.styles)
     while True:
         block = stream.read(XML_BLOCK)
         if block:  # only whole rows are searched; the rest waits for the next block
@@ -308,16 +318,17 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
             pending = [block[cut + 4:]]
         else:
             data = b"".join(pending)
-        if b"='" in data or b"= " in data or b" =" in data:
-            # Single-quoted or spaced attributes: the regular expressions would miss them.
+        if any(odd in data for odd in _ODD_ATTRIBUTES):
+            # Single-quoted or spaced attributes, character references: the regular
+            # expressions would miss them.
             return False
         # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
         if (b"<f" in data or b":f" in data or b't="e"' in data) and not _fix_cells(
                 data, scan, name):
             return False
-        if any(mark in data for mark in _HIDING) and not _hidden_rows(data, scan):
+        if (b"hidden" in data or _LOW_HEIGHT.search(data)) and not _hidden_rows(data, scan):
             return False
-        if any(mark in data for mark in markers) and not _shown_cells(data, scan):
+        if any(mark in data for mark in markers) and not _shown_cells(data, scan, styled):
             return False
         if b"mergeCell" in data:
             scan.merged += [m.decode("ascii", "replace") for m in _MERGE_CELL.findall(data)]
@@ -325,10 +336,17 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
             return True
 
 
-def _shown_cells(data: bytes, scan: SheetScan) -> bool:
+def _styled_cells(styles: dict[int, Format]) -> re.Pattern[bytes]:
+    """A pattern for the cells of the given styles only (attributes, inner XML)."""
+    ids = b"|".join(b"%d" % index for index in sorted(styles)) or b"-"
+    return re.compile(rb"<" + _P + rb"c\s([^>]*?\bs=\"(?:" + ids + rb")\"[^>]*?)(?:/>|>(.*?)</"
+                      + _P + rb"c>)", re.S)
+
+
+def _shown_cells(data: bytes, scan: SheetScan, styled: re.Pattern[bytes]) -> bool:
     """The number cells of whole rows of sheet XML whose style's number format shows them
     otherwise than they hold; False when one cannot be placed (no ``r``)."""
-    for match in _CELL.finditer(data):
+    for match in styled.finditer(data):
         attrs, inner = match.group(1) or b"", match.group(2) or b""
         style = _STYLE.search(attrs)
         kind = _TYPE.search(attrs)
@@ -353,8 +371,9 @@ def _hidden_rows(data: bytes, scan: SheetScan) -> bool:
     """The hidden rows (and whether a column is hidden) of whole rows of sheet XML; False when
     a row's attributes cannot be read by pattern (the full scan parses them)."""
     for match in _ROW_TAG.finditer(data):
-        attributes = dict(_ATTRIBUTE.findall(match.group(1)))
-        if b"hidden" in match.group(1) and b"hidden" not in attributes:
+        tag = match.group(1)
+        attributes = dict(_ATTRIBUTE.findall(tag))
+        if re.search(rb"\s=|=\s", tag) or (b"hidden" in tag and b"hidden" not in attributes):
             return False  # written some other way (hidden\t=\t"1"): the XML parser reads it
         hidden = _row_hidden(attributes.get(b"hidden"), attributes.get(b"ht"))
         if hidden is None:
@@ -413,8 +432,8 @@ def _scan_by_position(stream: IO[bytes], scan: SheetScan, name: str) -> None:
         if tag == "c":
             children = {child.tag.rpartition("}")[2]: child for child in element}
             value_tag = children.get("v")
-            style = element.get("s", "")
-            number_format = scan.styles.get(int(style)) if style.isdigit() else None
+            style = _number(element.get("s", "0"))  # no s: the first style, as Excel reads it
+            number_format = scan.styles.get(style) if style is not None else None
             if number_format is not None and element.get("t", "n") == "n" and \
                     value_tag is not None and (traits := number_format.of(value_tag.text or "")):
                 scan.shown.setdefault(row, []).append((column, number_format.code, traits))
@@ -708,7 +727,8 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
         info.notes.append(f"{where}some columns are hidden; they are read like the others")
     # header_row is the header's row number, i.e. the 0-based index of the first data row.
     recognised = [p for p, c in zip(positions, columns, strict=True) if c in fields]
-    merged = _merged_rows(scan.merged, header_row, set(recognised))
+    last = max([sheet.end[0] if sheet.end is not None else 0, *fixes, header_row])
+    merged = _merged_rows(scan.merged, header_row, last, set(recognised))
     if scan.untrusted:
         sent = set(recognised)  # a formula in a column never sent harms nothing
         untrusted = sum(value is FORMULA_WITHOUT_VALUE and column in sent
@@ -735,10 +755,11 @@ def _open_sheet(path: Path, book: Any, sheet_name: str, part: str | None, recalc
     return table
 
 
-def _merged_rows(ranges: list[str], first_row: int, columns: set[int]) -> dict[int, str]:
-    """The data rows (0-based, from ``first_row``) that lie in merged cells below their first
-    row, or right of their first column, over a column that is read: the value the person
-    sees there is held by the first cell only, and the row's own cell is empty."""
+def _merged_rows(ranges: list[str], first_row: int, last_row: int,
+                 columns: set[int]) -> dict[int, str]:
+    """The data rows (0-based, ``first_row`` to ``last_row``) that lie in merged cells below
+    their first row, or right of their first column, over a column that is read: the value
+    the person sees there is held by the first cell only, and the row's own cell is empty."""
     rows: dict[int, str] = {}
     for ref in ranges:
         found = _RANGE.match(ref.replace("$", ""))
@@ -747,7 +768,9 @@ def _merged_rows(ranges: list[str], first_row: int, columns: set[int]) -> dict[i
         first_col, last_col = (_column_index(found.group(i).encode()) for i in (1, 3))
         top, bottom = int(found.group(2)) - 1, int(found.group(4)) - 1
         read = [c for c in columns if first_col <= c <= last_col]
-        for row in range(max(top, first_row), bottom + 1):
+        if not read:
+            continue
+        for row in range(max(top, first_row), min(bottom, last_row) + 1):
             if any((row, c) != (top, first_col) for c in read):
                 rows.setdefault(row, ref)
     return rows

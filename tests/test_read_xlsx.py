@@ -873,3 +873,147 @@ def test_a_formula_cell_without_any_attribute_is_not_read_as_empty(tmp_path: Pat
     for path in (plain, other):
         _, (table,) = open_file(path, ReadOptions())
         assert [r["Amount"] for r in rows(table)] == [FORMULA_WITHOUT_VALUE, 7], path.name
+
+
+def _check_h61(path: Path) -> Any:
+    from importer.config import Config
+    from importer.validate import Checker
+
+    _, (table,) = open_file(path, ReadOptions())
+    [chunk] = list(table.chunks())
+    return Checker(table, Config(), dt.datetime(2025, 8, 1, tzinfo=dt.UTC)).check(chunk)
+
+
+# helper-61: a review of the number-format and merged-cell checks.
+@pytest.mark.parametrize("code", ["#,##0", ";;;", "0%"])
+def test_a_shown_amount_equal_to_an_earlier_plain_one_is_still_an_error(tmp_path: Path,
+                                                                        code: str) -> None:
+    """Row 2 holds 1234.5 shown as held; row 3 the same amount in a format that shows it
+    otherwise. amounts() parses once per distinct value (pd.factorize): ShownNumber(1234.5)
+    == 1234.5, so row 3 takes row 2's result and is posted."""
+    wb, ws = payments_book()
+    ws.append([CRED, "INV-1", "SEK", 1234.5, dt.date(2025, 7, 1)])
+    ws.append([CRED, "INV-2", "SEK", 1234.5, dt.date(2025, 7, 1)])
+    ws["D3"].number_format = code
+    out = _check_h61(save(wb, tmp_path, "p.xlsx"))
+    assert out["reason"].tolist() == [None, "number_format"], out["message"].tolist()
+
+
+def test_a_plain_amount_equal_to_an_earlier_shown_one_is_valid(tmp_path: Path) -> None:
+    """The other way round: the plain row is refused for its neighbour's format."""
+    wb, ws = payments_book()
+    ws.append([CRED, "INV-1", "SEK", 1234.5, dt.date(2025, 7, 1)])
+    ws.append([CRED, "INV-2", "SEK", 1234.5, dt.date(2025, 7, 1)])
+    ws["D2"].number_format = "#,##0"
+    out = _check_h61(save(wb, tmp_path, "p.xlsx"))
+    assert out["reason"].tolist() == ["number_format", None], out["message"].tolist()
+
+
+
+def _amount_book(tmp_path: Path, code: str = "#,##0") -> Path:
+    wb, ws = payments_book()
+    ws.append([CRED, "INV-1", "SEK", 1234.5, dt.date(2025, 7, 1)])
+    ws["D2"].number_format = code
+    return save(wb, tmp_path, "plain.xlsx")
+
+
+@pytest.mark.parametrize("style", ['\ns="1"', ' s\t=\t"1"', ' s="&#49;"'])
+def test_a_style_written_after_a_line_break_is_seen(tmp_path: Path, style: str) -> None:
+    """<c r="D2"\ns="1"> is well-formed XML: the fast scan's marker b' s="1"' misses it
+    (no space before s=), so 1234.5 under #,##0 (shown 1 235) is posted as 1234.50."""
+    path = _rewrite(_amount_book(tmp_path), tmp_path / "p.xlsx",
+                    lambda n, t: t.replace(' s="1"', style) if n.endswith("sheet1.xml") else t)
+    assert _check_h61(path)["reason"].tolist() == ["number_format"]
+
+
+def test_a_non_ascii_digit_numfmtid_rejects_the_file_not_the_run(tmp_path: Path) -> None:
+    """'²'.isdigit() is True but int('²') raises: an uncaught ValueError ends the whole run
+    (exit 3, 'unexpected error'), other files unreported."""
+    path = _rewrite(_amount_book(tmp_path), tmp_path / "p.xlsx",
+                    lambda n, t: t.replace('numFmtId="164"', 'numFmtId="²"')
+                    if n.endswith("styles.xml") else t)
+    assert 'numFmtId="²"' in zipfile.ZipFile(path).read("xl/styles.xml").decode()
+    # Read as before (the amount's #,##0 is a built-in id): the odd id is just no format.
+    assert _check_h61(path)["reason"].tolist() == ["number_format"]
+
+
+def test_a_conditional_formats_numfmt_does_not_replace_a_cell_format(tmp_path: Path) -> None:
+    """A <dxf><numFmt numFmtId="165" .../></dxf> (conditional formatting) is read by
+    styles.iter() after <numFmts> and replaces cellXfs' format 165: #,##0 becomes 0.00."""
+    def change(n: str, t: str) -> str:
+        if n.endswith("styles.xml"):
+            t = re.sub(r"<dxfs[^>]*/>|<dxfs.*?</dxfs>", "", t)
+            t = t.replace("<tableStyles", '<dxfs count="1"><dxf><numFmt numFmtId="165" '
+                          'formatCode="0.00"/></dxf></dxfs><tableStyles')
+        return t
+    path = _rewrite(_amount_book(tmp_path, "0_ "), tmp_path / "p.xlsx", change)
+    assert 'formatCode="0_ "' in zipfile.ZipFile(path).read("xl/styles.xml").decode()
+    assert _check_h61(path)["reason"].tolist() == ["number_format"]
+
+
+def test_a_dxf_numfmt_with_id_0_does_not_make_general_a_percentage(tmp_path: Path) -> None:
+    """axlsx/caxlsx write a conditional format's numFmt with numFmtId="0" unless told: read
+    with styles.iter(), it turns General (id 0) into 0%, and a good amount in a bold General
+    cell is refused as 'shown as a percentage'."""
+    wb, ws = payments_book()
+    ws.append([CRED, "INV-1", "SEK", 1234.5, dt.date(2025, 7, 1)])
+    ws["D2"].font = openpyxl.styles.Font(bold=True)  # a style of its own, numFmtId 0
+    path = save(wb, tmp_path, "plain.xlsx")
+
+    def change(n: str, t: str) -> str:
+        if n.endswith("styles.xml"):
+            t = re.sub(r"<dxfs[^>]*/>|<dxfs.*?</dxfs>", "", t)
+            t = t.replace("<tableStyles", '<dxfs count="1"><dxf><numFmt numFmtId="0" '
+                          'formatCode="0%"/></dxf></dxfs><tableStyles')
+        return t
+    out = _check_h61(_rewrite(path, tmp_path / "p.xlsx", change))
+    assert out["reason"].tolist() == [None], out["message"].tolist()
+
+
+def test_a_cell_without_s_takes_style_0_and_its_format(tmp_path: Path) -> None:
+    """A cell without s= has style 0 (cellXfs' first xf; Excel never writes s="0"). A
+    template whose Normal style is #,##0 shows 1234.5 as 1 235: not marked, posted 1234.50."""
+    wb, ws = payments_book()
+    ws.append([CRED, "INV-1", "SEK", 1234.5, "2025-07-01"])
+    path = save(wb, tmp_path, "plain.xlsx")
+    assert b'r="D2" s=' not in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
+    path = _rewrite(path, tmp_path / "p.xlsx", lambda n, t: re.sub(
+        r'(<cellXfs[^>]*><xf )numFmtId="0"', r'\1numFmtId="3"', t)
+        if n.endswith("styles.xml") else t)
+    assert '<xf numFmtId="3"' in zipfile.ZipFile(path).read("xl/styles.xml").decode()
+    assert _check_h61(path)["reason"].tolist() == ["number_format"]
+
+
+@pytest.mark.parametrize("row_3", [
+    '<row r="3" ht\t=\t"0" customHeight="1">', '<row r="3" ht="+0" customHeight="1">',
+    '<row r="3" ht="-0" customHeight="1">', '<row r="3" ht="\t0" customHeight="1">',
+    '<row r="3" ht="&#48;" customHeight="1">'])
+def test_a_zero_height_row_is_seen_however_its_height_is_written(tmp_path: Path,
+                                                                  row_3: str) -> None:
+    def hide(name: str, text: str) -> str:
+        if name.endswith("sheet1.xml"):
+            text, n = re.subn(r'<row r="3"[^>]*>', row_3, text)
+            assert n == 1
+        return text
+
+    path = _rewrite(_three_rows(tmp_path), tmp_path / "payments.xlsx", hide)
+    _, (table,) = open_file(path, ReadOptions())
+    assert [r["_hidden"] for r in rows(table)] == [False, True, False]
+
+
+def test_an_amount_cell_of_1e26_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """helper-61: Decimal cannot round 1e26 to cents (28 digits): the run ended in an
+    unexpected error, with no report."""
+    wb, ws = payments_book()
+    ws.append([CRED, "INV-1", "SEK", 1e26, dt.date(2025, 7, 1)])
+    assert _check_h61(save(wb, tmp_path, "p.xlsx"))["reason"].tolist() == ["invalid_amount"]
+
+
+def test_merged_rows_are_only_those_of_read_columns_within_the_sheet() -> None:
+    """helper-61: a merge over a whole unread column walked a million rows for nothing, one
+    over the whole sheet stored a million; only read columns count, down to the last row."""
+    from importer.read_xlsx import _merged_rows
+
+    assert _merged_rows(["H2:H1048576"] * 50, 1, 10, {0, 1}) == {}
+    assert _merged_rows(["A1:XFD1048576"], 1, 10, {0, 1}) == dict.fromkeys(range(1, 11),
+                                                                          "A1:XFD1048576")
