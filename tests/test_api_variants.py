@@ -468,18 +468,24 @@ def test_a_proxys_503_after_the_record_was_stored_is_read_back(serve: Any,
     assert (busy.status, server.posts, len(server.records)) == ("completed", 3, 2)
 
 
+def _with_an_identical_record_two_hours_old(serve: Any) -> tuple[DocServer, str]:
+    """A server holding body(100.0) entered by other means two hours ago, whose next POST
+    answers 500 and stores its record only later (too late for a read-back at once)."""
+    server = serve(Variant(lose=["late"], late_seconds=2.0))
+    two_hours_ago = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() - 7200))
+    server.add(RESOURCE, {**body(100.0), "_id": "68b82422d6fd1d378f17aaaa",
+                          "status": "completed", "_created": two_hours_ago})
+    return server, two_hours_ago
+
+
 def test_an_identical_record_entered_hours_before_is_neither_claimed_nor_proof(
         serve: Any, tmp_path: Path) -> None:
     """Amili holds an identical payment entered by other means two hours before; this row's
     POST gets a 500 and is not stored in time for the read-back. That record is not this
     row's (not claimed), nor proof that nothing was stored: the outcome stays unknown,
     nothing is sent again, and the message names the record and the clocks."""
-    server = serve(Variant(lose=["late"], late_seconds=2.0))
-    payload = body(100.0)
-    two_hours_ago = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() - 7200))
-    server.add(RESOURCE, {**payload, "_id": "68b82422d6fd1d378f17aaaa", "status": "completed",
-                          "_created": two_hours_ago})
-    [out] = post(server, tmp_path, [row(payload)], settle=0.0)
+    server, two_hours_ago = _with_an_identical_record_two_hours_old(serve)
+    [out] = post(server, tmp_path, [row(body(100.0))], settle=0.0)
     assert (out.status, out.reason, server.posts) == ("error", "outcome_unknown", 1)
     assert (f"Amili holds an identical record 68b82422d6fd1d378f17aaaa created {two_hours_ago},"
             " over an hour before this row was sent") in out.message
@@ -502,12 +508,8 @@ def test_a_stale_date_on_reads_does_not_claim_an_older_identical_record(
         return stale if self.command == "GET" else str(real(self, timestamp))
 
     monkeypatch.setattr(doc_server._Handler, "date_time_string", date_time_string)
-    server = serve(Variant(lose=["late"], late_seconds=2.0))
-    payload = body(100.0)
-    two_hours_ago = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() - 7200))
-    server.add(RESOURCE, {**payload, "_id": "68b82422d6fd1d378f17aaaa", "status": "completed",
-                          "_created": two_hours_ago})
-    [out] = post(server, tmp_path, [row(payload)], settle=0.0)
+    server, _ = _with_an_identical_record_two_hours_old(serve)
+    [out] = post(server, tmp_path, [row(body(100.0))], settle=0.0)
     assert (out.status, out.reason) == ("error", "outcome_unknown"), out.message
 
 
