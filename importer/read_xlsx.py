@@ -73,8 +73,10 @@ _OLE2 = bytes.fromhex("d0cf11e0a1b11ae1")  # the Compound File Binary signature
 
 Fixes = dict[int, list[tuple[int, str]]]  # 0-based row -> [(0-based column, value)]
 _ROW_TAG = re.compile(rb"<" + _P + rb"row\s([^>]*)>")
-# A row height that may be under a point: a block with one (or "hidden") is searched.
+# What the fast scan's patterns cannot read (single-quoted or spaced attributes, character
+# references): a block holding one is read by the XML parser instead.
 _ODD_ATTRIBUTES = (b"='", b"= ", b" =", b"=\t", b"\t=", b"&#")
+# A row height that may be under a point: a block with one (or "hidden") is searched.
 _LOW_HEIGHT = re.compile(rb'ht\s*=\s*"[^1-9]')  # ht="0", ".5", " 0", "+0", "&#48;"…
 _ATTRIBUTE = re.compile(rb"\b([\w:]+)=\"([^\"]*)\"")
 _HIDDEN_COLS = re.compile(rb"<" + _P + rb"col\s[^>]*\bhidden=\"(?:1|true)\"")
@@ -319,8 +321,6 @@ def _scan_blocks(stream: IO[bytes], scan: SheetScan, name: str) -> bool:
         else:
             data = b"".join(pending)
         if any(odd in data for odd in _ODD_ATTRIBUTES):
-            # Single-quoted or spaced attributes, character references: the regular
-            # expressions would miss them.
             return False
         # Plain substring tests (memchr-fast); a false alarm only costs the cell regex.
         if (b"<f" in data or b":f" in data or b't="e"' in data) and not _fix_cells(
