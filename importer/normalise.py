@@ -181,6 +181,27 @@ def _filled(n: int, value: Any) -> np.ndarray:
     return out
 
 
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize``, except that a cell marked with its number format (it equals, and
+    hashes as, its plain number or date) is a value of its own: its verdict is its own.
+
+    Returns:
+        (codes, distinct values as an object array).
+    """
+    marked = np.fromiter((isinstance(v, SHOWN) for v in values), dtype=bool, count=len(values))
+    codes, found = pd.factorize(values[~marked] if marked.any() else values,
+                                use_na_sentinel=False)
+    uniques = np.empty(len(found) + int(marked.sum()), dtype=object)
+    uniques[:len(found)] = list(found)
+    if not marked.any():
+        return codes, uniques
+    every = np.empty(len(values), dtype=np.int64)
+    every[~marked] = codes
+    every[marked] = np.arange(len(found), len(uniques))
+    uniques[len(found):] = values[marked]
+    return every, uniques
+
+
 def _per_unique(
     arr: np.ndarray, positions: np.ndarray, parse: Callable[[Any], tuple[Any, Problem | None]]
 ) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
@@ -189,23 +210,7 @@ def _per_unique(
     Returns:
         (parsed values aligned with ``positions``, positions that failed, their problems).
     """
-    values = arr[positions]
-    # A cell marked with its number format equals (and hashes as) its plain number, but has
-    # a verdict of its own: each is parsed alone, never grouped with its equals.
-    marked = np.fromiter((isinstance(v, SHOWN) for v in values), dtype=bool, count=len(values))
-    if marked.any():
-        own = [parse(v) for v in values[marked]]
-        plain_values, plain_failed, plain_problems = _per_unique(arr, positions[~marked], parse)
-        out = np.empty(len(positions), dtype=object)
-        out[~marked] = plain_values
-        out[marked] = [r[0] for r in own]
-        failed_here = [(p, r[1]) for p, r in zip(positions[marked], own, strict=True)
-                       if r[1] is not None]
-        merged = sorted([*zip(plain_failed.tolist(), plain_problems, strict=True),
-                         *failed_here], key=lambda item: item[0])
-        return (out, np.array([p for p, _ in merged], dtype=np.int64),
-                [problem for _, problem in merged])
-    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    codes, uniques = _distinct(arr[positions])
     results = [parse(u) for u in uniques]
     parsed = np.empty(len(results), dtype=object)
     parsed[:] = [r[0] for r in results]
@@ -640,6 +645,7 @@ _DATE_FORMS = ("write RFC 1123 in GMT (Fri, 04 Jul 2025 16:20:41 GMT) or ISO 860
 # read as 1899-12-31) and Unix's 0 (1970-01-01). A date before the day after that last one is
 # taken for such a placeholder, never posted as a real date.
 _FLOOR = datetime(1970, 1, 2)
+_DAY_TRAITS = frozenset({"no_day"})
 _PLACEHOLDER = Problem("placeholder_date", "is before 1970-01-02: the way systems write 'no "
                        "date' (0001-01-01, Excel's day 0, 1970-01-01), not a real date; write "
                        "the real date, or leave an optional date empty")
@@ -694,9 +700,8 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
                                  f"{moment:%d} {mon} {moment:%Y} is a {right}; write '{fixed}'")
         tz = m["tz"].upper()
         if tz[0] in "+-":
-            if int(tz[1:3]) > 14 or int(tz[3:5]) > 59:  # no place on Earth is further off
-                return None, Problem("invalid_date", f"has a time-zone offset ({tz}) that is "
-                                     f"not a real one; {_DATE_FORMS}")
+            if (unreal := _unreal_offset(tz)) is not None:
+                return None, unreal
             offset = int(tz[1:3]) * 60 + int(tz[3:5])
             try:
                 moment -= timedelta(minutes=offset if tz[0] == "+" else -offset)
@@ -714,10 +719,8 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
             return None, Problem("invalid_date", "has no time zone; add Z for GMT or an "
                                  "offset such as +02:00 (e.g. 2025-07-04T16:20:41Z), or give "
                                  "the date alone (2025-07-04)")
-        zone = m["tz"].replace(":", "")
-        if zone[0] in "+-" and (int(zone[1:3]) > 14 or int(zone[3:5]) > 59):
-            return None, Problem("invalid_date", f"has a time-zone offset ({m['tz']}) that is "
-                                 f"not a real one; {_DATE_FORMS}")
+        if m["tz"][0] in "+-" and (unreal := _unreal_offset(m["tz"])) is not None:
+            return None, unreal
         try:
             moment = datetime.fromisoformat(t.upper().replace("Z", "+00:00"))
         except ValueError:
@@ -737,6 +740,16 @@ def _date_text(text: str) -> tuple[datetime | None, Problem | None]:
     return None, Problem("invalid_date", f"is not a date in an accepted form; {_DATE_FORMS}")
 
 
+def _unreal_offset(tz: str) -> Problem | None:
+    """The problem of a time-zone offset (``+0200``, ``+02:00``) that no place has (no place
+    on Earth is more than 14 hours off GMT), or None."""
+    zone = tz.replace(":", "")
+    if int(zone[1:3]) > 14 or int(zone[3:5]) > 59:
+        return Problem("invalid_date", f"has a time-zone offset ({tz}) that is not a real one; "
+                       f"{_DATE_FORMS}")
+    return None
+
+
 def _date_cell(value: Any) -> tuple[datetime | None, Problem | None]:
     moment, problem = _cell(value, _date_text, _date_typed)
     if moment is not None and moment < _FLOOR:
@@ -745,6 +758,9 @@ def _date_cell(value: Any) -> tuple[datetime | None, Problem | None]:
 
 
 def _date_typed(value: Any) -> tuple[datetime | None, Problem | None]:
+    shown = _shown_problem(value, _DAY_TRAITS)  # a date cell shown without its day
+    if shown is not None:
+        return None, shown
     if isinstance(value, datetime):
         # An Excel date cell has no time zone; it is taken as GMT (a date alone is midnight).
         moment = value.to_pydatetime() if isinstance(value, pd.Timestamp) else value
@@ -787,15 +803,8 @@ def dates(raw: pd.Series) -> Parsed:
         rest = rest[~good]
     failed = np.empty(0, dtype=np.int64)
     problems: list[Problem] = []
-    no_day = [(p, problem) for p in rest
-              if (problem := _shown_problem(arr[p], frozenset({"no_day"}))) is not None]
-    if no_day:
-        rest = np.setdiff1d(rest, [p for p, _ in no_day])
     if len(rest):
         texts[rest], moments[rest], failed, problems = _dates_per_unique(arr, rest)
-    if no_day:
-        failed = np.concatenate([failed, np.array([p for p, _ in no_day], dtype=np.int64)])
-        problems = [*problems, *(problem for _, problem in no_day)]
     return Parsed(_obj_series(texts, raw.index), _errors(raw.index, failed, problems),
                   pd.Series(moments, index=raw.index))
 
@@ -879,7 +888,7 @@ def _dates_per_unique(arr: np.ndarray, positions: np.ndarray
     Returns:
         (texts, moments, the positions that failed, their problems).
     """
-    codes, uniques = pd.factorize(arr[positions], use_na_sentinel=False)
+    codes, uniques = _distinct(arr[positions])
     k = len(uniques)
     texts_u = _filled(k, None)
     moments = np.full(k, np.datetime64("NaT"), dtype="datetime64[us]")
@@ -892,7 +901,7 @@ def _dates_per_unique(arr: np.ndarray, positions: np.ndarray
             (type(u) is str and _RFC_CANONICAL.fullmatch(u) is not None for u in uniques),
             dtype=bool, count=k))
         if len(canonical):
-            texts_c = np.asarray(uniques, dtype=object)[canonical]
+            texts_c = uniques[canonical]
             iso = [f"{t[12:16]}-{_MONTH_NUMBER[t[8:11]]}-{t[5:7]}T{t[17:25]}" for t in texts_c]
             try:
                 when = np.array(iso, dtype="datetime64[us]")

@@ -147,9 +147,27 @@ def cell_value(value: Any) -> Any:
     return value
 
 
-def _sheet_parts(path: Path) -> tuple[dict[str, str] | None, bool]:
-    """Worksheet name → its XML part in the zip (None when the workbook's list of sheets
-    cannot be read), and whether the workbook asks to be calculated when opened.
+@dataclass(frozen=True)
+class _Book:
+    """What the reader needs of a workbook's own parts, beside what calamine reads.
+
+    Attributes:
+        parts: worksheet name → its XML part in the zip (None when the workbook's list of
+            sheets cannot be read).
+        recalculate: the workbook asks to be calculated when opened.
+        styles: the cell styles whose number format may show a number otherwise than it
+            holds (see :func:`_cell_formats`).
+    """
+
+    parts: dict[str, str] | None
+    recalculate: bool = False
+    styles: dict[int, Format] = field(default_factory=dict)
+
+
+def _read_book(path: Path) -> _Book:
+    """The workbook's parts, read from the zip once; a part that unpacks to more than
+    :data:`MAX_PART_BYTES` (a zip bomb, or far more than a sheet of a million rows needs)
+    rejects the workbook before anything unpacks it.
 
     The workbook part is found as Excel finds it: through the package's relationships
     (``_rels/.rels``; ``xl/workbook.xml`` when they name none).
@@ -159,16 +177,26 @@ def _sheet_parts(path: Path) -> tuple[dict[str, str] | None, bool]:
     do it: the results saved in such a file are placeholders (xlsxwriter writes 0 for every
     formula) or stale (a workbook Excel saved, then edited by such a program). Excel
     calculates on opening and drops the flag when it saves.
+
+    Raises:
+        FileRejected: a part unpacks to too much.
     """
     try:
         with zipfile.ZipFile(path) as archive:
+            big = max(archive.infolist(), key=lambda part: part.file_size, default=None)
+            if big is not None and big.file_size > MAX_PART_BYTES:
+                raise FileRejected(path.name, (
+                    f"its part {big.filename} unpacks to {big.file_size / 2**30:.1f} GiB, more "
+                    f"than any sheet of payments needs ({MAX_PART_BYTES // 2**30} GiB at most):"
+                    " not read. Check the file (save it again from Excel, or split it)"))
             workbook = _workbook_part(archive)
             folder, _, base = workbook.rpartition("/")
             book = ElementTree.fromstring(archive.read(workbook))
             rels = ElementTree.fromstring(archive.read(f"{folder}/_rels/{base}.rels"
                                                        if folder else f"_rels/{base}.rels"))
+            styles = _styles_part(archive, folder, rels)
     except (KeyError, zipfile.BadZipFile, ElementTree.ParseError, OSError):
-        return None, False
+        return _Book(None)  # not a zip (_workbook says what it is), or no list of sheets
     recalculate = any(e.tag.endswith("}calcPr") and e.get("fullCalcOnLoad") in ("1", "true")
                       for e in book)
     targets = {r.get("Id"): r.get("Target", "") for r in rels.iter()
@@ -179,26 +207,26 @@ def _sheet_parts(path: Path) -> tuple[dict[str, str] | None, bool]:
         if sheet.tag.endswith("}sheet") and rel in targets:
             target = targets[rel]  # r:id in the Transitional or the Strict namespace
             parts[sheet.get("name", "")] = _part_name(folder, target)
-    return parts, recalculate
+    return _Book(parts, recalculate, _cell_formats(styles) if styles is not None else {})
 
 
-def _styles(path: Path) -> dict[int, Format]:
-    """The workbook's cell styles (``cellXfs`` index) whose number format may show a number
-    otherwise than it holds (see importer/number_formats.py); {} when it has none, or no
-    readable styles part (calamine then reads no date formats either)."""
+def _styles_part(archive: zipfile.ZipFile, folder: str,
+                 rels: ElementTree.Element) -> ElementTree.Element | None:
+    """The workbook's styles part, parsed; None when it has none that can be read (calamine
+    then reads no date formats either)."""
+    target = next((r.get("Target", "") for r in rels.iter()
+                   if r.get("Type", "").endswith("/styles")), None)
+    if target is None:
+        return None
     try:
-        with zipfile.ZipFile(path) as archive:
-            workbook = _workbook_part(archive)
-            folder, _, base = workbook.rpartition("/")
-            rels = ElementTree.fromstring(archive.read(f"{folder}/_rels/{base}.rels"
-                                                       if folder else f"_rels/{base}.rels"))
-            target = next((r.get("Target", "") for r in rels.iter()
-                           if r.get("Type", "").endswith("/styles")), None)
-            if target is None:
-                return {}
-            styles = ElementTree.fromstring(archive.read(_part_name(folder, target)))
-    except (KeyError, zipfile.BadZipFile, ElementTree.ParseError, OSError):
-        return {}
+        return ElementTree.fromstring(archive.read(_part_name(folder, target)))
+    except (KeyError, ElementTree.ParseError):
+        return None
+
+
+def _cell_formats(styles: ElementTree.Element) -> dict[int, Format]:
+    """The cell styles (``cellXfs`` index) whose number format may show a number otherwise
+    than it holds (see importer/number_formats.py)."""
     # The cells' formats only: <numFmts> and <cellXfs> at the top, not the conditional
     # formats' own (<dxfs>), which may reuse the same ids.
     parts = {e.tag.rpartition("}")[2]: e for e in styles}
@@ -267,11 +295,11 @@ def scan_sheet_xml(path: Path, part: str | None, recalculate: bool = False,
 
     Args:
         path: the workbook.
-        part: the worksheet's XML part, from ``_sheet_parts``.
-        recalculate: the workbook asks to be calculated when opened (see ``_sheet_parts``):
+        part: the worksheet's XML part, from :func:`_read_book`.
+        recalculate: the workbook asks to be calculated when opened (see :func:`_read_book`):
             every formula counts as one without a cached value.
         styles: the workbook's styles whose number format may show a cell otherwise than it
-            holds (see :func:`_styles`): such cells are listed in ``shown``.
+            holds (see :func:`_cell_formats`): such cells are listed in ``shown``.
 
     Returns:
         the cells calamine shows as empty that must not be read as empty, and what is hidden.
@@ -561,22 +589,6 @@ def _fix_cells(data: bytes, scan: SheetScan, name: str) -> bool:
     return True
 
 
-def _check_unpacked_size(path: Path) -> None:
-    """A part that unpacks to more than :data:`MAX_PART_BYTES` (a zip bomb, or far more than a
-    sheet of a million rows needs) rejects the workbook before anything unpacks it."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            parts = archive.infolist()
-    except (zipfile.BadZipFile, OSError):
-        return  # not a zip: _workbook says what it is
-    big = max(parts, key=lambda part: part.file_size, default=None)
-    if big is not None and big.file_size > MAX_PART_BYTES:
-        raise FileRejected(path.name, (
-            f"its part {big.filename} unpacks to {big.file_size / 2**30:.1f} GiB, more than "
-            f"any sheet of payments needs ({MAX_PART_BYTES // 2**30} GiB at most): not read. "
-            "Check the file (save it again from Excel, or split it)"))
-
-
 def _workbook(path: Path) -> Any:
     from python_calamine import CalamineWorkbook
 
@@ -601,7 +613,7 @@ def _workbook(path: Path) -> Any:
 def _apply(row: list[Any], fixes: list[tuple[int, str]] | None, *,
            keep_shown: bool = False) -> list[Any]:
     """A row with the scan's fixes put where calamine shows a cell as empty; a formula's
-    result the workbook disowns (see _sheet_parts) is shown, and replaced too, unless
+    result the workbook disowns (see _read_book) is shown, and replaced too, unless
     ``keep_shown`` (the rows searched for the header: a header cell written as a formula is
     read as its saved text)."""
     if fixes:
@@ -622,10 +634,8 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     name = path.name
     digest, size = hash_file(path)
     info = file_info(path, digest, size)
-    _check_unpacked_size(path)
+    own = _read_book(path)
     book = _workbook(path)
-    parts, recalculate = _sheet_parts(path)
-    styles = _styles(path)
     tables: list[Table] = []
     for meta in book.sheets_metadata:
         sheet_name = meta.name
@@ -636,8 +646,8 @@ def open_xlsx(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
             info.notes.append(f"sheet {sheet_name!r} is not a worksheet and was skipped")
             continue
         with _sheet_errors(name, sheet_name):
-            table = _open_sheet(path, book, sheet_name, _part_of(parts, name, sheet_name),
-                                recalculate, styles, info, options)
+            table = _open_sheet(path, book, sheet_name, _part_of(own.parts, name, sheet_name),
+                                own.recalculate, own.styles, info, options)
         if table is not None:
             tables.append(table)
     if not tables:
