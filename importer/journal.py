@@ -377,6 +377,9 @@ class Journal:
         self._lock = threading.RLock()
         self._depth = 0
         self._stop_checkpoints: Callable[[], object] = lambda: None
+        # The journal file's identity once opened for writing (see _check_file); None: read
+        # only, nothing to guard.
+        self._identity: tuple[int, int] | None = None
         if read_only:
             self._db = self._open_read_only()
             return
@@ -392,7 +395,7 @@ class Journal:
         try:
             self._setup()
             self._start_checkpoints()
-            self._identity: tuple[int, int] | None = _identity(self.path)
+            self._identity = _identity(self.path)
         except JournalError:
             self._db.close()
             raise
@@ -504,7 +507,7 @@ class Journal:
         :meth:`_check_file`)."""
         self._stop_checkpoints()
         with self._lock:
-            if getattr(self, "_identity", None) is not None and self._moved():
+            if self._identity is not None and self._moved():
                 with suppress(OSError, sqlite3.Error):
                     self._rescue()
             self._db.close()
@@ -539,7 +542,7 @@ class Journal:
         Raises:
             JournalError: the journal is damaged.
         """
-        identity = getattr(self, "_identity", None)
+        identity = self._identity
         if identity in _VERIFIED:
             return
         with self._lock:
@@ -557,7 +560,7 @@ class Journal:
         Raises:
             JournalError: saying where the journal is written back when this run ends.
         """
-        if getattr(self, "_identity", None) is None or not self._moved():
+        if self._identity is None or not self._moved():
             return
         raise JournalError(
             f"the journal {self.path} was removed or replaced while this run was using it; "
