@@ -263,8 +263,10 @@ def as_text(raw: pd.Series) -> pd.Series:
         raw: the column as read.
 
     Returns:
-        An object Series of str, same index (``raw`` itself when it is all text already).
+        A Series of str, same index (``raw`` itself when it is all text already).
     """
+    if isinstance(raw.dtype, pd.StringDtype) and not raw.hasnans:
+        return raw  # a CSV's cells, as Arrow text
     arr = _objects(raw)
     if pd.api.types.infer_dtype(arr, skipna=False) == "string":
         return raw if raw.dtype == object else _obj_series(arr, raw.index)

@@ -31,6 +31,7 @@ from importer.read import (
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 SAMPLE_CHARS = 64 * 1024
 DELIMITERS = (",", ";", "\t")
@@ -63,6 +64,7 @@ class _Scan:
         self.digest = hashlib.sha256()
         self.size = 0
         self.lines = 1  # line (physical, 1-based) at the start of the undecoded rest
+        self.quotes = 0  # '"' characters: an odd count means a quote is never closed
 
     def error(self, exc: UnicodeDecodeError, base: int, codec: str) -> tuple[int, int]:
         """(absolute byte offset, line) of a decode error in bytes fed from ``base``."""
@@ -75,11 +77,11 @@ def _label(codec: str) -> str:
     return {"utf-8": "UTF-8", "cp1252": "cp1252"}.get(codec, codec)
 
 
-def _detect_encoding(path: Path, forced: str | None) -> tuple[str, int, str, list[str]]:
+def _detect_encoding(path: Path, forced: str | None) -> tuple[str, int, str, list[str], bool]:
     """Hash the file and find (and prove) its encoding in one streaming pass.
 
     Returns:
-        (sha256, size, encoding to read it with, notes).
+        (sha256, size, encoding to read it with, notes, whether its quotes come in pairs).
 
     Raises:
         FileRejected: some byte cannot be decoded (its offset and line are named), or the
@@ -164,6 +166,7 @@ def _detect_encoding(path: Path, forced: str | None) -> tuple[str, int, str, lis
                                          "utf-16-be)") from None
             ascii_so_far = ascii_so_far and data.isascii()
             scan.lines += text.count("\n")
+            scan.quotes += text.count('"')
             content = content or bool(text.strip())
             base += len(data)
             if final:
@@ -174,7 +177,7 @@ def _detect_encoding(path: Path, forced: str | None) -> tuple[str, int, str, lis
         raise FileRejected(name, "the file is empty (no header, no rows)")
     if forced is None and bom is None and codec == "utf-8":
         notes.append("encoding UTF-8")
-    return scan.digest.hexdigest(), scan.size, read_as, notes
+    return scan.digest.hexdigest(), scan.size, read_as, notes, scan.quotes % 2 == 0
 
 
 def _records(sample: str, delimiter: str, truncated: bool) -> list[tuple[int, list[str]]]:
@@ -206,7 +209,7 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     """Open a CSV file (see ``read.open_file``)."""
     name = path.name
     kind = kind_for(name, path.stem, options)
-    digest, size, encoding, notes = _detect_encoding(path, options.encoding)
+    digest, size, encoding, notes, paired = _detect_encoding(path, options.encoding)
     info = file_info(path, digest, size)
     info.notes.extend(notes)
     with path.open(encoding=encoding, newline="") as handle:
@@ -245,106 +248,175 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     table = Table(file=info, sheet=None, kind=kind, header_row=header_row, columns=columns,
                   fields=fields, chunks=lambda: iter(()))
     table.chunks = _chunker(table, encoding, delimiter, width, header_cells, positions,
-                            options.chunk_rows)
+                            options.chunk_rows, paired)
     return info, [table]
 
 
 MAX_WIDENINGS = 20  # restarts for rows wider than the sample showed (see _chunker)
+ARROW_BLOCK = 1 << 20  # bytes per block of Arrow's reader: its read-ahead stays small
 
 
 def _chunker(table: Table, encoding: str, delimiter: str, width: int, header_cells: int,
-             positions: list[int], chunk_rows: int) -> Callable[[], Iterator[pd.DataFrame]]:
-    """The table's ``chunks`` callable: a fresh pandas reader per call.
+             positions: list[int], chunk_rows: int, paired: bool
+             ) -> Callable[[], Iterator[pd.DataFrame]]:
+    """The table's ``chunks`` callable: the rows below the header, read afresh per call.
 
-    The number of cells per row comes from the sample at the top of the file. A row further
-    down with more cells stops pandas; the reader then starts again, wider, at the first row
-    not yet read, so that a row with empty cells past the others (``…,2026-11-03,,``) reads
-    the same wherever it is. Values in those cells reject the file, naming the row.
+    Arrow's CSV reader reads the file (in its own threads, the cells kept as Arrow text) as
+    long as every row is regular. At the first record it cannot take (more cells than the
+    sample at the top of the file showed, or fewer), and for a file whose quotes do not pair
+    up, pandas' more tolerant reader goes on from the first record not yet handed out: it
+    fills short rows with empty cells, and a row with more cells makes it start again, wider,
+    so that a row with empty cells past the others (``…,2026-11-03,,``) reads the same wherever
+    it is. Values in those cells reject the file, naming the row. Both readers hand over the
+    same kind of chunk (see :func:`_cells`).
     """
     counted = False
 
     def chunks() -> Iterator[pd.DataFrame]:
         nonlocal counted
-        import numpy as np
-        import pandas as pd
-
         info = table.file
         kept = dict(zip(positions, table.columns, strict=True))
-        strip = np.frompyfunc(str.strip, 1, 1)
-        done = table.header_row  # records before the first row not yet read
-        read_width = width
-        for _ in range(MAX_WIDENINGS + 1):
-            internal = [f"p{i}" for i in range(read_width)]
+        done = table.header_row  # records before the first row not yet handed out
+        readers = [_arrow_blocks, _pandas_blocks] if paired else [_pandas_blocks]
+        for read in readers:
             try:
-                # Inside the try: pandas may tokenise the first rows already here.
-                reader = pd.read_csv(
-                    info.path, sep=delimiter, header=None, names=internal, skiprows=done,
-                    dtype=object, keep_default_na=False, na_filter=False,
-                    skip_blank_lines=False, index_col=False, chunksize=chunk_rows, engine="c",
-                    encoding=encoding, encoding_errors="strict", quotechar='"',
-                    doublequote=True)
-                with reader:
-                    for chunk in reader:
-                        out = _cells(info.name, chunk, internal, kept, strip, done + 1,
-                                     delimiter, width, header_cells, table.header_row)
-                        done += len(chunk)
-                        if not counted:
-                            info.rows += len(out)
-                        yield out
+                for block in read(table, encoding, delimiter, width, done, chunk_rows):
+                    out = _cells(info.name, block, kept, done + 1, delimiter, width,
+                                 header_cells, table.header_row)
+                    done += len(block[0])
+                    if not counted:
+                        info.rows += len(out)
+                    yield out
                 break
-            except pd.errors.ParserError as exc:
-                match = _TOO_MANY.search(str(exc))
-                if match is None or int(match.group(3)) <= read_width:
-                    raise FileRejected(info.name, _parser_message(str(exc), table.header_row)
-                                       ) from None
-                read_width = int(match.group(3))
-        else:
-            raise FileRejected(info.name, f"rows from row {done + 1} on keep getting longer "
-                                          "than the header; check the delimiters")
+            except _Irregular:
+                continue  # the next reader goes on from `done`
         counted = True
 
     return chunks
 
 
-def _cells(name: str, chunk: pd.DataFrame, internal: list[str], kept: dict[int, str],
-           strip: Any, first_row: int, delimiter: str, width: int, header_cells: int,
-           header_row: int) -> pd.DataFrame:
-    """One chunk's kept columns, trimmed and screened, with the spreadsheet row numbers."""
+class _Irregular(Exception):
+    """Arrow's reader met a record it does not read as pandas does: pandas takes over."""
+
+
+def _arrow_blocks(table: Table, encoding: str, delimiter: str, width: int, done: int,
+                  chunk_rows: int) -> Iterator[list[pa.Array]]:
+    """The records after the first ``done``, about ``chunk_rows`` at a time, one Arrow text
+    array per cell position.
+
+    Raises:
+        _Irregular: at a record of another width (nothing of its block is handed out).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    names = [f"p{i}" for i in range(width)]
+    try:
+        reader = pcsv.open_csv(
+            table.file.path,
+            # A BOM sits in the first record, which is never read here (the header is).
+            read_options=pcsv.ReadOptions(column_names=names, skip_rows=done,
+                                          block_size=ARROW_BLOCK,
+                                          encoding="utf8" if encoding == "utf-8-sig"
+                                          else encoding),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char='"',
+                                            double_quote=True, escape_char=False,
+                                            newlines_in_values=True, ignore_empty_lines=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={name: pa.string() for name in names},
+                strings_can_be_null=False, quoted_strings_can_be_null=False))
+        with reader:
+            pending = reader.schema.empty_table()
+            for batch in reader:
+                pending = pa.concat_tables([pending, pa.Table.from_batches([batch])])
+                while pending.num_rows >= chunk_rows:
+                    yield _columns(pending.slice(0, chunk_rows))
+                    pending = pending.slice(chunk_rows)
+            if pending.num_rows:
+                yield _columns(pending)
+    except pa.ArrowInvalid:
+        raise _Irregular from None
+
+
+def _columns(table: pa.Table) -> list[pa.Array]:
+    return [column.combine_chunks() for column in table.columns]
+
+
+def _pandas_blocks(table: Table, encoding: str, delimiter: str, width: int, done: int,
+                   chunk_rows: int) -> Iterator[list[pa.Array]]:
+    """As :func:`_arrow_blocks`, read by pandas, which takes rows of any width."""
+    import pandas as pd
+    import pyarrow as pa
+
+    info = table.file
+    read_width = width
+    for _ in range(MAX_WIDENINGS + 1):
+        internal = [f"p{i}" for i in range(read_width)]
+        try:
+            # Inside the try: pandas may tokenise the first rows already here.
+            reader = pd.read_csv(
+                info.path, sep=delimiter, header=None, names=internal, skiprows=done,
+                dtype=object, keep_default_na=False, na_filter=False, skip_blank_lines=False,
+                index_col=False, chunksize=chunk_rows, engine="c", encoding=encoding,
+                encoding_errors="strict", quotechar='"', doublequote=True)
+            with reader:
+                for chunk in reader:
+                    done += len(chunk)
+                    yield [pa.array(chunk[c].to_numpy(), type=pa.string()) for c in internal]
+            return
+        except pd.errors.ParserError as exc:
+            match = _TOO_MANY.search(str(exc))
+            if match is None or int(match.group(3)) <= read_width:
+                raise FileRejected(info.name, _parser_message(str(exc), table.header_row)
+                                   ) from None
+            read_width = int(match.group(3))
+    raise FileRejected(info.name, f"rows from row {done + 1} on keep getting longer than the "
+                                  "header; check the delimiters")
+
+
+def _cells(name: str, block: list[pa.Array], kept: dict[int, str], first_row: int,
+           delimiter: str, width: int, header_cells: int, header_row: int) -> pd.DataFrame:
+    """One chunk's kept columns, trimmed and screened (pandas text columns backed by Arrow),
+    with the spreadsheet row numbers in ``_row``; empty rows are left out."""
     import numpy as np
     import pandas as pd
+    import pyarrow.compute as pc
 
-    # Plain object arrays: pandas' own .str.strip / != are 3-6x slower here.
-    rows = np.arange(first_row, first_row + len(chunk), dtype=np.int64)
-    keep = np.zeros(len(chunk), dtype=bool)
+    text = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' own "str"
+    n = len(block[0])
+    rows = np.arange(first_row, first_row + n, dtype=np.int64)
+    keep = np.zeros(n, dtype=bool)
     cells = {}
-    for index, column in enumerate(internal):
-        values = strip(chunk[column].to_numpy())
-        filled = values != ""
+    for index, raw in enumerate(block):
+        values = pc.utf8_trim_whitespace(raw)  # the same characters as str.strip()
+        filled = pc.not_equal(values, "").to_numpy(zero_copy_only=False)
         if index in kept:
-            cells[kept[index]] = _screen(name, kept[index], values, rows, delimiter, width)
+            cells[kept[index]] = pd.Series(
+                _screen(name, kept[index], values, rows, delimiter, width), dtype=text)
             keep |= filled
         elif filled.any():  # past the header's last cell: a row shifted by a delimiter
             at = int(np.argmax(filled))
-            raise FileRejected(name, _too_many(int(rows[at]), _count(chunk, at), header_cells,
+            raise FileRejected(name, _too_many(int(rows[at]), _count(block, at), header_cells,
                                                header_row))
-    out = pd.DataFrame(cells, dtype=object, copy=False)
+    out = pd.DataFrame(cells, copy=False)
     out[ROW] = rows
     if not keep.all():
         out = out[keep].reset_index(drop=True)
     return out
 
 
-def _count(chunk: pd.DataFrame, at: int) -> int:
-    """How many cells row ``at`` of the chunk has, up to its last non-empty one."""
-    values = [str(v).strip() for v in chunk.iloc[at].tolist()]
+def _count(block: list[pa.Array], at: int) -> int:
+    """How many cells row ``at`` of the block has, up to its last non-empty one."""
+    values = [str(column[at].as_py() or "").strip() for column in block]
     return max(i + 1 for i, v in enumerate(values) if v)
 
 
 _INERT = ("'=", "'+", "'-", "'@")  # how our reports make formula-like text inert
 
 
-def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str, width: int) -> Any:
-    """One column's trimmed cells, screened (one join of the column, Python per cell only
+def _screen(name: str, column: str, values: pa.Array, rows: Any, delimiter: str,
+            width: int) -> pa.Array:
+    """One column's trimmed cells, screened (whole-column kernels; Python per cell only
     where needed).
 
     - A value with a line in it that reads like a whole row (as many delimiters as a row has,
@@ -358,22 +430,27 @@ def _screen(name: str, column: str, values: Any, rows: Any, delimiter: str, widt
     Raises:
         FileRejected: naming the row and the column.
     """
-    text = "\x00" + "\x00".join(values)
-    if "\n" in text or "\r" in text:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lines = pc.or_(pc.match_substring(values, "\n"), pc.match_substring(values, "\r"))
+    if pc.any(lines).as_py():
         enough = max(1, width - 1 if width <= 3 else width - 2)
-        for value, row in zip(values, rows, strict=True):
-            if ("\n" in value or "\r" in value) and any(
-                    line.count(delimiter) >= enough for line in value.splitlines()[1:]):
+        for at in np.flatnonzero(lines.to_numpy(zero_copy_only=False)):
+            value = values[at].as_py()
+            if any(line.count(delimiter) >= enough for line in value.splitlines()[1:]):
                 raise FileRejected(name, (
-                    f"row {row}, column {column}: the value runs over several lines that read "
-                    f"like rows (separated by {'tab' if delimiter == chr(9) else repr(delimiter)}"
-                    "): a quote is probably not closed where it should be, so the rows after "
-                    "it were read into this value; check the quotes"))
-    if "\x00'" in text:
-        values = values.copy()
-        for i, value in enumerate(values):
-            if value.startswith(_INERT):
-                values[i] = value[1:]
+                    f"row {rows[at]}, column {column}: the value runs over several lines that "
+                    "read like rows (separated by "
+                    f"{'tab' if delimiter == chr(9) else repr(delimiter)}): a quote is "
+                    "probably not closed where it should be, so the rows after it were read "
+                    "into this value; check the quotes"))
+    quoted = pc.starts_with(values, "'")
+    if pc.any(quoted).as_py():
+        texts = values.filter(quoted).to_pylist()
+        values = pc.replace_with_mask(values, quoted, pa.array(
+            [v[1:] if v.startswith(_INERT) else v for v in texts], type=values.type))
     return values
 
 

@@ -585,7 +585,7 @@ class Checker:
             return
         header = self._name(field)
         positions = errors.index.to_numpy(dtype=np.int64)
-        cells = raw.to_numpy(dtype=object)[positions]
+        cells = raw.iloc[positions].to_numpy(dtype=object)
         problems = errors.tolist()
         issues.add(positions, _ORDER[field], ERROR, [p.code for p in problems],
                    [_safe(f"{header}: '{shown(c)}' {p.text}") for c, p in zip(cells, problems,
@@ -624,17 +624,17 @@ class Checker:
                       chunk: pd.DataFrame, issues: _Issues) -> None:
         if column == "_case_or_invoice":
             rule = _RULES[check]
-            parts = [(self.header[f], chunk[self.header[f]].to_numpy(dtype=object))
+            parts = [(self.header[f], chunk[self.header[f]].iloc[positions].to_numpy(dtype=object))
                      for f in ("case", "invoice_number") if f in self.header]
-            texts = [_safe(", ".join(f"{h}: '{shown(cells[p])}'" for h, cells in parts)
-                           + f": {rule.text}") for p in positions]
+            texts = [_safe(", ".join(f"{h}: '{shown(cells[i])}'" for h, cells in parts)
+                           + f": {rule.text}") for i in range(len(positions))]
             issues.add(positions, len(_ORDER), rule.severity, [rule.code] * len(positions),
                        texts)
             return
         if column == "_registration_lag":
             column = "client_registration_date"
         field_header = self.header.get(column)
-        cells = (chunk[field_header].to_numpy(dtype=object)[positions] if field_header
+        cells = (chunk[field_header].iloc[positions].to_numpy(dtype=object) if field_header
                  else np.full(len(positions), None, dtype=object))
         if check == "not_nullable":
             todo = _MISSING_TODO.get(column, "fill it in")
@@ -725,11 +725,12 @@ class Checker:
             out[field] = values[field].to_numpy(dtype=object) if field in values else none
         for field in RESULT_COLUMNS:
             out[field] = none
-        for header in self.table.columns:
-            out[INPUT_PREFIX + header] = normalise.as_text(chunk[header]).to_numpy(dtype=object)
         frame = pd.DataFrame(out, dtype=object, copy=False)
         frame["row"] = rows
-        return frame
+        # Text columns read as Arrow text (a CSV's) stay so: the report writes them as they are.
+        inputs = {INPUT_PREFIX + header: normalise.as_text(chunk[header])
+                  for header in self.table.columns}
+        return pd.concat([frame, pd.DataFrame(inputs, copy=False)], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------

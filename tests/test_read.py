@@ -459,3 +459,34 @@ def test_inert_formula_text_reads_back_as_written(tmp_path: Path) -> None:
     text = f"{HEADER}\n{CRED},'=INV-1,SEK,1,d\n{CRED},'-7,SEK,1,d\n{CRED},'ABC,SEK,1,d\n"
     _, (table,) = read(write(tmp_path, "payments.csv", text))
     assert [r["invoice_number"] for r in rows(table)] == ["=INV-1", "-7", "'ABC"]
+
+
+def test_a_row_of_another_width_mid_file_hands_the_rest_to_pandas(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrow's reader reads the regular rows; from the first short row on (a row that ends
+    early, read as empty cells) pandas reads the rest: every row once, numbered as in the
+    file, whichever reader read it; the same on the second read."""
+    from importer import read_csv
+
+    monkeypatch.setattr(read_csv, "ARROW_BLOCK", 256)  # several Arrow blocks in a small file
+    lines = [HEADER] + [f"{CRED},I{i},SEK,{i},d" for i in range(1, 30)]
+    lines[20] = f"{CRED},I20,SEK"  # two cells short: amount and date empty
+    lines[25] = f'{CRED},"I25, ""quoted""",SEK,25,d'
+    _, (table,) = read(write(tmp_path, "payments.csv", "\n".join(lines) + "\n"), chunk_rows=3)
+    for _ in range(2):
+        got = pd.concat(list(table.chunks()), ignore_index=True)
+        assert got["_row"].tolist() == list(range(2, 31))
+        expected = [f"I{i}" for i in range(1, 30)]
+        expected[24] = 'I25, "quoted"'
+        assert got["invoice_number"].tolist() == expected
+        assert got["amount"].tolist()[18:21] == ["19", "", "21"]
+        assert table.file.rows == 29
+
+
+def test_a_quote_never_closed_is_named_even_near_the_end(tmp_path: Path) -> None:
+    """An odd number of quotes: the file is read by the reader that says where the quote
+    opened, rather than taking the rest of the file as one value."""
+    text = f'{HEADER}\n{CRED},I1,SEK,1,d\n{CRED},I2,SEK,2,"d\n'
+    _, (table,) = read(write(tmp_path, "payments.csv", text))
+    with pytest.raises(FileRejected, match="never closed"):
+        rows(table)
