@@ -548,6 +548,7 @@ def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Che
     from importer.validate import Checker, Duplicates
 
     log = structlog.get_logger()
+    _lean_arrow_memory()
     # One duplicate index per file and kind: a row repeated on another sheet is found too.
     duplicates: dict[tuple[str, str], Duplicates] = {}
     for table in tables:
@@ -564,6 +565,19 @@ def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Che
             table.file.rejected = exc.reason
             log.error("file.rejected", file=table.file.name, reason=exc.reason)
     stop_if_interrupted()  # before any posting or report: a stop asked for is a stop
+
+
+def _lean_arrow_memory() -> None:
+    """Arrow allocates through jemalloc where pyarrow has it (Linux, macOS): its default,
+    mimalloc, keeps more of what the CSV reader's threads freed, ~70 MB more at the peak of a
+    million-row file, for the same speed."""
+    import contextlib
+
+    import pyarrow as pa
+
+    # A pyarrow built without jemalloc (Windows) keeps its default.
+    with contextlib.suppress(NotImplementedError):
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def earlier_exit_code(extra: dict[str, Any]) -> ExitCode:
