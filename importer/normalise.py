@@ -23,10 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from importer.number_formats import NUMBER_TRAITS, SHOWN, TEXT_TRAITS
 
@@ -63,7 +66,9 @@ class Parsed:
 
     Attributes:
         values: normalised API values (``str``) or None (empty or unreadable), same index
-            as the input.
+            as the input: an object Series, or for a CSV's column read by the fast paths,
+            pandas' Arrow-backed ``str`` Series (NaN, not None, where empty or unreadable:
+            read it with ``to_numpy(dtype=object, na_value=None)``).
         errors: only the cells that could not be read: index = their index labels,
             values = :class:`Problem`. Empty when every cell was fine.
         typed: for amounts a float64 Series, for dates a ``datetime64[us]`` Series in UTC
@@ -84,14 +89,69 @@ def _objects(raw: pd.Series) -> np.ndarray:
     return raw.to_numpy(dtype=object)
 
 
-@dataclass
-class _Cells:
-    """One column, looked at once: which cells are text and which are empty."""
+TEXT = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' own "str", backed by Arrow
 
-    arr: np.ndarray
-    plain: bool  # every cell is a plain str (CSV): the fast paths apply
-    is_str: np.ndarray  # plain str cells (not the formula sentinel, a str subclass)
-    empty: np.ndarray  # None, NaN or ""
+
+def objects(values: pd.Series) -> np.ndarray:
+    """:attr:`Parsed.values` as Python objects: None where missing, whichever kind of Series."""
+    return values.to_numpy(dtype=object, na_value=None)  # type: ignore[call-overload]
+
+
+def arrow_text(series: pd.Series) -> pa.Array | None:
+    """A column of Arrow-backed text without missing values (a CSV's cells) as one Arrow
+    array, or None for any other column."""
+    if not isinstance(series.dtype, pd.StringDtype) or series.dtype.storage != "pyarrow":
+        return None
+    found = pa.array(series.array)
+    if isinstance(found, pa.ChunkedArray):
+        found = found.chunk(0) if found.num_chunks == 1 else found.combine_chunks()
+    return None if found.null_count else found
+
+
+def _text_values(text: pa.Array, missing: np.ndarray, index: pd.Index) -> pd.Series:
+    """Arrow text as a values Series: NaN where ``missing``."""
+    if missing.any():
+        text = pc.if_else(pa.array(missing), pa.scalar(None, text.type), text)
+    return pd.Series(text, index=index, dtype=TEXT)
+
+
+def _mask(found: pa.Array) -> np.ndarray:
+    return found.to_numpy(zero_copy_only=False)
+
+
+class _Cells:
+    """One column, looked at once: which cells are text and which are empty.
+
+    A CSV's column comes as Arrow text (``text``): every cell a plain str, and the fast paths
+    use Arrow's kernels on it. The cells as Python objects (``arr``) are made only when a
+    path needs them.
+    """
+
+    def __init__(self, raw: pd.Series) -> None:
+        self._raw = raw
+        self.text = arrow_text(raw)
+        if self.text is not None:
+            self.plain = True  # every cell is a plain str (CSV): the fast paths apply
+            self.empty = _mask(pc.equal(self.text, ""))  # None, NaN or ""
+            # plain str cells (not the formula sentinel, a str subclass)
+            self.is_str = np.ones(len(raw), dtype=bool)
+            return
+        arr = self.arr
+        if pd.api.types.infer_dtype(arr, skipna=False) == "string":
+            empty = arr == ""
+            # The formula sentinel equals "": only the empty-looking cells can hide it.
+            if not empty.any() or set(map(type, arr[empty])) == {str}:
+                self.plain, self.is_str, self.empty = True, np.ones(len(arr), dtype=bool), empty
+                return
+        # Exact type: the formula sentinel is a str subclass and must not pass as text.
+        types = np.fromiter(map(type, arr), dtype=object, count=len(arr))
+        self.is_str = types == str  # noqa: E721
+        self.empty = pd.isna(arr) | (self.is_str & (arr == ""))
+        self.plain = False
+
+    @cached_property
+    def arr(self) -> np.ndarray:
+        return _objects(self._raw)
 
     @property
     def others(self) -> np.ndarray:
@@ -100,17 +160,7 @@ class _Cells:
 
 
 def _cells(raw: pd.Series) -> _Cells:
-    arr = _objects(raw)
-    if pd.api.types.infer_dtype(arr, skipna=False) == "string":
-        empty = arr == ""
-        # The formula sentinel equals "": only the empty-looking cells can hide it.
-        if not empty.any() or set(map(type, arr[empty])) == {str}:
-            return _Cells(arr, True, np.ones(len(arr), dtype=bool), empty)
-    # Exact type: the formula sentinel is a str subclass and must not pass as text.
-    types = np.fromiter(map(type, arr), dtype=object, count=len(arr))
-    is_str = types == str  # noqa: E721
-    empty = pd.isna(arr) | (is_str & (arr == ""))
-    return _Cells(arr, False, is_str, empty)
+    return _Cells(raw)
 
 
 def _shown_problem(value: Any, traits: frozenset[str]) -> Problem | None:
@@ -303,6 +353,15 @@ def _not_a_cell_type(value: Any, expected: str, todo: str, code: str) -> Problem
 def _screen(cells: _Cells) -> tuple[np.ndarray, list[Problem]]:
     """Cells that are not values at all: formulas without a cached value, Excel error values
     (``#N/A``…) and cells longer than :data:`MAX_CELL` characters."""
+    if cells.text is not None:
+        text = cells.text
+        suspects = np.flatnonzero(_mask(pc.greater(pc.utf8_length(text), MAX_CELL)))
+        if pc.any(pc.match_substring(text, "#")).as_py():
+            suspects = np.union1d(suspects, np.flatnonzero(_mask(pc.is_in(
+                text, value_set=pa.array(sorted(EXCEL_ERRORS))))))
+        found = [(p, _special(text[int(p)].as_py())) for p in suspects]
+        bad = [(p, problem) for p, problem in found if problem is not None]
+        return np.array([p for p, _ in bad], dtype=np.int64), [problem for _, problem in bad]
     arr = cells.arr
     if cells.plain:
         # One pass over the joined column answers "any '#' at all?" (nearly always no).
@@ -352,8 +411,10 @@ def hex_ids(raw: pd.Series, code: str) -> Parsed:
         Lowercased ids, None for empty cells.
     """
     cells = _cells(raw)
-    arr, n = cells.arr, len(cells.arr)
     special, problems = _screen(cells)
+    if cells.text is not None and not len(special) and _ascii_lower(cells.text):
+        return Parsed(_text_values(cells.text, cells.empty, raw.index), _no_errors(raw.index))
+    arr, n = cells.arr, len(cells.arr)
     if cells.plain and not cells.empty.any() and not len(special):
         joined = "".join(arr)
         if joined.isascii() and joined.lower() == joined:  # ASCII lower() is a fast C loop
@@ -380,6 +441,12 @@ def hex_ids(raw: pd.Series, code: str) -> Parsed:
     return Parsed(_obj_series(out, raw.index), _errors(raw.index, failed, problems))
 
 
+def _ascii_lower(text: pa.Array) -> bool:
+    """Every value ASCII and in lower case already."""
+    return bool(pc.all(pc.string_is_ascii(text)).as_py() is not False
+                and pc.all(pc.equal(pc.ascii_lower(text), text)).as_py() is not False)
+
+
 def _nfc(values: np.ndarray) -> np.ndarray:
     """Texts in Unicode's composed form (NFC): ``ä`` typed on a Mac, or pasted from a PDF, may
     come as ``a`` plus a combining mark, the same text to a reader but not to Amili's lookup of
@@ -404,8 +471,11 @@ def texts(raw: pd.Series, code: str = "invalid_text") -> Parsed:
         The texts, None for empty cells.
     """
     cells = _cells(raw)
-    arr = cells.arr
     special, problems = _screen(cells)
+    if cells.text is not None and not len(special) and \
+            pc.all(pc.string_is_ascii(cells.text)).as_py() is not False:  # NFC already
+        return Parsed(_text_values(cells.text, cells.empty, raw.index), _no_errors(raw.index))
+    arr = cells.arr
     if cells.plain and not cells.empty.any() and not len(special):
         return Parsed(_obj_series(_nfc(arr), raw.index), _no_errors(raw.index))
     out = _filled(len(arr), None)
@@ -447,14 +517,6 @@ def words(raw: pd.Series, code: str, *, upper: bool = False, default: str | None
         The words, case-folded.
     """
     cells = _cells(raw)
-    arr, n = cells.arr, len(cells.arr)
-    if cells.plain and n:
-        first = arr[0]
-        if first and first == (first.upper() if upper else first.lower()) and \
-                bool((arr == first).all()) and _special(first) is None:
-            return Parsed(_obj_series(arr, raw.index), _no_errors(raw.index))
-        if not first and cells.empty.all():
-            return Parsed(_obj_series(_filled(n, default), raw.index), _no_errors(raw.index))
 
     def fold(value: Any) -> tuple[Any, Problem | None]:
         problem = _special(value)  # first: the formula sentinel equals ""
@@ -465,6 +527,23 @@ def words(raw: pd.Series, code: str, *, upper: bool = False, default: str | None
             return (value.upper() if upper else value.lower()), None
         return None, problem or _not_a_cell_type(value, "text", "type the word as text", code)
 
+    if cells.text is not None:  # a handful of distinct words: each folded once
+        found = pc.dictionary_encode(cells.text)
+        codes = found.indices.to_numpy(zero_copy_only=False)
+        results = [fold(word) for word in found.dictionary.to_pylist()]
+        folded = pa.array([r[0] for r in results], type=pa.string()).take(found.indices)
+        failed_u = np.array([r[1] is not None for r in results], dtype=bool)
+        failed = np.flatnonzero(failed_u[codes]) if failed_u.any() else np.empty(0, np.int64)
+        return Parsed(pd.Series(folded, index=raw.index, dtype=TEXT),
+                      _errors(raw.index, failed, [results[c][1] for c in codes[failed]]))
+    arr, n = cells.arr, len(cells.arr)
+    if cells.plain and n:
+        first = arr[0]
+        if first and first == (first.upper() if upper else first.lower()) and \
+                bool((arr == first).all()) and _special(first) is None:
+            return Parsed(_obj_series(arr, raw.index), _no_errors(raw.index))
+        if not first and cells.empty.all():
+            return Parsed(_obj_series(_filled(n, default), raw.index), _no_errors(raw.index))
     folded, failed, problems = _per_unique(arr, np.arange(n), fold)
     return Parsed(_obj_series(folded, raw.index), _errors(raw.index, failed, problems))
 

@@ -663,7 +663,7 @@ class Checker:
             return
         # currency and origin are the same on every valid row, so they are left out.
         every = len(ok) == len(rows)
-        key = [values[f].to_numpy(dtype=object) for f in self.kind.fields
+        key = [normalise.objects(values[f]) for f in self.kind.fields
                if f not in ("currency", "origin")]
         if not every:
             key = [k[ok] for k in key]
@@ -721,16 +721,26 @@ class Checker:
             "reason": reason,
             "message": message,
         }
+        # Columns of Arrow text (a CSV's cells, and the values made from them) stay so: the
+        # report writes them as they are. Missing values there are NaN (read by plan._plain).
+        arrow: dict[str, pd.Series] = {}
         for field in API_COLUMNS:
-            out[field] = values[field].to_numpy(dtype=object) if field in values else none
+            if field not in values:
+                out[field] = none
+            elif values[field].dtype == normalise.TEXT:
+                arrow[field] = values[field]
+            else:
+                out[field] = values[field].to_numpy(dtype=object)
         for field in RESULT_COLUMNS:
             out[field] = none
         frame = pd.DataFrame(out, dtype=object, copy=False)
         frame["row"] = rows
-        # Text columns read as Arrow text (a CSV's) stay so: the report writes them as they are.
-        inputs = {INPUT_PREFIX + header: normalise.as_text(chunk[header])
-                  for header in self.table.columns}
-        return pd.concat([frame, pd.DataFrame(inputs, copy=False)], axis=1)
+        for header in self.table.columns:
+            arrow[INPUT_PREFIX + header] = normalise.as_text(chunk[header])
+        if not arrow:
+            return frame
+        order = [*FRAME_COLUMNS, *(INPUT_PREFIX + h for h in self.table.columns)]
+        return pd.concat([frame, pd.DataFrame(arrow, copy=False)], axis=1)[order]
 
 
 # ---------------------------------------------------------------------------------------------
