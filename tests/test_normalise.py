@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
@@ -11,10 +12,28 @@ import pytest
 from importer import normalise
 from importer.read import FORMULA_WITHOUT_VALUE
 
+CELLS = ["objects"]  # how col() hands cells over; the fixture below runs each test both ways
+
+
+@pytest.fixture(autouse=True, params=["objects", "arrow"])
+def cells(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test twice: cells as a workbook's reader gives them (Python objects), and, where
+    every cell is text, as a CSV's reader does (Arrow text: the fast paths)."""
+    CELLS[0] = request.param
+    yield request.param
+    CELLS[0] = "objects"
+
 
 def col(*values: object) -> pd.Series:
-    """A raw column as read.py hands it over (object dtype)."""
+    """A raw column: Python objects, or Arrow text when every cell is a str (a CSV's)."""
+    if CELLS[0] == "arrow" and all(type(v) is str for v in values):
+        return pd.Series(list(values), dtype=normalise.TEXT)
     return pd.Series(list(values), dtype=object)
+
+
+def values(parsed: normalise.Parsed) -> list[object]:
+    """The normalised values, None where missing (whichever kind of Series holds them)."""
+    return list(normalise.objects(parsed.values))
 
 
 def problems(parsed: normalise.Parsed) -> dict[int, tuple[str, str]]:
@@ -39,7 +58,7 @@ def problems(parsed: normalise.Parsed) -> dict[int, tuple[str, str]]:
 def test_amount_forms_accepted(raw: str, expected: str) -> None:
     """Swedish and plain amount forms become a plain two-decimal string."""
     parsed = normalise.amounts(col(raw))
-    assert parsed.values.tolist() == [expected]
+    assert values(parsed) == [expected]
     assert parsed.errors.empty
     assert parsed.typed is not None and parsed.typed.iloc[0] == float(expected)
 
@@ -68,7 +87,7 @@ def test_ambiguous_amounts_refused_with_what_to_write(raw: str, hint: str) -> No
     """Forms that could mean thousands or decimals are never guessed; the message says what
     to write instead."""
     parsed = normalise.amounts(col(raw))
-    assert parsed.values.tolist() == [None]
+    assert values(parsed) == [None]
     [(code, text)] = problems(parsed).values()
     assert code == "ambiguous_amount"
     assert "write" in text and hint in text
@@ -79,14 +98,14 @@ def test_ambiguous_amounts_refused_with_what_to_write(raw: str, hint: str) -> No
 def test_invalid_amount_texts(raw: str) -> None:
     """Text, more than two decimals and odd forms are invalid_amount errors."""
     parsed = normalise.amounts(col(raw))
-    assert parsed.values.tolist() == [None]
+    assert values(parsed) == [None]
     assert [c for c, _ in problems(parsed).values()] == ["invalid_amount"]
 
 
 def test_negative_and_zero_amounts_are_parsed_for_the_range_check() -> None:
     """Signs and zero are read; refusing them is the range check's job (it names them)."""
     parsed = normalise.amounts(col("-100", "0,00", "\u22125"))
-    assert parsed.values.tolist() == ["-100.00", "0.00", "-5.00"]
+    assert values(parsed) == ["-100.00", "0.00", "-5.00"]
     assert parsed.errors.empty
 
 
@@ -97,7 +116,7 @@ def test_excel_number_cells() -> None:
     parsed = normalise.amounts(col(100, 103.5, 0.1 + 0.2, 1.005, float("inf"), True,
                                    datetime(2025, 7, 4), 123456789012.34,
                                    9017490.38 + 5115.55))
-    assert parsed.values.tolist() == ["100.00", "103.50", "0.30", None, None, None, None,
+    assert values(parsed) == ["100.00", "103.50", "0.30", None, None, None, None,
                                       "123456789012.34", "9022605.93"]
     assert {i: c for i, (c, _) in problems(parsed).items()} == {
         3: "invalid_amount", 4: "invalid_amount", 5: "invalid_amount", 6: "invalid_amount"}
@@ -107,7 +126,7 @@ def test_excel_number_cells() -> None:
 def test_mixed_column_keeps_fast_values_and_reports_the_rest() -> None:
     """One odd cell in a canonical column does not change the other values; empties stay None."""
     parsed = normalise.amounts(col("10.00", "1,234.50", "20,25", "", "7"))
-    assert parsed.values.tolist() == ["10.00", None, "20.25", None, "7.00"]
+    assert values(parsed) == ["10.00", None, "20.25", None, "7.00"]
     assert list(problems(parsed)) == [1]
     assert parsed.typed is not None
     assert np.isnan(parsed.typed.iloc[3]) and parsed.typed.iloc[4] == 7.0
@@ -137,7 +156,7 @@ def test_dates_accepted_and_converted_to_gmt(raw: str, expected: str) -> None:
     checked (future, old) is the one sent, to the second."""
     parsed = normalise.dates(col(raw))
     assert parsed.errors.empty
-    assert parsed.values.tolist() == [expected]
+    assert values(parsed) == [expected]
     assert parsed.typed is not None
     assert parsed.typed.iloc[0] == np.datetime64(
         datetime.strptime(expected, "%a, %d %b %Y %H:%M:%S GMT"))
@@ -147,7 +166,7 @@ def test_excel_date_cells() -> None:
     """Excel date and datetime cells (no zone in Excel) are taken as GMT."""
     parsed = normalise.dates(col(datetime(2025, 7, 4, 16, 20, 41), date(2025, 7, 4),
                                  pd.Timestamp("2025-07-04 08:00"), None))
-    assert parsed.values.tolist() == ["Fri, 04 Jul 2025 16:20:41 GMT",
+    assert values(parsed) == ["Fri, 04 Jul 2025 16:20:41 GMT",
                                       "Fri, 04 Jul 2025 00:00:00 GMT",
                                       "Fri, 04 Jul 2025 08:00:00 GMT", None]
     assert parsed.typed is not None
@@ -183,7 +202,7 @@ def test_dates_whole_column_path_agrees_with_per_value_path() -> None:
     """A text-only column (read at once as fixed-width bytes) reads like a mixed one."""
     text_only = normalise.dates(col(*_RFC_EDGES))
     mixed = normalise.dates(col(*_RFC_EDGES, 1.5))  # a number cell: every value on its own
-    assert text_only.values.tolist() == mixed.values.tolist()[:-1]
+    assert values(text_only) == values(mixed)[:-1]
     assert problems(text_only) == {i: p for i, p in problems(mixed).items()
                                    if i < len(_RFC_EDGES)}
     assert text_only.typed.astype(str).tolist() == mixed.typed.astype(str).tolist()[:-1]
@@ -198,7 +217,7 @@ def test_dates_with_a_nul_character_are_refused() -> None:
     """A NUL after a canonical date is not a date (the fixed-width reading must not drop it)."""
     parsed = normalise.dates(col("Mon, 27 Jul 2026 12:00:00 GMT\x00",
                                  "Mon, 27 Jul 2026 12:00:00 GMT"))
-    assert parsed.values.tolist() == [None, "Mon, 27 Jul 2026 12:00:00 GMT"]
+    assert values(parsed) == [None, "Mon, 27 Jul 2026 12:00:00 GMT"]
     assert problems(parsed)[0][0] == "invalid_date"
 
 
@@ -207,10 +226,10 @@ def test_digits_are_ascii_only() -> None:
     amounts (Python's float() and Decimal() would take them): an error, never a guess."""
     parsed = normalise.dates(col("Mon, \u0662\u0667 Jul 2026 12:00:00 GMT",
                                  "Mon, 27 Jul 2026 12:00:00 GMT"))
-    assert parsed.values.tolist() == [None, "Mon, 27 Jul 2026 12:00:00 GMT"]
+    assert values(parsed) == [None, "Mon, 27 Jul 2026 12:00:00 GMT"]
     amounts = normalise.amounts(col("\u0661\u0662\u0663", "\uff11\uff12\uff13",
                                     "1 \u0662\u0663\u0664,50", "123"))
-    assert amounts.values.tolist() == [None, None, None, "123.00"]
+    assert values(amounts) == [None, None, None, "123.00"]
     assert {code for code, _ in problems(amounts).values()} == {"invalid_amount"}
 
 
@@ -221,7 +240,7 @@ def test_digits_are_ascii_only() -> None:
 def test_dates_not_guessed(raw: str) -> None:
     """Local forms, serial numbers, zone-less datetimes and impossible dates are errors."""
     parsed = normalise.dates(col(raw))
-    assert parsed.values.tolist() == [None]
+    assert values(parsed) == [None]
     [(code, text)] = problems(parsed).values()
     assert code == "invalid_date"
     assert "write" in text or "format" in text or "add Z" in text
@@ -236,7 +255,7 @@ def test_an_impossible_numeric_offset_is_not_converted(raw: str) -> None:
     or more; ISO likewise (helper-48)."""
     parsed = normalise.dates(col(raw, "Mon, 02 Nov 2026 10:00:00 +0130",
                                  "2026-11-02T10:00:00-14:00"))
-    assert parsed.values.tolist() == [None, "Mon, 02 Nov 2026 08:30:00 GMT",
+    assert values(parsed) == [None, "Mon, 02 Nov 2026 08:30:00 GMT",
                                       "Tue, 03 Nov 2026 00:00:00 GMT"]
     [(code, text)] = problems(parsed).values()
     assert code == "invalid_date" and "offset" in text
@@ -259,7 +278,7 @@ def test_placeholder_dates_are_errors(raw: object) -> None:
     """How systems write "no date" (.NET's 0001-01-01, Excel's day 0 or 60, Unix's 0) is never
     posted as a date; the day after Unix's 0 is a date."""
     parsed = normalise.dates(col(raw, "Fri, 02 Jan 1970 00:00:00 GMT"))
-    assert parsed.values.tolist() == [None, "Fri, 02 Jan 1970 00:00:00 GMT"]
+    assert values(parsed) == [None, "Fri, 02 Jan 1970 00:00:00 GMT"]
     [(code, text)] = problems(parsed).values()
     assert code == "placeholder_date" and "no date" in text
 
@@ -278,8 +297,8 @@ def test_texts_are_sent_in_composed_form() -> None:
     macOS and PDFs give it) is sent composed, as Amili's lookup would hold it; ASCII is kept as
     is, cell by cell."""
     parsed = normalise.texts(col("Fa\u0308ktura-1", "INV-2", 103118.0))
-    assert parsed.values.tolist() == ["F\u00e4ktura-1", "INV-2", "103118"]
-    assert normalise.texts(col("Fa\u0308ktura-1")).values.tolist() == ["F\u00e4ktura-1"]
+    assert values(parsed) == ["F\u00e4ktura-1", "INV-2", "103118"]
+    assert values(normalise.texts(col("Fa\u0308ktura-1"))) == ["F\u00e4ktura-1"]
 
 
 def test_number_cell_in_a_date_column() -> None:
@@ -300,7 +319,7 @@ def test_rfc1123_is_locale_independent() -> None:
 def test_hex_ids_lowercased_and_number_cells_refused() -> None:
     """Ids are lowercased; a number cell (Excel drops digits) is an error; empty is None."""
     parsed = normalise.hex_ids(col("674DBEB208847B9501CC9138", "", 1.23e23, True), "invalid_case")
-    assert parsed.values.tolist() == ["674dbeb208847b9501cc9138", None, None, None]
+    assert values(parsed) == ["674dbeb208847b9501cc9138", None, None, None]
     found = problems(parsed)
     assert set(found) == {2, 3}
     assert found[2][0] == "invalid_case" and "Text" in found[2][1]
@@ -309,13 +328,13 @@ def test_hex_ids_lowercased_and_number_cells_refused() -> None:
 def test_hex_ids_fast_path_returns_lowercase_values_as_is() -> None:
     """A column of lowercase ids comes back unchanged."""
     ids = [f"{i:024x}" for i in range(5)]
-    assert normalise.hex_ids(col(*ids), "invalid_case").values.tolist() == ids
+    assert values(normalise.hex_ids(col(*ids), "invalid_case")) == ids
 
 
 def test_texts_from_excel_numbers() -> None:
     """An invoice number read as 103118.0 becomes '103118'; dates and booleans are refused."""
     parsed = normalise.texts(col(103118.0, 42, 12.5, "INV-1", "", datetime(2025, 1, 1), False))
-    assert parsed.values.tolist() == ["103118", "42", "12.5", "INV-1", None, None, None]
+    assert values(parsed) == ["103118", "42", "12.5", "INV-1", None, None, None]
     assert {i: c for i, (c, _) in problems(parsed).items()} == {5: "invalid_text",
                                                                  6: "invalid_text"}
 
@@ -323,12 +342,12 @@ def test_texts_from_excel_numbers() -> None:
 def test_words_fold_case_and_default() -> None:
     """Currency is upper-cased, origin lower-cased; empty cells take the default."""
     currency = normalise.words(col("sek", "SEK", "Sek", "", "eur"), "invalid_currency", upper=True)
-    assert currency.values.tolist() == ["SEK", "SEK", "SEK", None, "EUR"]
+    assert values(currency) == ["SEK", "SEK", "SEK", None, "EUR"]
     origin = normalise.words(col("", "", ""), "invalid_origin", default="creditor_system")
-    assert origin.values.tolist() == ["creditor_system"] * 3
+    assert values(origin) == ["creditor_system"] * 3
     origin = normalise.words(col("Creditor_System", None), "invalid_origin",
                              default="creditor_system")
-    assert origin.values.tolist() == ["creditor_system", "creditor_system"]
+    assert values(origin) == ["creditor_system", "creditor_system"]
 
 
 # --- cells that are not values -----------------------------------------------------------------
@@ -340,7 +359,7 @@ def test_formula_without_value_error_value_and_long_cells() -> None:
     raw = col(FORMULA_WITHOUT_VALUE, "#N/A", "x" * 1001, "ok")
     assert [c for c, _ in problems(normalise.texts(raw)).values()] == [
         "formula_without_value", "cell_error", "too_long"]
-    assert normalise.texts(raw).values.tolist() == [None, None, None, "ok"]
+    assert values(normalise.texts(raw)) == [None, None, None, "ok"]
     for parsed in (normalise.amounts(raw), normalise.dates(raw),
                    normalise.hex_ids(raw, "invalid_case"),
                    normalise.words(raw, "invalid_currency", upper=True)):
