@@ -554,6 +554,7 @@ def words(raw: pd.Series, code: str, *, upper: bool = False, default: str | None
 _CANONICAL_AMOUNTS = re.compile(
     r"(?:(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}\n)*+(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}")
 _CANONICAL_AMOUNT = re.compile(r"(?:[1-9][0-9]{0,11}|0)[.,][0-9]{2}")
+_CANONICAL_AMOUNT_RE2 = r"^(?:[1-9][0-9]{0,11}|0)[.,][0-9]{2}$"  # the same, for Arrow
 _ODD_AMOUNT_LINE = re.compile(r"^(?!(?:[1-9][0-9]{0,11}|0)\.[0-9]{2}$)", re.MULTILINE)
 # re.ASCII: \d is 0-9 only (Python's \d, float() and Decimal() also take ١٢٣ or １２３).
 _GROUPED = re.compile(r"(\d{1,3})((?:[ \u00a0\u202f\u2009]\d{3})+)([.,]\d+)?", re.ASCII)
@@ -667,6 +668,8 @@ def amounts(raw: pd.Series) -> Parsed:
         Values, problems, and ``typed``: the amounts as float64 for range checks.
     """
     cells = _cells(raw)
+    if cells.text is not None:
+        return _amounts_text(cells, raw.index)
     arr, n = cells.arr, len(cells.arr)
     out = _filled(n, None)
     typed = np.full(n, np.nan)
@@ -701,6 +704,26 @@ def amounts(raw: pd.Series) -> Parsed:
     typed[given] = out[given].astype(np.float64)
     return Parsed(_obj_series(out, raw.index), _errors(raw.index, failed, problems),
                   pd.Series(typed, index=raw.index))
+
+
+def _amounts_text(cells: _Cells, index: pd.Index) -> Parsed:
+    """:func:`amounts` for a CSV's column: canonical cells (``1234.50``, ``1234,50``) with
+    Arrow kernels, kept as Arrow text; the others are read once per distinct value."""
+    assert cells.text is not None
+    text = cells.text
+    canonical = _mask(pc.match_substring_regex(text, _CANONICAL_AMOUNT_RE2))
+    if pc.any(pc.match_substring(text, ",")).as_py():
+        text = pc.replace_substring(text, ",", ".")
+    rest = np.flatnonzero(~canonical & ~cells.empty)
+    found, failed = np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    problems: list[Problem] = []
+    if len(rest):
+        odd = np.array(cells.text.take(pa.array(rest)).to_pylist(), dtype=object)
+        found, failed, problems = _per_unique(odd, np.arange(len(rest)), _amount_cell)
+    values = _replaced(text, ~canonical, rest, found, index)
+    typed = pc.cast(pa.array(values.array), pa.float64())
+    return Parsed(values, _errors(index, rest[failed], problems),
+                  pd.Series(typed.to_numpy(zero_copy_only=False), index=index))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -872,6 +895,8 @@ def dates(raw: pd.Series) -> Parsed:
         Values, problems, and ``typed``: ``datetime64[us]`` in UTC (NaT where empty/failed).
     """
     cells = _cells(raw)
+    if cells.text is not None:
+        return _dates_text(cells, raw.index)
     arr, n = cells.arr, len(cells.arr)
     texts = _filled(n, None)
     moments = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
@@ -888,6 +913,38 @@ def dates(raw: pd.Series) -> Parsed:
         texts[rest], moments[rest], failed, problems = _dates_per_unique(arr, rest)
     return Parsed(_obj_series(texts, raw.index), _errors(raw.index, failed, problems),
                   pd.Series(moments, index=raw.index))
+
+
+def _dates_text(cells: _Cells, index: pd.Index) -> Parsed:
+    """:func:`dates` for a CSV's column: canonical cells are their own value, kept as Arrow
+    text; the others are read once per distinct value."""
+    assert cells.text is not None
+    text = cells.text
+    moments = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[us]")
+    good, when = _canonical_rfc_text(text)
+    moments[good] = when
+    rest = np.flatnonzero(~good & ~cells.empty)
+    found, failed = np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    problems: list[Problem] = []
+    if len(rest):
+        odd = np.array(text.take(pa.array(rest)).to_pylist(), dtype=object)
+        found, moments[rest], failed, problems = _dates_per_unique(odd, np.arange(len(rest)))
+    return Parsed(_replaced(text, ~good, rest, found, index), _errors(index, rest[failed],
+                                                                       problems),
+                  pd.Series(moments, index=index))
+
+
+def _replaced(text: pa.Array, replace: np.ndarray, rest: np.ndarray, found: np.ndarray,
+              index: pd.Index) -> pd.Series:
+    """Arrow text where ``replace`` is False; elsewhere missing, except at the positions
+    ``rest`` (a subset of ``replace``), which take ``found`` (None: missing)."""
+    if replace.any():
+        where = np.flatnonzero(replace)
+        values = np.full(len(where), None, dtype=object)
+        values[np.searchsorted(where, rest)] = found
+        text = pc.replace_with_mask(text, pa.array(replace),
+                                    pa.array(values.tolist(), type=text.type))
+    return pd.Series(text, index=index, dtype=TEXT)
 
 
 def _keys(words: tuple[str, ...]) -> np.ndarray:
@@ -915,13 +972,38 @@ def _canonical_rfc(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (mask over ``arr``, the moments of the cells it marks as ``datetime64[us]``).
     """
     n = len(arr)
-    none = np.zeros(n, dtype=bool), np.empty(0, dtype="datetime64[us]")
     joined = "".join(arr)
     if "\x00" in joined or not joined.isascii():  # fixed width drops NULs; bytes need ASCII
-        return none
+        return np.zeros(n, dtype=bool), np.empty(0, dtype="datetime64[us]")
     at = arr.astype("S30").view(np.uint8).reshape(n, 30)
-    ok = (at[:, 29] == 0) & (at[:, 28] != 0)  # exactly 29 characters
-    ok &= (at[:, _RFC_FIXED_AT] == _RFC_TEMPLATE).all(axis=1)
+    return _canonical_rows(at[:, :29], (at[:, 29] == 0) & (at[:, 28] != 0))  # 29 characters
+
+
+def _canonical_rfc_text(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_canonical_rfc` for Arrow text: the 29-byte values are read in place as rows of
+    bytes (each of the 29 is checked, so a byte of a non-ASCII character never passes)."""
+    n = len(text)
+    right = _mask(pc.equal(pc.binary_length(text), 29))
+    if not right.any():
+        return right, np.empty(0, dtype="datetime64[us]")
+    picked = text.filter(pa.array(right))
+    wide = pa.types.is_large_string(picked.type)
+    offsets = np.frombuffer(picked.buffers()[1], dtype=np.int64 if wide else np.int32)
+    start = int(offsets[picked.offset])
+    at = np.frombuffer(picked.buffers()[2], dtype=np.uint8, count=29 * len(picked),
+                       offset=start).reshape(len(picked), 29)
+    good, moments = _canonical_rows(at, np.ones(len(picked), dtype=bool))
+    mask = np.zeros(n, dtype=bool)
+    mask[np.flatnonzero(right)[good]] = True
+    return mask, moments
+
+
+def _canonical_rows(at: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of 29 bytes (where ``ok``) that are canonical RFC 1123 GMT naming the right
+    weekday, and their moments."""
+    n = len(at)
+    none = np.zeros(n, dtype=bool), np.empty(0, dtype="datetime64[us]")
+    ok = ok & (at[:, _RFC_FIXED_AT] == _RFC_TEMPLATE).all(axis=1)
     digits = at[:, _RFC_DIGITS_AT] - np.uint8(ord("0"))  # wraps below '0': > 9
     ok &= (digits <= 9).all(axis=1)
     if not ok.any():

@@ -210,7 +210,7 @@ def test_dates_whole_column_path_agrees_with_per_value_path() -> None:
     assert problems(text_only)[2][0] == "invalid_date"
     assert problems(text_only)[1][0] == "wrong_weekday"
     assert _RFC_EDGES[12].startswith("Sat, 01 Jan 0000")  # numpy reads year 0, Python does not
-    assert problems(text_only)[12][0] == "invalid_date" and text_only.values[12] is None
+    assert problems(text_only)[12][0] == "invalid_date" and values(text_only)[12] is None
 
 
 def test_dates_with_a_nul_character_are_refused() -> None:
