@@ -528,6 +528,22 @@ def _temp_path(directory: Path, final_name: str) -> Path:
     raise FileExistsError(f"no free temporary name for {final_name} in {directory}")
 
 
+def _open_new(path: Path) -> IO[bytes]:
+    """A new, empty temp file (from :func:`_temp_path`) opened for writing without
+    truncating it: ext4 writes a truncated file's blocks out when it is closed (~0.6 s for the
+    reports of a million rows, at the end of the run), while fsync does that anyway."""
+    return open(path, "r+b")  # noqa: SIM115
+
+
+_DATASYNC = getattr(os, "fdatasync", os.fsync)  # macOS has fsync only
+
+
+def _to_disk(*files: IO[bytes]) -> None:
+    for f in files:
+        f.flush()
+        _DATASYNC(f.fileno())
+
+
 def _publish(temp: Path, final: Path) -> None:
     """fsync a finished temp file and rename it over the final name (atomic on POSIX)."""
     with open(temp, "rb+") as f:
@@ -657,15 +673,15 @@ class ReportWriter:
             self._rows_path = self._temp("report.json")
             self._csv_path = self._temp("report.csv")
             self._spill_path = self._temp("report.xlsx.rows")
-            self._rows_file: IO[bytes] = open(self._rows_path, "wb")  # noqa: SIM115
+            self._rows_file: IO[bytes] = _open_new(self._rows_path)
             opened.append(self._rows_file)
             self._rows_file.write(b" " * HEAD_RESERVE)
-            self._csv_file: IO[bytes] = open(self._csv_path, "wb")  # noqa: SIM115
+            self._csv_file: IO[bytes] = _open_new(self._csv_path)
             opened.append(self._csv_file)
             # UTF-8 with BOM, so that Excel opens å ä ö right.
             self._csv_file.write(b"\xef\xbb\xbf" + (",".join(
                 _csv_quote(escape_formula(c)) for c in self.columns) + "\r\n").encode())
-            self._spill: IO[bytes] = open(self._spill_path, "wb")  # noqa: SIM115
+            self._spill: IO[bytes] = _open_new(self._spill_path)
             opened.append(self._spill)
             self._io = _Worker("report-writer", 2)
             self._work = _Worker("report-encoder", 1)
@@ -737,6 +753,9 @@ class ReportWriter:
             csv_bytes = _text_bytes(csv_rows)
             self._io.write(self._csv_file, csv_bytes)
             self._spill_xlsx(csv_bytes, csv_rows, statuses[start:start + _SUB_BATCH])
+        # On disk as the run goes, by the writer's thread: the fsync at the end (a report is
+        # put in place only once it is on disk) then has little left to wait for.
+        self._io.submit(lambda: _to_disk(self._rows_file, self._csv_file))
 
     def _spill_xlsx(self, csv_bytes: memoryview, csv_rows: pa.Array,
                     statuses: np.ndarray) -> None:
@@ -777,7 +796,7 @@ class ReportWriter:
         # Runs of consecutive rows to keep: one read per run (rows needing attention are few).
         keep = np.flatnonzero(~ok)
         breaks = np.flatnonzero(np.diff(keep) != 1) + 1
-        with open(self._spill_path, "rb") as src, open(kept_path, "wb") as dst:
+        with open(self._spill_path, "rb") as src, _open_new(kept_path) as dst:
             for run in np.split(keep, breaks) if len(keep) else []:
                 src.seek(int(starts[run[0]]))
                 dst.write(src.read(int(ends[run[-1]] - starts[run[0]])))
@@ -825,7 +844,7 @@ class ReportWriter:
                     out.write(b"\n]}\n")
             else:  # small (a tidy file costs little) or a head too large for the room kept
                 json_temp = self._temp("report.json")
-                with open(json_temp, "wb") as out, open(self._rows_path, "rb") as rows:
+                with _open_new(json_temp) as out, open(self._rows_path, "rb") as rows:
                     out.write(head_text)
                     rows.seek(HEAD_RESERVE)
                     while block := rows.read(1 << 20):
