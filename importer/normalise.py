@@ -94,17 +94,28 @@ TEXT = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' own "str", backed b
 
 def objects(values: pd.Series) -> np.ndarray:
     """:attr:`Parsed.values` as Python objects: None where missing, whichever kind of Series."""
+    if _is_arrow_text(values):  # Arrow's own conversion: twice as fast as pandas' here
+        return _arrow_array(values).to_numpy(zero_copy_only=False)
     return values.to_numpy(dtype=object, na_value=None)  # type: ignore[call-overload]
+
+
+def _is_arrow_text(series: pd.Series) -> bool:
+    return isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow"
+
+
+def _arrow_array(series: pd.Series) -> pa.Array:
+    found = pa.array(series.array)
+    if isinstance(found, pa.ChunkedArray):
+        found = found.chunk(0) if found.num_chunks == 1 else found.combine_chunks()
+    return found
 
 
 def arrow_text(series: pd.Series) -> pa.Array | None:
     """A column of Arrow-backed text without missing values (a CSV's cells) as one Arrow
     array, or None for any other column."""
-    if not isinstance(series.dtype, pd.StringDtype) or series.dtype.storage != "pyarrow":
+    if not _is_arrow_text(series):
         return None
-    found = pa.array(series.array)
-    if isinstance(found, pa.ChunkedArray):
-        found = found.chunk(0) if found.num_chunks == 1 else found.combine_chunks()
+    found = _arrow_array(series)
     return None if found.null_count else found
 
 

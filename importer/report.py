@@ -233,10 +233,11 @@ class _Tally:
 
 def _numbers(raw: pd.Series) -> np.ndarray:
     """The amounts as float64, NaN where empty or not a number."""
-    if raw.dtype == object:
+    if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):
         try:  # decimal strings (the report frame's amounts): Arrow's cast is ~8x faster
-            return pc.cast(pa.array(raw.to_numpy(), type=pa.string(), from_pandas=True),
-                           pa.float64()).to_numpy(zero_copy_only=False)
+            text = (pa.array(raw.array) if isinstance(raw.dtype, pd.StringDtype) else
+                    pa.array(raw.to_numpy(), type=pa.string(), from_pandas=True))
+            return pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass
     return pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
