@@ -457,18 +457,47 @@ class _Issues:
 
 class Duplicates:
     """The row keys seen so far in one file and kind, over all its sheets: each key's hash,
-    with the row and sheet that had it first (sorted by hash, for a vectorised lookup)."""
+    with the row and sheet that had it first.
+
+    Kept as a few runs sorted by hash (for a vectorised lookup), each at least twice as long
+    as the next: a chunk's new keys are a run of their own, merged with the run before while
+    that one is not longer, so that a key is copied a few times over a file, not once per
+    chunk (inserting into one sorted array cost 0.4 s per million rows).
+    """
 
     def __init__(self) -> None:
-        self.hashes = np.empty(0, dtype=np.int64)
-        self.rows = np.empty(0, dtype=np.int64)
-        self.sheets = np.empty(0, dtype=np.int64)  # positions in sheet_names
+        # (hashes sorted, first row, first sheet as a position in sheet_names)
+        self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.sheet_names: list[str | None] = []
 
     def sheet_number(self, sheet: str | None) -> int:
         if sheet not in self.sheet_names:
             self.sheet_names.append(sheet)
         return self.sheet_names.index(sheet)
+
+    def first(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which of ``hashes`` (distinct) were seen, and their first row and sheet there."""
+        seen = np.zeros(len(hashes), dtype=bool)
+        rows = np.zeros(len(hashes), dtype=np.int64)
+        sheets = np.zeros(len(hashes), dtype=np.int64)
+        for known, known_rows, known_sheets in self.runs:
+            at = np.minimum(np.searchsorted(known, hashes), len(known) - 1)
+            hit = known[at] == hashes
+            rows[hit], sheets[hit] = known_rows[at[hit]], known_sheets[at[hit]]
+            seen |= hit
+        return seen, rows, sheets
+
+    def add(self, hashes: np.ndarray, rows: np.ndarray, sheets: np.ndarray) -> None:
+        """Keep keys not seen before (``hashes`` distinct and sorted)."""
+        if not len(hashes):
+            return
+        self.runs.append((hashes, rows, sheets))
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= len(self.runs[-1][0]):
+            newer, older = self.runs.pop(), self.runs.pop()
+            order = np.argsort(np.concatenate([older[0], newer[0]]), kind="stable")
+            merged_hashes, merged_rows, merged_sheets = (
+                np.concatenate([o, n])[order] for o, n in zip(older, newer, strict=True))
+            self.runs.append((merged_hashes, merged_rows, merged_sheets))
 
 
 class Checker:
@@ -695,19 +724,11 @@ class Checker:
         ok_rows = rows if every else rows[ok]
         seen = self._dups
         here = seen.sheet_number(self.table.sheet)
-        first_row = ok_rows[first_index]
-        first_sheet = np.full(len(unique), here, dtype=np.int64)
-        at = np.searchsorted(seen.hashes, unique)
-        clipped = np.minimum(at, max(len(seen.hashes) - 1, 0))
-        earlier = (at < len(seen.hashes)) & (seen.hashes[clipped] == unique) \
-            if len(seen.hashes) else np.zeros(len(unique), dtype=bool)
-        if len(seen.hashes):
-            first_row = np.where(earlier, seen.rows[clipped], first_row)
-            first_sheet = np.where(earlier, seen.sheets[clipped], first_sheet)
+        earlier, earlier_row, earlier_sheet = seen.first(unique)
+        first_row = np.where(earlier, earlier_row, ok_rows[first_index])
+        first_sheet = np.where(earlier, earlier_sheet, here)
         new = ~earlier
-        seen.hashes = np.insert(seen.hashes, at[new], unique[new])
-        seen.rows = np.insert(seen.rows, at[new], first_row[new])
-        seen.sheets = np.insert(seen.sheets, at[new], first_sheet[new])
+        seen.add(unique[new], first_row[new], first_sheet[new])
         first_of = first_row[inverse.reshape(-1)]
         sheet_of = first_sheet[inverse.reshape(-1)]
         dup = np.flatnonzero((first_of != ok_rows) | (sheet_of != here))

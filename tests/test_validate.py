@@ -477,3 +477,35 @@ def test_long_numbers_in_number_cells_are_refused() -> None:
     assert "Excel keeps only 15 digits" in out["message"][0]
     assert "Excel keeps only 15 digits" in out["message"][1]
     assert out["invoice_number"][2] == "123456789012345"
+
+
+def test_duplicate_index_over_many_chunks_names_each_first_row() -> None:
+    """The keys of many chunks (repeats within and across them, in any order): each key is
+    found from the second time on, with the row and sheet that had it first; the runs it is
+    kept in stay few."""
+    import random
+
+    import numpy as np
+
+    from importer.validate import Duplicates
+
+    rng = random.Random(3)
+    index, first = Duplicates(), {}
+    for chunk_number in range(60):
+        size = rng.randint(1, 400)
+        keys = np.array(sorted({rng.randint(0, 5000) for _ in range(size)}), dtype=np.int64)
+        rows = np.arange(len(keys), dtype=np.int64) + chunk_number * 1000
+        sheets = np.full(len(keys), chunk_number % 3, dtype=np.int64)
+        seen, seen_rows, seen_sheets = index.first(keys)
+        for key, was, row, sheet in zip(keys.tolist(), seen.tolist(), seen_rows.tolist(),
+                                        seen_sheets.tolist(), strict=True):
+            assert was == (key in first)
+            if was:
+                assert (row, sheet) == first[key]
+        new = ~seen
+        for key, row, sheet in zip(keys[new].tolist(), rows[new].tolist(),
+                                   sheets[new].tolist(), strict=True):
+            first[key] = (row, sheet)
+        index.add(keys[new], rows[new], sheets[new])
+        assert len(index.runs) <= 12
+    assert sum(len(run[0]) for run in index.runs) == len(first)
