@@ -126,6 +126,29 @@ def _text_values(text: pa.Array, missing: np.ndarray, index: pd.Index) -> pd.Ser
     return pd.Series(text, index=index, dtype=TEXT)
 
 
+class TextBytes:
+    """The UTF-8 bytes of an Arrow text column, and each value's length in bytes: one numpy
+    pass over them answers "does any value hold X?", so that the usual column skips the
+    per-value kernels."""
+
+    def __init__(self, text: pa.Array) -> None:
+        n = len(text)
+        wide = pa.types.is_large_string(text.type) or pa.types.is_large_binary(text.type)
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64 if wide else np.int32)[
+            text.offset:text.offset + n + 1] if n else np.zeros(1, dtype=np.int32)
+        data = text.buffers()[2] if n else None
+        self.lengths = np.diff(offsets)
+        self.u8 = (np.frombuffer(data, dtype=np.uint8)[int(offsets[0]):int(offsets[-1])]
+                   if data is not None else np.empty(0, dtype=np.uint8))
+
+    def has(self, *characters: str) -> bool:
+        """Whether any value holds one of these ASCII characters."""
+        return any(bool((self.u8 == ord(c)).any()) for c in characters)
+
+    def ascii(self) -> bool:
+        return not len(self.u8) or int(self.u8.max()) < 0x80
+
+
 def _mask(found: pa.Array) -> np.ndarray:
     return found.to_numpy(zero_copy_only=False)
 
@@ -142,8 +165,9 @@ class _Cells:
         self._raw = raw
         self.text = arrow_text(raw)
         if self.text is not None:
+            self.scan = TextBytes(self.text)
             self.plain = True  # every cell is a plain str (CSV): the fast paths apply
-            self.empty = _mask(pc.equal(self.text, ""))  # None, NaN or ""
+            self.empty = self.scan.lengths == 0  # None, NaN or ""
             # plain str cells (not the formula sentinel, a str subclass)
             self.is_str = np.ones(len(raw), dtype=bool)
             return
@@ -365,9 +389,11 @@ def _screen(cells: _Cells) -> tuple[np.ndarray, list[Problem]]:
     """Cells that are not values at all: formulas without a cached value, Excel error values
     (``#N/A``…) and cells longer than :data:`MAX_CELL` characters."""
     if cells.text is not None:
-        text = cells.text
-        suspects = np.flatnonzero(_mask(pc.greater(pc.utf8_length(text), MAX_CELL)))
-        if pc.any(pc.match_substring(text, "#")).as_py():
+        text, scan = cells.text, cells.scan
+        suspects = np.empty(0, dtype=np.int64)
+        if len(scan.lengths) and int(scan.lengths.max()) > MAX_CELL:  # bytes >= characters
+            suspects = np.flatnonzero(_mask(pc.greater(pc.utf8_length(text), MAX_CELL)))
+        if scan.has("#"):
             suspects = np.union1d(suspects, np.flatnonzero(_mask(pc.is_in(
                 text, value_set=pa.array(sorted(EXCEL_ERRORS))))))
         found = [(p, _special(text[int(p)].as_py())) for p in suspects]
@@ -423,7 +449,8 @@ def hex_ids(raw: pd.Series, code: str) -> Parsed:
     """
     cells = _cells(raw)
     special, problems = _screen(cells)
-    if cells.text is not None and not len(special) and _ascii_lower(cells.text):
+    if cells.text is not None and not len(special) and cells.scan.ascii() and \
+            not _UPPER_BYTES[cells.scan.u8].any():  # ASCII and lower case already
         return Parsed(_text_values(cells.text, cells.empty, raw.index), _no_errors(raw.index))
     arr, n = cells.arr, len(cells.arr)
     if cells.plain and not cells.empty.any() and not len(special):
@@ -452,10 +479,8 @@ def hex_ids(raw: pd.Series, code: str) -> Parsed:
     return Parsed(_obj_series(out, raw.index), _errors(raw.index, failed, problems))
 
 
-def _ascii_lower(text: pa.Array) -> bool:
-    """Every value ASCII and in lower case already."""
-    return bool(pc.all(pc.string_is_ascii(text)).as_py() is not False
-                and pc.all(pc.equal(pc.ascii_lower(text), text)).as_py() is not False)
+_UPPER_BYTES = np.zeros(256, dtype=bool)
+_UPPER_BYTES[ord("A"):ord("Z") + 1] = True
 
 
 def _nfc(values: np.ndarray) -> np.ndarray:
@@ -483,8 +508,7 @@ def texts(raw: pd.Series, code: str = "invalid_text") -> Parsed:
     """
     cells = _cells(raw)
     special, problems = _screen(cells)
-    if cells.text is not None and not len(special) and \
-            pc.all(pc.string_is_ascii(cells.text)).as_py() is not False:  # NFC already
+    if cells.text is not None and not len(special) and cells.scan.ascii():  # NFC already
         return Parsed(_text_values(cells.text, cells.empty, raw.index), _no_errors(raw.index))
     arr = cells.arr
     if cells.plain and not cells.empty.any() and not len(special):

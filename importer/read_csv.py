@@ -434,8 +434,11 @@ def _screen(name: str, column: str, values: pa.Array, rows: Any, delimiter: str,
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    lines = pc.or_(pc.match_substring(values, "\n"), pc.match_substring(values, "\r"))
-    if pc.any(lines).as_py():
+    from importer.normalise import TextBytes
+
+    scan = TextBytes(values)
+    if scan.has("\n", "\r"):
+        lines = pc.or_(pc.match_substring(values, "\n"), pc.match_substring(values, "\r"))
         enough = max(1, width - 1 if width <= 3 else width - 2)
         for at in np.flatnonzero(lines.to_numpy(zero_copy_only=False)):
             value = values[at].as_py()
@@ -446,8 +449,8 @@ def _screen(name: str, column: str, values: pa.Array, rows: Any, delimiter: str,
                     f"{'tab' if delimiter == chr(9) else repr(delimiter)}): a quote is "
                     "probably not closed where it should be, so the rows after it were read "
                     "into this value; check the quotes"))
-    quoted = pc.starts_with(values, "'")
-    if pc.any(quoted).as_py():
+    quoted = pc.starts_with(values, "'") if scan.has("'") else None
+    if quoted is not None and pc.any(quoted).as_py():
         texts = values.filter(quoted).to_pylist()
         values = pc.replace_with_mask(values, quoted, pa.array(
             [v[1:] if v.startswith(_INERT) else v for v in texts], type=values.type))

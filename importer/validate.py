@@ -196,9 +196,22 @@ def _passes(s: pd.Series, found: Any) -> pd.Series:
     return pd.Series(found.to_numpy(zero_copy_only=False), index=s.index, dtype=bool)
 
 
+def _byte_table(characters: bytes) -> np.ndarray:
+    table = np.zeros(256, dtype=bool)
+    table[np.frombuffer(characters, dtype=np.uint8)] = True
+    return table
+
+
+_HEX_BYTES = _byte_table(b"0123456789abcdef")
+_CONTROL_BYTES = _byte_table(bytes([*range(0x20), 0x7F]))  # _CONTROL's characters in ASCII
+
+
 def _hex24(s: pd.Series) -> pd.Series:
     text = normalise.arrow_text(s)
     if text is not None:
+        scan = normalise.TextBytes(text)
+        if bool((scan.lengths == 24).all()) and bool(_HEX_BYTES[scan.u8].all()):
+            return _all(s)  # every value 24 bytes, every byte a hex digit
         return _passes(s, pc.match_substring_regex(text, "^[0-9a-f]{24}$"))
     values = s.to_numpy(dtype=object)
     if not len(values):
@@ -220,6 +233,9 @@ def _hex24(s: pd.Series) -> pd.Series:
 def _short(s: pd.Series) -> pd.Series:
     text = normalise.arrow_text(s)
     if text is not None:
+        scan = normalise.TextBytes(text)
+        if not len(scan.lengths) or int(scan.lengths.max()) <= normalise.MAX_TEXT:
+            return _all(s)  # no more bytes than that, so no more characters
         return _passes(s, pc.less_equal(pc.utf8_length(text), normalise.MAX_TEXT))
     values = s.to_numpy(dtype=object)
     if not len(values) or max(map(len, values)) <= normalise.MAX_TEXT:
@@ -230,8 +246,9 @@ def _short(s: pd.Series) -> pd.Series:
 
 def _no_control(s: pd.Series) -> pd.Series:
     text = normalise.arrow_text(s)
-    if text is not None and pc.all(pc.string_is_ascii(text)).as_py() is not False:
-        # In ASCII, _CONTROL's characters are these.
+    if text is not None and (scan := normalise.TextBytes(text)).ascii():
+        if not _CONTROL_BYTES[scan.u8].any():
+            return _all(s)
         return _passes(s, pc.invert(pc.match_substring_regex(text, r"[\x00-\x1f\x7f]")))
     values = s.to_numpy(dtype=object)
     joined = "".join(values)
