@@ -226,6 +226,9 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     if found is None:
         raise FileRejected(name, "the file is empty (no header, no rows)")
     header_row, header = found
+    # Arrow's reader skips lines, not records, to reach the first row below the header.
+    straight = not any("\n" in c or "\r" in c for number, cells in records
+                       if number <= header_row for c in cells)
     if header_row > 1:
         info.notes.append(f"header on row {header_row}; the rows above it are read as titles "
                           "and ignored")
@@ -248,27 +251,33 @@ def open_csv(path: Path, options: ReadOptions) -> tuple[FileInfo, list[Table]]:
     table = Table(file=info, sheet=None, kind=kind, header_row=header_row, columns=columns,
                   fields=fields, chunks=lambda: iter(()))
     table.chunks = _chunker(table, encoding, delimiter, width, header_cells, positions,
-                            options.chunk_rows, paired)
+                            options.chunk_rows,
+                            arrow=paired and straight and encoding in ARROW_ENCODINGS)
     return info, [table]
 
 
 MAX_WIDENINGS = 20  # restarts for rows wider than the sample showed (see _chunker)
 ARROW_BLOCK = 1 << 20  # bytes per block of Arrow's reader: its read-ahead stays small
+# Encodings whose end of file reads right from any byte (see _ends_inside_quotes).
+ARROW_ENCODINGS = ("utf-8", "utf-8-sig", "cp1252")
 
 
 def _chunker(table: Table, encoding: str, delimiter: str, width: int, header_cells: int,
-             positions: list[int], chunk_rows: int, paired: bool
+             positions: list[int], chunk_rows: int, arrow: bool
              ) -> Callable[[], Iterator[pd.DataFrame]]:
     """The table's ``chunks`` callable: the rows below the header, read afresh per call.
 
     Arrow's CSV reader reads the file (in its own threads, the cells kept as Arrow text) as
     long as every row is regular. At the first record it cannot take (more cells than the
-    sample at the top of the file showed, or fewer), and for a file whose quotes do not pair
-    up, pandas' more tolerant reader goes on from the first record not yet handed out: it
-    fills short rows with empty cells, and a row with more cells makes it start again, wider,
-    so that a row with empty cells past the others (``…,2026-11-03,,``) reads the same wherever
-    it is. Values in those cells reject the file, naming the row. Both readers hand over the
-    same kind of chunk (see :func:`_cells`).
+    sample at the top of the file showed, or fewer), and at a file's end inside a quoted
+    value, pandas' more tolerant (and stricter) reader goes on from the first record not yet
+    handed out: it fills short rows with empty cells, a row with more cells makes it start
+    again, wider, so that a row with empty cells past the others (``…,2026-11-03,,``) reads
+    the same wherever it is (values in those cells reject the file, naming the row), and a
+    quote never closed rejects the file. pandas reads the whole file when ``arrow`` is False:
+    its quotes do not pair up, a line break inside a cell above the first row (Arrow skips
+    lines, not records, to get there), or an encoding not in :data:`ARROW_ENCODINGS`. Both
+    readers hand over the same kind of chunk (see :func:`_cells`).
     """
     counted = False
 
@@ -277,7 +286,7 @@ def _chunker(table: Table, encoding: str, delimiter: str, width: int, header_cel
         info = table.file
         kept = dict(zip(positions, table.columns, strict=True))
         done = table.header_row  # records before the first row not yet handed out
-        readers = [_arrow_blocks, _pandas_blocks] if paired else [_pandas_blocks]
+        readers = [_arrow_blocks, _pandas_blocks] if arrow else [_pandas_blocks]
         for read in readers:
             try:
                 for block in read(table, encoding, delimiter, width, done, chunk_rows):
@@ -329,13 +338,30 @@ def _arrow_blocks(table: Table, encoding: str, delimiter: str, width: int, done:
             pending = reader.schema.empty_table()
             for batch in reader:
                 pending = pa.concat_tables([pending, pa.Table.from_batches([batch])])
-                while pending.num_rows >= chunk_rows:
+                while pending.num_rows > chunk_rows:  # the last row waits for the check below
                     yield _columns(pending.slice(0, chunk_rows))
                     pending = pending.slice(chunk_rows)
             if pending.num_rows:
-                yield _columns(pending)
+                last = _columns(pending)
+                if _ends_inside_quotes(table.file.path, encoding, last[-1][-1].as_py()):
+                    raise _Irregular
+                yield last
     except pa.ArrowInvalid:
         raise _Irregular from None
+
+
+def _ends_inside_quotes(path: Path, encoding: str, last: str) -> bool:
+    """Whether the file ends inside a quoted value that reads ``last``: Arrow's reader ends
+    such a value at the end of the file (a file cut short would pass), pandas' rejects it.
+    Its text would end with the opening quote and ``last`` (quotes doubled), unclosed. (The
+    one closed value that also ends so, a lone quote character, only costs the handover.)
+    """
+    tail = '"' + last.replace('"', '""')
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - len(tail.encode(encoding, errors="replace")) - 8))
+        end = f.read()
+    return end.decode(encoding, errors="replace").endswith(tail)
 
 
 def _columns(table: pa.Table) -> list[pa.Array]:

@@ -490,3 +490,27 @@ def test_a_quote_never_closed_is_named_even_near_the_end(tmp_path: Path) -> None
     _, (table,) = read(write(tmp_path, "payments.csv", text))
     with pytest.raises(FileRejected, match="never closed"):
         rows(table)
+
+
+def test_a_file_cut_off_inside_a_quoted_last_value_is_rejected(tmp_path: Path) -> None:
+    """A file that ends inside a quoted value (cut off in transfer: "1 234 for 1 234 567,00)
+    is rejected, even when a stray quote elsewhere makes the number of quotes even; a file
+    whose last value is quoted and closed reads as it says."""
+    header = f"{HEADER},creditor_payment_reference"
+    cut = (f'{header}\n{CRED},I1,SEK,10.00,d,12" screen\n'
+           f'{CRED},I2,SEK,10.00,d,"NIGHT-0')
+    _, (table,) = read(write(tmp_path, "payments.csv", cut))
+    with pytest.raises(FileRejected, match="never closed"):
+        rows(table)
+    whole = f'{header}\n{CRED},I1,SEK,10.00,d,12" screen\n{CRED},I2,SEK,10.00,d,"NIGHT-0"\n'
+    _, (table,) = read(write(tmp_path, "payments2.csv", whole))
+    assert [r["creditor_payment_reference"] for r in rows(table)] == ['12" screen', "NIGHT-0"]
+
+
+def test_title_rows_with_a_line_break_in_a_cell_keep_the_header_out(tmp_path: Path) -> None:
+    """A title cell with a line break in it ("Payments⏎November") is one row above the
+    header: the data still starts on the row after the header, numbered as in Excel."""
+    text = f'"Payments\nNovember"\n{HEADER}\n{CRED},I1,SEK,10,d\n{CRED},I2,SEK,10,d\n'
+    _, (table,) = read(write(tmp_path, "payments.csv", text))
+    got = rows(table)
+    assert [(r["invoice_number"], r["_row"]) for r in got] == [("I1", 3), ("I2", 4)]
