@@ -103,7 +103,7 @@ class ReadOptions:
     encoding: str | None = None
     delimiter: str | None = None
     default_creditor: bool = False
-    chunk_rows: int = 35_000  # rows per chunk: bounds the peak memory of any file size
+    chunk_rows: int = 30_000  # rows per chunk: bounds the peak memory of any file size
 
 
 def canonical_header(text: str) -> str:

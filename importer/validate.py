@@ -511,10 +511,16 @@ class Duplicates:
         self.runs.append((hashes, rows, sheets))
         while len(self.runs) > 1 and len(self.runs[-2][0]) <= len(self.runs[-1][0]):
             newer, older = self.runs.pop(), self.runs.pop()
-            order = np.argsort(np.concatenate([older[0], newer[0]]), kind="stable")
-            merged_hashes, merged_rows, merged_sheets = (
-                np.concatenate([o, n])[order] for o, n in zip(older, newer, strict=True))
-            self.runs.append((merged_hashes, merged_rows, merged_sheets))
+            # Where each newer key goes among the older ones (no key is in both).
+            at = np.searchsorted(older[0], newer[0]) + np.arange(len(newer[0]))
+            rest = np.ones(len(older[0]) + len(newer[0]), dtype=bool)
+            rest[at] = False
+            merged = []
+            for o, n in zip(older, newer, strict=True):
+                out = np.empty(len(rest), dtype=np.int64)
+                out[at], out[rest] = n, o
+                merged.append(out)
+            self.runs.append((merged[0], merged[1], merged[2]))
 
 
 class Checker:

@@ -508,4 +508,5 @@ def test_duplicate_index_over_many_chunks_names_each_first_row() -> None:
             first[key] = (row, sheet)
         index.add(keys[new], rows[new], sheets[new])
         assert len(index.runs) <= 12
+        assert all(bool((np.diff(run[0]) > 0).all()) for run in index.runs)  # sorted, distinct
     assert sum(len(run[0]) for run in index.runs) == len(first)
