@@ -231,6 +231,23 @@ class _Tally:
         return _ordered(totals)
 
 
+def _text_as_arrow(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its columns of Python text (str or None) as Arrow text, the form the
+    encoder works on; numbers, dates and other objects stay as they are. The caller's frame
+    is left as it was."""
+    out = frame.copy(deep=False)
+    for name in frame.columns:
+        series = frame[name]
+        if series.dtype != object or name in INTEGER_COLUMNS or name in NUMBER_COLUMNS:
+            continue
+        try:
+            text = pa.array(series.to_numpy(), type=_LS, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers, dates… in a text column
+            continue
+        out[name] = pd.Series(text, index=frame.index, dtype=pd.ArrowDtype(_LS))
+    return out
+
+
 def _numbers(raw: pd.Series) -> np.ndarray:
     """The amounts as float64, NaN where empty or not a number."""
     if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):
@@ -736,12 +753,15 @@ class ReportWriter:
                              f"{unknown}; pass them in input_columns")
         if not len(frame):
             return
+        # The parts that need Python objects are done here, while the encoder's thread
+        # still encodes the frame before (it is the slower one on large files).
+        self._tally.add(frame)
+        frame = _text_as_arrow(frame)
         # One frame in flight: it is encoded while the caller checks the next one.
         self._work.flush()
         self._work.submit(lambda: self._encode(frame))
 
     def _encode(self, frame: pd.DataFrame) -> None:
-        self._tally.add(frame)
         json_columns = [c for c in self.columns if c in frame.columns or c in self._fixed]
         statuses = frame["status"].astype(object).to_numpy()
         for start in range(0, len(frame), _SUB_BATCH):
