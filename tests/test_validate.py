@@ -493,7 +493,8 @@ def test_duplicate_index_over_many_chunks_names_each_first_row() -> None:
     index, first = Duplicates(), {}
     for chunk_number in range(60):
         size = rng.randint(1, 400)
-        keys = np.array(sorted({rng.randint(0, 5000) for _ in range(size)}), dtype=np.int64)
+        keys = np.array(sorted({rng.choice([rng.randint(0, 5000), rng.randint(-2**63, 2**63 - 1)])
+                                for _ in range(size)}), dtype=np.int64)
         rows = np.arange(len(keys), dtype=np.int64) + chunk_number * 1000
         sheets = np.full(len(keys), chunk_number % 3, dtype=np.int64)
         seen, seen_rows, seen_sheets = index.first(keys)
@@ -508,5 +509,31 @@ def test_duplicate_index_over_many_chunks_names_each_first_row() -> None:
             first[key] = (row, sheet)
         index.add(keys[new], rows[new], sheets[new])
         assert len(index.runs) <= 12
-        assert all(bool((np.diff(run[0]) > 0).all()) for run in index.runs)  # sorted, distinct
+        assert all(bool((run[0][1:] > run[0][:-1]).all()) for run in index.runs)  # sorted
     assert sum(len(run[0]) for run in index.runs) == len(first)
+
+
+def test_byte_level_shortcuts_agree_with_the_exact_checks_on_sliced_arrays() -> None:
+    """The id, length and control-character checks answer from a column's bytes: on Arrow
+    arrays that are slices of larger ones, of either offset width, with multi-byte characters
+    at the limits, they agree value by value with the exact per-value checks."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from importer import validate
+
+    cases = [[CREDITOR], [CREDITOR.upper()], [CREDITOR[:-1] + "é"], ["é" * 140], ["é" * 141],
+             ["a" * 140], ["a\x00b"], ["a\x7f"], ["a\u0085"], ["", CREDITOR],
+             ["é" * 1000], ["é" * 1001]]
+    for kind in (pa.string(), pa.large_string()):
+        for values in cases:
+            sliced = pa.array(["PAD", *values, "PAD"], type=kind).slice(1, len(values))
+            column = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([sliced])),
+                               dtype=normalise.TEXT)
+            text = pa.array(values, type=pa.large_string())
+            assert list(validate._hex24(column)) == pc.match_substring_regex(
+                text, "^[0-9a-f]{24}$").to_pylist()
+            assert list(validate._short(column)) == pc.less_equal(
+                pc.utf8_length(text), normalise.MAX_TEXT).to_pylist()
+            assert list(validate._no_control(column)) == [
+                not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in v) for v in values]
