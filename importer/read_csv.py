@@ -408,17 +408,18 @@ def _cells(name: str, block: list[pa.Array], kept: dict[int, str], first_row: in
     import pandas as pd
     import pyarrow.compute as pc
 
-    text = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' own "str"
+    from importer.normalise import TEXT, TextBytes
+
     n = len(block[0])
     rows = np.arange(first_row, first_row + n, dtype=np.int64)
     keep = np.zeros(n, dtype=bool)
     cells = {}
     for index, raw in enumerate(block):
         values = pc.utf8_trim_whitespace(raw)  # the same characters as str.strip()
-        filled = pc.not_equal(values, "").to_numpy(zero_copy_only=False)
+        filled = TextBytes(values).lengths > 0
         if index in kept:
             cells[kept[index]] = pd.Series(
-                _screen(name, kept[index], values, rows, delimiter, width), dtype=text)
+                _screen(name, kept[index], values, rows, delimiter, width), dtype=TEXT)
             keep |= filled
         elif filled.any():  # past the header's last cell: a row shifted by a delimiter
             at = int(np.argmax(filled))
