@@ -568,7 +568,7 @@ def _checked(tables: list[Table], config: Config, now: datetime) -> Iterator[Che
 
 
 def _lean_arrow_memory() -> None:
-    """Arrow allocates through jemalloc where pyarrow has it (Linux, macOS): its default,
+    """Arrow allocates through jemalloc where pyarrow has it (its Linux wheels do): its default,
     mimalloc, keeps more of what the CSV reader's threads freed, ~70 MB more at the peak of a
     million-row file, for the same speed."""
     import contextlib
