@@ -68,7 +68,7 @@ class Parsed:
         values: normalised API values (``str``) or None (empty or unreadable), same index
             as the input: an object Series, or for a CSV's column read by the fast paths,
             pandas' Arrow-backed ``str`` Series (NaN, not None, where empty or unreadable:
-            read it with ``to_numpy(dtype=object, na_value=None)``).
+            read it with :func:`objects`).
         errors: only the cells that could not be read: index = their index labels,
             values = :class:`Problem`. Empty when every cell was fine.
         typed: for amounts a float64 Series, for dates a ``datetime64[us]`` Series in UTC
@@ -350,7 +350,7 @@ def as_text(raw: pd.Series) -> pd.Series:
     Returns:
         A Series of str, same index (``raw`` itself when it is all text already).
     """
-    if isinstance(raw.dtype, pd.StringDtype) and not raw.hasnans:
+    if _is_arrow_text(raw) and not raw.hasnans:
         return raw  # a CSV's cells, as Arrow text
     arr = _objects(raw)
     if pd.api.types.infer_dtype(arr, skipna=False) == "string":
@@ -747,14 +747,14 @@ def _amounts_text(cells: _Cells, index: pd.Index) -> Parsed:
     assert cells.text is not None
     text = cells.text
     canonical = _mask(pc.match_substring_regex(text, _CANONICAL_AMOUNT_RE2))
-    if pc.any(pc.match_substring(text, ",")).as_py():
+    if cells.scan.has(","):
         text = pc.replace_substring(text, ",", ".")
     rest = np.flatnonzero(~canonical & ~cells.empty)
     found, failed = np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     problems: list[Problem] = []
     if len(rest):
-        odd = np.array(cells.text.take(pa.array(rest)).to_pylist(), dtype=object)
-        found, failed, problems = _per_unique(odd, np.arange(len(rest)), _amount_cell)
+        found, failed, problems = _per_unique(_objects_at(cells.text, rest),
+                                              np.arange(len(rest)), _amount_cell)
     values = _replaced(text, ~canonical, rest, found, index)
     typed = pc.cast(pa.array(values.array), pa.float64())
     return Parsed(values, _errors(index, rest[failed], problems),
@@ -956,17 +956,22 @@ def _dates_text(cells: _Cells, index: pd.Index) -> Parsed:
     assert cells.text is not None
     text = cells.text
     moments = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[us]")
-    good, when = _canonical_rfc_text(text)
+    good, when = _canonical_rfc_text(text, cells.scan)
     moments[good] = when
     rest = np.flatnonzero(~good & ~cells.empty)
     found, failed = np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
     problems: list[Problem] = []
     if len(rest):
-        odd = np.array(text.take(pa.array(rest)).to_pylist(), dtype=object)
-        found, moments[rest], failed, problems = _dates_per_unique(odd, np.arange(len(rest)))
+        found, moments[rest], failed, problems = _dates_per_unique(
+            _objects_at(text, rest), np.arange(len(rest)))
     return Parsed(_replaced(text, ~good, rest, found, index), _errors(index, rest[failed],
                                                                        problems),
                   pd.Series(moments, index=index))
+
+
+def _objects_at(text: pa.Array, positions: np.ndarray) -> np.ndarray:
+    """The values at ``positions`` as Python objects (for the per-value parsers)."""
+    return np.array(text.take(pa.array(positions)).to_pylist(), dtype=object)
 
 
 def _replaced(text: pa.Array, replace: np.ndarray, rest: np.ndarray, found: np.ndarray,
@@ -1014,20 +1019,16 @@ def _canonical_rfc(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _canonical_rows(at[:, :29], (at[:, 29] == 0) & (at[:, 28] != 0))  # 29 characters
 
 
-def _canonical_rfc_text(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_canonical_rfc` for Arrow text: the 29-byte values are read in place as rows of
-    bytes (each of the 29 is checked, so a byte of a non-ASCII character never passes)."""
+def _canonical_rfc_text(text: pa.Array, scan: TextBytes) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_canonical_rfc` for Arrow text (``scan``: its bytes): the 29-byte values are
+    read in place as rows of bytes (each of the 29 is checked, so a byte of a non-ASCII
+    character never passes)."""
     n = len(text)
-    right = _mask(pc.equal(pc.binary_length(text), 29))
+    right = scan.lengths == 29
     if not right.any():
         return right, np.empty(0, dtype="datetime64[us]")
-    picked = text.filter(pa.array(right))
-    wide = pa.types.is_large_string(picked.type)
-    offsets = np.frombuffer(picked.buffers()[1], dtype=np.int64 if wide else np.int32)
-    start = int(offsets[picked.offset])
-    at = np.frombuffer(picked.buffers()[2], dtype=np.uint8, count=29 * len(picked),
-                       offset=start).reshape(len(picked), 29)
-    good, moments = _canonical_rows(at, np.ones(len(picked), dtype=bool))
+    picked = TextBytes(text.filter(pa.array(right))).u8.reshape(-1, 29)
+    good, moments = _canonical_rows(picked, np.ones(len(picked), dtype=bool))
     mask = np.zeros(n, dtype=bool)
     mask[np.flatnonzero(right)[good]] = True
     return mask, moments

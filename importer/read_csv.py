@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from importer.normalise import TextBytes
+
 SAMPLE_CHARS = 64 * 1024
 DELIMITERS = (",", ";", "\t")
 _DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "\t": "\t", "comma": ",", ",": ",",
@@ -416,10 +418,11 @@ def _cells(name: str, block: list[pa.Array], kept: dict[int, str], first_row: in
     cells = {}
     for index, raw in enumerate(block):
         values = pc.utf8_trim_whitespace(raw)  # the same characters as str.strip()
-        filled = TextBytes(values).lengths > 0
+        scan = TextBytes(values)
+        filled = scan.lengths > 0
         if index in kept:
             cells[kept[index]] = pd.Series(
-                _screen(name, kept[index], values, rows, delimiter, width), dtype=TEXT)
+                _screen(name, kept[index], values, scan, rows, delimiter, width), dtype=TEXT)
             keep |= filled
         elif filled.any():  # past the header's last cell: a row shifted by a delimiter
             at = int(np.argmax(filled))
@@ -441,10 +444,10 @@ def _count(block: list[pa.Array], at: int) -> int:
 _INERT = ("'=", "'+", "'-", "'@")  # how our reports make formula-like text inert
 
 
-def _screen(name: str, column: str, values: pa.Array, rows: Any, delimiter: str,
-            width: int) -> pa.Array:
-    """One column's trimmed cells, screened (whole-column kernels; Python per cell only
-    where needed).
+def _screen(name: str, column: str, values: pa.Array, scan: TextBytes, rows: Any,
+            delimiter: str, width: int) -> pa.Array:
+    """One column's trimmed cells, screened (``scan``: their bytes, which answer the usual
+    case; kernels, and Python per cell, only where needed).
 
     - A value with a line in it that reads like a whole row (as many delimiters as a row has,
       less one; all of them in a file of three columns or fewer, where one comma is just
@@ -461,9 +464,6 @@ def _screen(name: str, column: str, values: pa.Array, rows: Any, delimiter: str,
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from importer.normalise import TextBytes
-
-    scan = TextBytes(values)
     if scan.has("\n", "\r"):
         lines = pc.or_(pc.match_substring(values, "\n"), pc.match_substring(values, "\r"))
         enough = max(1, width - 1 if width <= 3 else width - 2)

@@ -240,12 +240,19 @@ def _text_as_arrow(frame: pd.DataFrame) -> pd.DataFrame:
         series = frame[name]
         if series.dtype != object or name in INTEGER_COLUMNS or name in NUMBER_COLUMNS:
             continue
-        try:
-            text = pa.array(series.to_numpy(), type=_LS, from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers, dates… in a text column
-            continue
-        out[name] = pd.Series(text, index=frame.index, dtype=pd.ArrowDtype(_LS))
+        text = _python_text(series)
+        if text is not None:
+            out[name] = pd.Series(text, index=frame.index, dtype=pd.ArrowDtype(_LS))
     return out
+
+
+def _python_text(series: pd.Series) -> pa.Array | None:
+    """An object column of str and None as Arrow text; None when it holds anything else
+    (numbers, dates… in a text column)."""
+    try:
+        return pa.array(series.to_numpy(), type=_LS, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
 
 
 def _numbers(raw: pd.Series) -> np.ndarray:
@@ -301,11 +308,8 @@ def _arrow_text(series: pd.Series) -> pa.Array:
     if isinstance(series.dtype, pd.StringDtype | pd.ArrowDtype) and kind in "OUT":
         arr = pa.array(series)
         return (arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr).cast(_LS)
-    if kind == "O":
-        try:
-            return pa.array(series.to_numpy(), type=_LS, from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # numbers, dates… in a text column
-            pass
+    if kind == "O" and (text := _python_text(series)) is not None:
+        return text
     values = series.to_numpy(dtype=object)
     return pa.array([_clean_text(v) for v in values], type=_LS)
 

@@ -786,14 +786,15 @@ class Checker:
             "reason": reason,
             "message": message,
         }
-        # Columns of Arrow text (a CSV's cells, and the values made from them) stay so: the
-        # report writes them as they are. Missing values there are NaN (read by plan._plain).
-        arrow: dict[str, pd.Series] = {}
+        # Columns of Arrow text (a CSV's cells, and the values made from them) and the input
+        # cells are kept as the Series they are: the report writes Arrow text as it is.
+        # Missing values in Arrow text are NaN (read by plan._plain).
+        kept: dict[str, pd.Series] = {}
         for field in API_COLUMNS:
             if field not in values:
                 out[field] = none
             elif values[field].dtype == normalise.TEXT:
-                arrow[field] = values[field]
+                kept[field] = values[field]
             else:
                 out[field] = values[field].to_numpy(dtype=object)
         for field in RESULT_COLUMNS:
@@ -801,11 +802,9 @@ class Checker:
         frame = pd.DataFrame(out, dtype=object, copy=False)
         frame["row"] = rows
         for header in self.table.columns:
-            arrow[INPUT_PREFIX + header] = normalise.as_text(chunk[header])
-        if not arrow:
-            return frame
+            kept[INPUT_PREFIX + header] = normalise.as_text(chunk[header])
         order = [*FRAME_COLUMNS, *(INPUT_PREFIX + h for h in self.table.columns)]
-        return pd.concat([frame, pd.DataFrame(arrow, copy=False)], axis=1)[order]
+        return pd.concat([frame, pd.DataFrame(kept, copy=False)], axis=1)[order]
 
 
 # ---------------------------------------------------------------------------------------------
